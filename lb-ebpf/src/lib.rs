@@ -1,0 +1,359 @@
+//! The contract between lb's XDP program and its userspace (`lb-user`).
+//!
+//! Everything both sides must agree on lives here and nowhere else: map names
+//! and capacities, the `#[repr(C)]` layout of map keys and values, the drop and
+//! pass reasons, and the pure helpers (flow hash, checksum arithmetic) that
+//! userspace uses to predict what the kernel does. Byte order is part of each
+//! field's name: `_be` fields hold network byte order exactly as on the wire.
+//!
+//! The crate is `no_std` so the XDP program can use it; the `user` feature adds
+//! `aya::Pod` impls for userspace.
+#![no_std]
+
+pub mod csum;
+pub mod hash;
+
+/// Map names (at most 15 bytes: the kernel's `BPF_OBJ_NAME_LEN - 1`).
+pub mod map {
+    /// `HASH` [`super::VipKey`] -> [`super::VipValue`]. Writer: lbd. Reader: XDP.
+    pub const VIPS: &str = "LB_VIPS";
+    /// `ARRAY` backend id -> [`super::Backend`]. Writer: lbd. Reader: XDP.
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    /// `ARRAY` of backend ids: two ring slots of `ring_size` entries per VIP.
+    /// Writer: lbd. Reader: XDP.
+    pub const RINGS: &str = "LB_RINGS";
+    /// `LRU_HASH` client-side [`super::FlowKey`] -> [`super::Flow`].
+    /// Writer: XDP (and lbd on cleanup). Reader: XDP, lbd (occupancy).
+    pub const FLOWS: &str = "LB_FLOWS";
+    /// `LRU_HASH` backend-side [`super::FlowKey`] -> [`super::NatEntry`].
+    /// Writer: XDP. Reader: XDP, lbd.
+    pub const NAT: &str = "LB_NAT";
+    /// `ARRAY[1]` [`super::Config`]. Writer: lbd. Reader: XDP.
+    pub const CONFIG: &str = "LB_CONFIG";
+    /// `DEVMAP_HASH` ifindex -> ifindex, the interfaces `XDP_REDIRECT` may use.
+    /// Writer: lbd. Reader: XDP.
+    pub const TX_PORTS: &str = "LB_TX_PORTS";
+    /// `PERCPU_ARRAY` VIP id -> [`super::Counters`]. Writer: XDP. Reader: lbd.
+    pub const VIP_STATS: &str = "LB_VIP_STATS";
+    /// `PERCPU_ARRAY` backend id -> [`super::Counters`]. Writer: XDP. Reader: lbd.
+    pub const BACKEND_STATS: &str = "LB_BE_STATS";
+    /// `PERCPU_ARRAY` [`super::Reason`] -> [`super::Counters`]. Writer: XDP. Reader: lbd.
+    pub const REASONS: &str = "LB_REASONS";
+
+    /// Every map, in the order they are pinned.
+    pub const ALL: [&str; 10] = [
+        VIPS,
+        BACKENDS,
+        RINGS,
+        FLOWS,
+        NAT,
+        CONFIG,
+        TX_PORTS,
+        VIP_STATS,
+        BACKEND_STATS,
+        REASONS,
+    ];
+}
+
+/// Program names in the object.
+pub mod prog {
+    /// The load balancer.
+    pub const LB: &str = "lb_xdp";
+    /// Passes every packet. Attach it to the far end of a veth so that frames
+    /// sent there with `XDP_TX`/`XDP_REDIRECT` are delivered (test topologies).
+    pub const PASS: &str = "lb_xdp_pass";
+}
+
+/// Capacities compiled into the object. Userspace may lower the flow tables and
+/// sets the ring array to `MAX_VIPS * 2 * ring_size` at load time.
+pub const MAX_VIPS: u32 = 64;
+pub const MAX_BACKENDS: u32 = 4096;
+pub const DEFAULT_RING_SIZE: u32 = 65_537;
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+pub const MAX_TX_PORTS: u32 = 64;
+
+/// Ring entry meaning "no backend" (an empty ring).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// How many NAT ports a new flow tries before giving up
+/// ([`Reason::DropNatExhausted`]).
+pub const NAT_PORT_PROBES: u32 = 16;
+
+/// Seeds of the two flow hashes. Fixed so that every load balancer computes the
+/// same backend and NAT port for the same flow (failover survival).
+pub const SEED_RING: u32 = 0x6c62_7269; // "lbri"
+pub const SEED_NAT_PORT: u32 = 0x6c62_6e70; // "lbnp"
+
+pub const IPPROTO_TCP: u8 = 6;
+
+/// Key of [`map::VIPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of [`map::VIPS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VipValue {
+    /// Index into the stats array and the ring array.
+    pub id: u32,
+    /// Which of the VIP's two ring slots is live (0 or 1). Userspace fills
+    /// the other slot and then flips this, so a packet never sees a half-written ring.
+    pub ring_slot: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Value of [`map::BACKENDS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+    pub vip_id: u32,
+    /// `BACKEND_F_*` bits.
+    pub flags: u32,
+}
+
+/// The backend may receive new flows and keeps its old ones. A backend slot
+/// without it is unused (or removed): flows still pinned to it are re-hashed
+/// at their next packet.
+pub const BACKEND_F_IN_USE: u32 = 1;
+
+/// Key of both flow tables. In [`map::FLOWS`]: client -> VIP as the client sent
+/// it. In [`map::NAT`]: backend -> NAT address as the backend replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_addr_be: u32,
+    pub dst_addr_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`map::FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    pub backend_id: u32,
+    pub backend_addr_be: u32,
+    pub backend_port_be: u16,
+    pub nat_port_be: u16,
+    /// `FLOW_F_*` bits, shared with the flow's [`NatEntry`].
+    pub flags: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last packet.
+    pub last_seen_ns: u64,
+}
+
+/// Value of [`map::NAT`]: how to turn a reply back into VIP -> client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatEntry {
+    pub client_addr_be: u32,
+    pub vip_addr_be: u32,
+    pub client_port_be: u16,
+    pub vip_port_be: u16,
+    pub flags: u32,
+    pub backend_id: u32,
+    pub vip_id: u32,
+    pub last_seen_ns: u64,
+}
+
+/// The client sent a FIN.
+pub const FLOW_F_FIN_CLIENT: u32 = 1;
+/// The backend sent a FIN.
+pub const FLOW_F_FIN_BACKEND: u32 = 2;
+/// Either side sent a RST.
+pub const FLOW_F_RST: u32 = 4;
+
+/// A flow whose TCP connection has ended (both FINs or a RST).
+pub const fn flow_closed(flags: u32) -> bool {
+    flags & FLOW_F_RST != 0
+        || flags & (FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND)
+            == (FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND)
+}
+
+/// Value of [`map::CONFIG`] (a single entry). A zero `nat_addr_be` means "not
+/// configured": the program then passes everything.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Source address of NATed packets to backends (network order).
+    pub nat_addr_be: u32,
+    /// NAT port range, host order, inclusive.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub ring_size: u32,
+    pub _pad: u32,
+    /// A flow with no packet for this long is forgotten.
+    pub idle_timeout_ns: u64,
+    /// A closed flow (FIN both ways or RST) is forgotten after this long.
+    pub closed_timeout_ns: u64,
+    /// A NAT port (per backend) is not given to another client until this long
+    /// after its last packet, so a backend still in TIME_WAIT on that tuple never
+    /// sees a SYN from a stranger (TCP PAWS).
+    pub port_hold_ns: u64,
+}
+
+/// Packet and byte counters, one per CPU in the per-CPU arrays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows created (VIP and backend stats only).
+    pub flows: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.flows += other.flows;
+    }
+}
+
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident = $val:expr, $label:expr;)*) => {
+        /// What the program did with a packet, and why. Every packet is counted
+        /// under exactly one reason in [`map::REASONS`].
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason {
+            $($(#[$doc])* $name = $val,)*
+        }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+
+            /// Stable snake_case name used in metrics, `lbctl` and docs.
+            pub const fn label(self) -> &'static str {
+                match self { $(Reason::$name => $label,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Client -> VIP packet rewritten and sent back out of its interface.
+    TxForward = 0, "tx_forward";
+    /// Client -> VIP packet rewritten and redirected to another interface.
+    RedirectForward = 1, "redirect_forward";
+    /// Backend reply rewritten and sent back out of its interface.
+    TxReply = 2, "tx_reply";
+    /// Backend reply rewritten and redirected to another interface.
+    RedirectReply = 3, "redirect_reply";
+    /// Rewritten, but the next hop's MAC is unknown: handed to the kernel to
+    /// resolve it and forward.
+    PassNoNeigh = 4, "pass_no_neigh";
+    /// Rewritten, but no route (or the route is not a plain forward): handed to the kernel.
+    PassFibOther = 5, "pass_fib_other";
+    /// Not IPv4 (ARP, IPv6, ...).
+    PassNotIpv4 = 6, "pass_not_ipv4";
+    /// IPv4 but not TCP.
+    PassNotTcp = 7, "pass_not_tcp";
+    /// TCP to an address/port that is neither a VIP nor the NAT address.
+    PassNoVip = 8, "pass_no_vip";
+    /// Truncated Ethernet/VLAN/IPv4 header or IHL < 5: not ours to judge.
+    PassMalformed = 9, "pass_malformed";
+    /// A non-first IPv4 fragment (no ports to match on).
+    PassFragment = 10, "pass_fragment";
+    /// TTL would expire: the kernel sends the ICMP time exceeded.
+    PassTtl = 11, "pass_ttl";
+    /// TCP to the NAT address outside the NAT port range.
+    PassNatOtherPort = 12, "pass_nat_other_port";
+    /// A VIP packet with a truncated TCP header.
+    DropMalformed = 13, "drop_malformed";
+    /// A VIP packet carrying IPv4 options (not forwarded, see docs/dataplane.md).
+    DropIpOptions = 14, "drop_ip_options";
+    /// The first fragment of a fragmented VIP packet.
+    DropFragment = 15, "drop_fragment";
+    /// The VIP's ring is empty.
+    DropNoBackend = 16, "drop_no_backend";
+    /// Every NAT port probed for a new flow was in use or held.
+    DropNatExhausted = 17, "drop_nat_exhausted";
+    /// A packet to the NAT address and port range that matches no flow.
+    DropNatMiss = 18, "drop_nat_miss";
+    /// A map update failed (table full beyond LRU eviction, or a race lost).
+    DropMapUpdate = 19, "drop_map_update";
+    /// `bpf_redirect_map` refused the egress interface.
+    DropRedirect = 20, "drop_redirect";
+}
+
+pub const REASON_COUNT: u32 = 21;
+
+impl Reason {
+    pub const fn is_drop(self) -> bool {
+        (self as u32) >= (Reason::DropMalformed as u32)
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers with
+    // explicit padding fields, so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<VipKey>(), 8);
+        assert_eq!(size_of::<VipValue>(), 16);
+        assert_eq!(size_of::<Backend>(), 16);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<Flow>(), 24);
+        assert_eq!(align_of::<Flow>(), 8);
+        assert_eq!(size_of::<NatEntry>(), 32);
+        assert_eq!(size_of::<Config>(), 40);
+        assert_eq!(size_of::<Counters>(), 24);
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in map::ALL {
+            assert!(name.len() <= 15, "{name} is longer than 15 bytes");
+        }
+        assert!(prog::LB.len() <= 15 && prog::PASS.len() <= 15);
+    }
+
+    #[test]
+    fn reasons_are_dense_and_labelled() {
+        assert_eq!(Reason::ALL.len() as u32, REASON_COUNT);
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32);
+            assert!(!r.label().is_empty());
+        }
+        assert!(!Reason::PassNatOtherPort.is_drop());
+        assert!(Reason::DropMalformed.is_drop());
+    }
+
+    #[test]
+    fn closed_needs_both_fins_or_a_reset() {
+        assert!(!flow_closed(0));
+        assert!(!flow_closed(FLOW_F_FIN_CLIENT));
+        assert!(!flow_closed(FLOW_F_FIN_BACKEND));
+        assert!(flow_closed(FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND));
+        assert!(flow_closed(FLOW_F_RST));
+    }
+}

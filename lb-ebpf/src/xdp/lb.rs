@@ -1,0 +1,387 @@
+//! The load-balancing decisions: which VIP, which flow, which backend, which
+//! NAT port. See docs/dataplane.md for the packet walk.
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
+    programs::XdpContext,
+};
+use lb_ebpf::{
+    flow_closed, hash::flow_hash, Config, Flow, FlowKey, NatEntry, Reason, VipKey, VipValue,
+    BACKEND_F_IN_USE, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_RST, IPPROTO_TCP,
+    NAT_PORT_PROBES, NO_BACKEND, SEED_NAT_PORT, SEED_RING,
+};
+
+use super::{
+    nat::{self, Direction},
+    parse::{parse, NotTcp, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    stats, BACKENDS, CONFIG, FLOWS, NAT, RINGS, VIPS,
+};
+
+type Verdict = (u32, Reason);
+
+#[inline(always)]
+fn pass(reason: Reason) -> Verdict {
+    (xdp_action::XDP_PASS, reason)
+}
+
+#[inline(always)]
+fn drop(reason: Reason) -> Verdict {
+    (xdp_action::XDP_DROP, reason)
+}
+
+/// Decides what happens to one packet.
+#[inline(always)]
+pub fn handle(ctx: &XdpContext) -> Verdict {
+    let pkt = match parse(ctx) {
+        Ok(pkt) => pkt,
+        Err(NotTcp::NotIpv4) => return pass(Reason::PassNotIpv4),
+        Err(NotTcp::OtherProto) => return pass(Reason::PassNotTcp),
+        Err(NotTcp::Malformed) => return pass(Reason::PassMalformed),
+        Err(NotTcp::LaterFragment) => return pass(Reason::PassFragment),
+    };
+    let Some(cfg) = CONFIG.get(0) else {
+        return pass(Reason::PassNoVip);
+    };
+    if cfg.nat_addr_be == 0 || cfg.ring_size == 0 {
+        // Not configured yet: behave as if there were no VIPs.
+        return pass(Reason::PassNoVip);
+    }
+    // SAFETY: `ip` and `tcp` were bounds-checked by `parse`.
+    let (ip, tcp) = unsafe { (&*pkt.ip, &*pkt.tcp) };
+    let key = FlowKey {
+        src_addr_be: u32::from_ne_bytes(ip.src_addr),
+        dst_addr_be: u32::from_ne_bytes(ip.dst_addr),
+        src_port_be: u16::from_ne_bytes(tcp.source),
+        dst_port_be: u16::from_ne_bytes(tcp.dest),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let vip_key = VipKey {
+        addr_be: key.dst_addr_be,
+        port_be: key.dst_port_be,
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    };
+    // SAFETY: VIPS is a preallocated hash map whose values lbd only replaces
+    // whole; a torn read at worst picks the other (complete) ring slot.
+    if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+        if let Some(reason) = unforwardable(&pkt) {
+            return drop(reason);
+        }
+        return forward(ctx, &pkt, cfg, vip, &key);
+    }
+    if key.dst_addr_be == cfg.nat_addr_be {
+        let port = u16::from_be(key.dst_port_be);
+        if port < cfg.nat_port_min || port > cfg.nat_port_max {
+            return pass(Reason::PassNatOtherPort);
+        }
+        if let Some(reason) = unforwardable(&pkt) {
+            return drop(reason);
+        }
+        return reply(ctx, &pkt, cfg, &key);
+    }
+    pass(Reason::PassNoVip)
+}
+
+/// Packets addressed to us that we refuse to rewrite (docs/dataplane.md).
+#[inline(always)]
+fn unforwardable(pkt: &Packet) -> Option<Reason> {
+    if pkt.has_ip_options() {
+        Some(Reason::DropIpOptions)
+    } else if pkt.first_fragment {
+        Some(Reason::DropFragment)
+    } else if !pkt.lengths_consistent() {
+        Some(Reason::DropMalformed)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn ttl_expires(pkt: &Packet) -> bool {
+    // SAFETY: `ip` was bounds-checked by `parse`.
+    unsafe { (*pkt.ip).ttl <= 1 }
+}
+
+#[inline(always)]
+fn age(now: u64, last_seen: u64) -> u64 {
+    now.saturating_sub(last_seen)
+}
+
+/// The flow (or NAT) entry is past its timeout.
+#[inline(always)]
+fn expired(cfg: &Config, flags: u32, last_seen: u64, now: u64) -> bool {
+    let limit = if flow_closed(flags) {
+        cfg.closed_timeout_ns
+    } else {
+        cfg.idle_timeout_ns
+    };
+    age(now, last_seen) > limit
+}
+
+/// A NAT port may go to a different client: its last flow has been quiet long
+/// enough that the backend cannot still hold the old connection in TIME_WAIT.
+#[inline(always)]
+fn nat_port_free(cfg: &Config, e: &NatEntry, now: u64) -> bool {
+    let mut hold = cfg.port_hold_ns;
+    if !flow_closed(e.flags) && cfg.idle_timeout_ns > hold {
+        hold = cfg.idle_timeout_ns;
+    }
+    age(now, e.last_seen_ns) > hold
+}
+
+#[inline(always)]
+fn tcp_close_flags(tcp_flags: u8, from_client: bool) -> u32 {
+    let mut f = 0;
+    if tcp_flags & TCP_RST != 0 {
+        f |= FLOW_F_RST;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        f |= if from_client {
+            FLOW_F_FIN_CLIENT
+        } else {
+            FLOW_F_FIN_BACKEND
+        };
+    }
+    f
+}
+
+#[inline(always)]
+fn backend_key(cfg: &Config, f: &Flow) -> FlowKey {
+    FlowKey {
+        src_addr_be: f.backend_addr_be,
+        dst_addr_be: cfg.nat_addr_be,
+        src_port_be: f.backend_port_be,
+        dst_port_be: f.nat_port_be,
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    }
+}
+
+/// The flow's backend is still configured (not removed or replaced).
+#[inline(always)]
+fn backend_live(f: &Flow) -> bool {
+    match BACKENDS.get(f.backend_id) {
+        Some(b) => {
+            b.flags & BACKEND_F_IN_USE != 0
+                && b.addr_be == f.backend_addr_be
+                && b.port_be == f.backend_port_be
+        }
+        None => false,
+    }
+}
+
+/// Client -> VIP.
+#[inline(always)]
+fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, vip: &VipValue, key: &FlowKey) -> Verdict {
+    if ttl_expires(pkt) {
+        return pass(Reason::PassTtl);
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let close = tcp_close_flags(pkt.tcp_flags, true);
+    let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+
+    let mut flow = None;
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: the pointer comes from a successful map lookup; racing
+        // writers of the same flow only store equivalent values.
+        let f = unsafe { &mut *f };
+        let reusable = !expired(cfg, f.flags, f.last_seen_ns, now)
+            && !(fresh_syn && flow_closed(f.flags))
+            && backend_live(f);
+        if reusable {
+            f.last_seen_ns = now;
+            if close != 0 {
+                f.flags |= close;
+                mark_nat_closed(cfg, f, close);
+            }
+            flow = Some(*f);
+        }
+    }
+    let new_flow = flow.is_none();
+    let f = match flow {
+        Some(f) => f,
+        None => match new_flow_for(cfg, vip, key, now, close) {
+            Ok(f) => f,
+            Err(reason) => return drop(reason),
+        },
+    };
+    stats::count_flow(vip.id, f.backend_id, bytes, new_flow);
+    nat::rewrite(
+        pkt,
+        cfg.nat_addr_be,
+        f.backend_addr_be,
+        f.nat_port_be,
+        f.backend_port_be,
+    );
+    nat::transmit(ctx, pkt, Direction::Forward)
+}
+
+#[inline(always)]
+fn mark_nat_closed(cfg: &Config, f: &Flow, close: u32) {
+    if let Some(e) = NAT.get_ptr_mut(backend_key(cfg, f)) {
+        // SAFETY: the pointer comes from a successful map lookup.
+        unsafe { (*e).flags |= close };
+    }
+}
+
+/// Picks a backend from the VIP's live ring and a NAT port, and records the flow.
+#[inline(always)]
+fn new_flow_for(
+    cfg: &Config,
+    vip: &VipValue,
+    key: &FlowKey,
+    now: u64,
+    close: u32,
+) -> Result<Flow, Reason> {
+    let h = flow_hash(
+        key.src_addr_be,
+        key.dst_addr_be,
+        key.src_port_be,
+        key.dst_port_be,
+        key.proto,
+        SEED_RING,
+    );
+    let slot = (vip.id * 2 + (vip.ring_slot & 1)) * cfg.ring_size;
+    let backend_id = match RINGS.get(slot + h % cfg.ring_size) {
+        Some(id) if *id != NO_BACKEND => *id,
+        _ => return Err(Reason::DropNoBackend),
+    };
+    let backend = match BACKENDS.get(backend_id) {
+        Some(b) if b.flags & BACKEND_F_IN_USE != 0 => b,
+        _ => return Err(Reason::DropNoBackend),
+    };
+    let mut flow = Flow {
+        backend_id,
+        backend_addr_be: backend.addr_be,
+        backend_port_be: backend.port_be,
+        nat_port_be: 0,
+        flags: close,
+        last_seen_ns: now,
+    };
+    let entry = NatEntry {
+        client_addr_be: key.src_addr_be,
+        vip_addr_be: key.dst_addr_be,
+        client_port_be: key.src_port_be,
+        vip_port_be: key.dst_port_be,
+        flags: close,
+        backend_id,
+        vip_id: vip.id,
+        last_seen_ns: now,
+    };
+    flow.nat_port_be = claim_nat_port(cfg, &flow, key, &entry, now)?;
+    if FLOWS.insert(key, &flow, BPF_ANY as u64).is_err() {
+        return Err(Reason::DropMapUpdate);
+    }
+    Ok(flow)
+}
+
+/// Finds a NAT port for the flow toward its backend. The first candidate is a
+/// hash of the client's 5-tuple, so another load balancer with the same
+/// backends picks the same port for the same flow; later candidates follow it.
+/// A port is taken if unused, already this client's, or idle past the hold time.
+#[inline(always)]
+fn claim_nat_port(
+    cfg: &Config,
+    flow: &Flow,
+    key: &FlowKey,
+    entry: &NatEntry,
+    now: u64,
+) -> Result<u16, Reason> {
+    let h = flow_hash(
+        key.src_addr_be,
+        key.dst_addr_be,
+        key.src_port_be,
+        key.dst_port_be,
+        key.proto,
+        SEED_NAT_PORT,
+    );
+    let range = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
+    let mut probe = FlowKey {
+        src_addr_be: flow.backend_addr_be,
+        dst_addr_be: cfg.nat_addr_be,
+        src_port_be: flow.backend_port_be,
+        dst_port_be: 0,
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let mut i = 0;
+    while i < NAT_PORT_PROBES {
+        let port = cfg.nat_port_min as u32 + h.wrapping_add(i) % range;
+        probe.dst_port_be = (port as u16).to_be();
+        match NAT.get_ptr_mut(&probe) {
+            None => {
+                if NAT.insert(&probe, entry, BPF_NOEXIST as u64).is_ok() {
+                    return Ok(probe.dst_port_be);
+                }
+            }
+            Some(e) => {
+                // SAFETY: the pointer comes from a successful map lookup.
+                let e = unsafe { &mut *e };
+                let same_client = e.client_addr_be == entry.client_addr_be
+                    && e.client_port_be == entry.client_port_be
+                    && e.vip_addr_be == entry.vip_addr_be
+                    && e.vip_port_be == entry.vip_port_be;
+                if same_client || nat_port_free(cfg, e, now) {
+                    *e = *entry;
+                    return Ok(probe.dst_port_be);
+                }
+            }
+        }
+        i += 1;
+    }
+    Err(Reason::DropNatExhausted)
+}
+
+/// Backend -> NAT address: back to VIP -> client.
+#[inline(always)]
+fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict {
+    let Some(e) = NAT.get_ptr_mut(key) else {
+        return drop(Reason::DropNatMiss);
+    };
+    // SAFETY: the pointer comes from a successful map lookup.
+    let e = unsafe { &mut *e };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if expired(cfg, e.flags, e.last_seen_ns, now) {
+        return drop(Reason::DropNatMiss);
+    }
+    if ttl_expires(pkt) {
+        return pass(Reason::PassTtl);
+    }
+    e.last_seen_ns = now;
+    let close = tcp_close_flags(pkt.tcp_flags, false);
+    let entry = *e;
+    if close != 0 {
+        e.flags |= close;
+        let client = FlowKey {
+            src_addr_be: entry.client_addr_be,
+            dst_addr_be: entry.vip_addr_be,
+            src_port_be: entry.client_port_be,
+            dst_port_be: entry.vip_port_be,
+            proto: IPPROTO_TCP,
+            _pad: [0; 3],
+        };
+        if let Some(f) = FLOWS.get_ptr_mut(&client) {
+            // SAFETY: the pointer comes from a successful map lookup.
+            unsafe { (*f).flags |= close };
+        }
+    }
+    stats::count_flow(
+        entry.vip_id,
+        entry.backend_id,
+        (ctx.data_end() - ctx.data()) as u64,
+        false,
+    );
+    nat::rewrite(
+        pkt,
+        entry.vip_addr_be,
+        entry.client_addr_be,
+        entry.vip_port_be,
+        entry.client_port_be,
+    );
+    nat::transmit(ctx, pkt, Direction::Reply)
+}

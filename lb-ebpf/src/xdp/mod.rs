@@ -1,0 +1,90 @@
+//! The XDP program: entry points and maps. One concern per file:
+//! `parse` (headers, strict bounds checks), `lb` (VIP, flow and ring lookups,
+//! NAT port choice), `nat` (rewrites, checksums, next hop and transmit),
+//! `stats` (counters).
+
+mod lb;
+mod nat;
+mod parse;
+mod stats;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_ebpf::{
+    Backend, Config, Counters, Flow, FlowKey, NatEntry, VipKey, VipValue, DEFAULT_MAX_FLOWS,
+    DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, REASON_COUNT,
+};
+
+// Map names are spelled out because the attribute needs a literal; they must
+// equal `lb_ebpf::map::*`, which the packet tests check against the object.
+
+/// VIP (address, port, protocol) -> id and live ring slot. lbd writes, XDP reads.
+#[map(name = "LB_VIPS")]
+static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Backend id -> address, port, owning VIP, flags. lbd writes, XDP reads.
+#[map(name = "LB_BACKENDS")]
+static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Maglev rings: `(vip_id * 2 + slot) * ring_size + i` -> backend id. lbd
+/// writes (and resizes at load time), XDP reads.
+#[map(name = "LB_RINGS")]
+static RINGS: Array<u32> = Array::with_max_entries(16 * 2 * DEFAULT_RING_SIZE, 0);
+
+/// Client-side 5-tuple -> chosen backend and NAT port. XDP writes and reads.
+#[map(name = "LB_FLOWS")]
+static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Backend-side 5-tuple (backend -> NAT address:port) -> client and VIP. XDP
+/// writes and reads.
+#[map(name = "LB_NAT")]
+static NAT: LruHashMap<FlowKey, NatEntry> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// Global settings (one entry). lbd writes, XDP reads.
+#[map(name = "LB_CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Interfaces that `XDP_REDIRECT` may send to (ifindex -> ifindex). lbd writes.
+#[map(name = "LB_TX_PORTS")]
+static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+/// Per VIP id counters. XDP writes, lbd reads.
+#[map(name = "LB_VIP_STATS")]
+static VIP_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per backend id counters. XDP writes, lbd reads.
+#[map(name = "LB_BE_STATS")]
+static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per verdict reason counters. XDP writes, lbd reads.
+#[map(name = "LB_REASONS")]
+static REASONS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// The load balancer.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let (action, reason) = lb::handle(&ctx);
+    stats::count_reason(reason, (ctx.data_end() - ctx.data()) as u64);
+    action
+}
+
+/// Passes every packet. For the far end of a veth, so that frames sent into
+/// it with XDP_TX / XDP_REDIRECT are delivered.
+#[xdp]
+pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,127 @@
+//! Rewriting addresses and ports with incremental checksum updates, and
+//! sending the result toward its next hop.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use lb_ebpf::{
+    csum::{replace16, replace32},
+    Reason, IPPROTO_TCP,
+};
+
+use super::{parse::Packet, TX_PORTS};
+
+const AF_INET: u8 = 2;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client -> backend.
+    Forward,
+    /// Backend -> client.
+    Reply,
+}
+
+/// Rewrites the IPv4 addresses and TCP ports, updating both checksums.
+#[inline(always)]
+pub fn rewrite(pkt: &Packet, src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16) {
+    // SAFETY: `ip` and `tcp` were bounds-checked by `parse`, and point into
+    // the packet, which this program owns for the duration of the call.
+    let (ip, tcp) = unsafe { (&mut *pkt.ip, &mut *pkt.tcp) };
+    let old_src = u32::from_ne_bytes(ip.src_addr);
+    let old_dst = u32::from_ne_bytes(ip.dst_addr);
+    let old_sport = u16::from_ne_bytes(tcp.source);
+    let old_dport = u16::from_ne_bytes(tcp.dest);
+
+    let mut c = u16::from_ne_bytes(ip.check);
+    c = replace32(c, old_src, src_be);
+    c = replace32(c, old_dst, dst_be);
+    ip.check = c.to_ne_bytes();
+
+    // The TCP checksum covers the pseudo-header addresses and the ports.
+    let mut c = u16::from_ne_bytes(tcp.check);
+    c = replace32(c, old_src, src_be);
+    c = replace32(c, old_dst, dst_be);
+    c = replace16(c, old_sport, sport_be);
+    c = replace16(c, old_dport, dport_be);
+    tcp.check = c.to_ne_bytes();
+
+    ip.src_addr = src_be.to_ne_bytes();
+    ip.dst_addr = dst_be.to_ne_bytes();
+    tcp.source = sport_be.to_ne_bytes();
+    tcp.dest = dport_be.to_ne_bytes();
+}
+
+#[inline(always)]
+fn decrement_ttl(pkt: &Packet) {
+    // SAFETY: `ip` was bounds-checked by `parse`.
+    let ip = unsafe { &mut *pkt.ip };
+    let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    ip.ttl -= 1;
+    let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
+    ip.check = replace16(u16::from_ne_bytes(ip.check), old, new).to_ne_bytes();
+}
+
+/// Finds the next hop of the (rewritten) packet and sends it: `XDP_TX` out of
+/// the interface it came in on, `XDP_REDIRECT` to another one, or to the kernel
+/// when the route or the neighbour is not ready.
+#[inline(always)]
+pub fn transmit(ctx: &XdpContext, pkt: &Packet, dir: Direction) -> (u32, Reason) {
+    // SAFETY: `ip`/`tcp`/`eth` were bounds-checked by `parse`.
+    let (ip, tcp, eth) = unsafe { (&*pkt.ip, &*pkt.tcp, &mut *pkt.eth) };
+    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = IPPROTO_TCP;
+    fib.sport = u16::from_ne_bytes(tcp.source);
+    fib.dport = u16::from_ne_bytes(tcp.dest);
+    fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+    fib.ifindex = ingress;
+    fib.__bindgen_anon_2.tos = ip.tos;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
+
+    // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return (xdp_action::XDP_PASS, Reason::PassNoNeigh);
+    }
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return (xdp_action::XDP_PASS, Reason::PassFibOther);
+    }
+    decrement_ttl(pkt);
+    eth.dst_addr = fib.dmac;
+    eth.src_addr = fib.smac;
+    let forward = dir == Direction::Forward;
+    if fib.ifindex == ingress {
+        let reason = if forward {
+            Reason::TxForward
+        } else {
+            Reason::TxReply
+        };
+        return (xdp_action::XDP_TX, reason);
+    }
+    match TX_PORTS.redirect(fib.ifindex, 0) {
+        Ok(action) => {
+            let reason = if forward {
+                Reason::RedirectForward
+            } else {
+                Reason::RedirectReply
+            };
+            (action, reason)
+        }
+        Err(_) => (xdp_action::XDP_DROP, Reason::DropRedirect),
+    }
+}

@@ -1,0 +1,236 @@
+//! The control-socket protocol shared by `lbd` and `lbctl`.
+//!
+//! One JSON object per line over a Unix stream socket. Every request and
+//! response carries `version`; a response is either `{"ok": true, "result": ...}`
+//! or `{"ok": false, "error": {"code": ..., "message": ...}}` — the daemon never
+//! answers a bad request by dropping the connection.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol. A daemon refuses requests of another version
+/// with the error code `version`.
+pub const VERSION: u32 = 1;
+
+/// What a client asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Every VIP with its backends and counters.
+    BackendsList,
+    /// Add a backend to a VIP.
+    BackendsAdd {
+        vip: String,
+        address: String,
+        port: u16,
+        #[serde(default = "one")]
+        weight: u32,
+    },
+    /// Remove a backend from a VIP.
+    BackendsRemove {
+        vip: String,
+        address: String,
+        port: u16,
+    },
+    /// Per-reason counters and table occupancy.
+    Stats,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub version: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResponseEnvelope {
+    pub version: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+/// A structured error: a stable `code` for scripts, a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct ApiError {
+    /// `invalid`, `not_found`, `conflict`, `version`, `bad_request` or `internal`.
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+    pub fn invalid(m: impl Into<String>) -> ApiError {
+        ApiError::new("invalid", m)
+    }
+    pub fn not_found(m: impl Into<String>) -> ApiError {
+        ApiError::new("not_found", m)
+    }
+    pub fn conflict(m: impl Into<String>) -> ApiError {
+        ApiError::new("conflict", m)
+    }
+    pub fn bad_request(m: impl Into<String>) -> ApiError {
+        ApiError::new("bad_request", m)
+    }
+    pub fn version(m: impl Into<String>) -> ApiError {
+        ApiError::new("version", m)
+    }
+    pub fn internal(m: impl Into<String>) -> ApiError {
+        ApiError::new("internal", m)
+    }
+}
+
+/// A backend as `lbctl backends` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub state: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub flows: u64,
+}
+
+/// A VIP with its backends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub flows: u64,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// One verdict reason's counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Answer to [`Request::Stats`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub reasons: Vec<ReasonCount>,
+    pub flows: u64,
+    pub nat_entries: u64,
+    pub max_flows: u64,
+}
+
+/// Parses a request line; a failure is an error response, not a hang-up.
+pub fn parse_request(line: &str) -> Result<Request, ApiError> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| ApiError::bad_request(format!("not JSON: {e}")))?;
+    match value.get("version").and_then(|v| v.as_u64()) {
+        Some(v) if v == VERSION as u64 => {}
+        Some(v) => {
+            return Err(ApiError::version(format!(
+                "protocol version {v} is not supported; this lbd speaks {VERSION}"
+            )))
+        }
+        None => return Err(ApiError::bad_request("missing \"version\"")),
+    }
+    serde_json::from_value::<RequestEnvelope>(value)
+        .map(|e| e.request)
+        .map_err(|e| ApiError::bad_request(format!("{e}")))
+}
+
+/// Serialises a response line (without the newline).
+pub fn response_line(result: Result<serde_json::Value, ApiError>) -> String {
+    let env = match result {
+        Ok(v) => ResponseEnvelope {
+            version: VERSION,
+            ok: true,
+            result: Some(v),
+            error: None,
+        },
+        Err(e) => ResponseEnvelope {
+            version: VERSION,
+            ok: false,
+            result: None,
+            error: Some(e),
+        },
+    };
+    serde_json::to_string(&env).expect("responses serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            Request::BackendsList,
+            Request::Stats,
+            Request::BackendsAdd {
+                vip: "web".into(),
+                address: "10.0.0.1".into(),
+                port: 80,
+                weight: 3,
+            },
+            Request::BackendsRemove {
+                vip: "web".into(),
+                address: "10.0.0.1".into(),
+                port: 80,
+            },
+        ] {
+            let line = serde_json::to_string(&RequestEnvelope {
+                version: VERSION,
+                request: r.clone(),
+            })
+            .unwrap();
+            assert_eq!(parse_request(&line).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn bad_requests_get_structured_errors() {
+        assert_eq!(parse_request("{").unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse_request(r#"{"cmd":"stats"}"#).unwrap_err().code,
+            "bad_request"
+        );
+        assert_eq!(
+            parse_request(r#"{"version":99,"cmd":"stats"}"#)
+                .unwrap_err()
+                .code,
+            "version"
+        );
+        let e = parse_request(r#"{"version":1,"cmd":"explode"}"#).unwrap_err();
+        assert_eq!(e.code, "bad_request");
+        assert!(e.message.contains("explode"), "{e}");
+        let line = response_line(Err(ApiError::not_found("no VIP named \"x\"")));
+        let env: ResponseEnvelope = serde_json::from_str(&line).unwrap();
+        assert!(!env.ok);
+        assert_eq!(env.error.unwrap().code, "not_found");
+    }
+
+    #[test]
+    fn weight_defaults_to_one() {
+        let r = parse_request(
+            r#"{"version":1,"cmd":"backends_add","vip":"w","address":"10.0.0.1","port":80}"#,
+        )
+        .unwrap();
+        assert!(matches!(r, Request::BackendsAdd { weight: 1, .. }));
+    }
+}

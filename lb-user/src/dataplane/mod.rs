@@ -1,0 +1,334 @@
+//! Loading, pinning and attaching the XDP program, and typed access to its
+//! maps. The balancer logic talks to the maps through the [`Maps`] trait so it
+//! can be tested without a kernel.
+
+use std::{
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_ebpf::{map, prog, Backend, Config, Counters, Flow, FlowKey, NatEntry, VipKey, VipValue};
+
+/// What the balancer needs from the kernel side.
+pub trait Maps {
+    fn set_vip(&mut self, key: VipKey, value: VipValue) -> Result<()>;
+    fn remove_vip(&mut self, key: VipKey) -> Result<()>;
+    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()>;
+    /// Writes one ring slot of a VIP (`ring.len()` is the ring size).
+    fn write_ring(&mut self, vip_id: u32, slot: u32, ring: &[u32]) -> Result<()>;
+    fn vip_counters(&self, vip_id: u32) -> Result<Counters>;
+    fn backend_counters(&self, backend_id: u32) -> Result<Counters>;
+}
+
+/// Sizes chosen at load time.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub ring_size: u32,
+    pub max_vips: u32,
+    pub max_flows: u32,
+}
+
+/// The loaded object and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    vips: HashMap<MapData, VipKey, VipValue>,
+    backends: Array<MapData, Backend>,
+    rings: Array<MapData, u32>,
+    config: Array<MapData, Config>,
+    tx_ports: DevMapHash<MapData>,
+    vip_stats: PerCpuArray<MapData, Counters>,
+    backend_stats: PerCpuArray<MapData, Counters>,
+    reasons: PerCpuArray<MapData, Counters>,
+    flows: HashMap<MapData, FlowKey, Flow>,
+    nat: HashMap<MapData, FlowKey, NatEntry>,
+    ring_size: u32,
+    pinned: Vec<PathBuf>,
+    attached: Vec<String>,
+}
+
+fn remove_stale_pin(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            tracing::warn!(path = %path.display(), "replaced a stale pin left by an earlier run");
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+fn sum(values: aya::maps::PerCpuValues<Counters>) -> Counters {
+    let mut total = Counters::default();
+    for v in values.iter() {
+        total.add(v);
+    }
+    total
+}
+
+impl Dataplane {
+    /// Loads the object (programs are verified and loaded, nothing attached).
+    /// With `pin_dir`, the program and every map are pinned there (stale pins
+    /// of an earlier run are replaced).
+    pub fn load(object: &[u8], opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Dataplane> {
+        let rings = opts
+            .max_vips
+            .checked_mul(2 * opts.ring_size)
+            .context("max_vips * 2 * ring_size overflows")?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map::FLOWS, opts.max_flows)
+            .map_max_entries(map::NAT, opts.max_flows)
+            .map_max_entries(map::RINGS, rings)
+            .load(object)
+            .context("loading the XDP object into the kernel (are you root, with CAP_BPF and CAP_NET_ADMIN?)")?;
+        for name in [prog::LB, prog::PASS] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("the kernel refused program {name}"))?;
+        }
+        let mut pinned = Vec::new();
+        if let Some(dir) = pin_dir {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join(prog::LB);
+            remove_stale_pin(&path)?;
+            let p: &mut Xdp = ebpf
+                .program_mut(prog::LB)
+                .expect("loaded above")
+                .try_into()?;
+            p.pin(&path)
+                .with_context(|| format!("pinning {}", path.display()))?;
+            pinned.push(path);
+        }
+        let mut take = |name: &str| -> Result<Map> {
+            let m = ebpf
+                .take_map(name)
+                .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
+            if let Some(dir) = pin_dir {
+                let path = dir.join(name);
+                remove_stale_pin(&path)?;
+                m.pin(&path)
+                    .with_context(|| format!("pinning {}", path.display()))?;
+                pinned.push(path);
+            }
+            Ok(m)
+        };
+        let vips = take(map::VIPS)?.try_into()?;
+        let backends = take(map::BACKENDS)?.try_into()?;
+        let rings = take(map::RINGS)?.try_into()?;
+        let flows = take(map::FLOWS)?.try_into()?;
+        let nat = take(map::NAT)?.try_into()?;
+        let config = take(map::CONFIG)?.try_into()?;
+        let tx_ports = take(map::TX_PORTS)?.try_into()?;
+        let vip_stats = take(map::VIP_STATS)?.try_into()?;
+        let backend_stats = take(map::BACKEND_STATS)?.try_into()?;
+        let reasons = take(map::REASONS)?.try_into()?;
+        Ok(Dataplane {
+            ebpf,
+            vips,
+            backends,
+            rings,
+            config,
+            tx_ports,
+            vip_stats,
+            backend_stats,
+            reasons,
+            flows,
+            nat,
+            ring_size: opts.ring_size,
+            pinned,
+            attached: Vec::new(),
+        })
+    }
+
+    /// The load-balancer program (for `BPF_PROG_TEST_RUN` in tests).
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(prog::LB)
+            .expect("checked at load")
+            .try_into()
+            .expect("checked at load")
+    }
+
+    /// Removes everything [`Dataplane::pin`] created (and the directory, if empty).
+    pub fn unpin(&mut self) -> Result<()> {
+        let mut dirs = Vec::new();
+        for path in self.pinned.drain(..) {
+            if let Err(e) = fs::remove_file(&path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    return Err(e).with_context(|| format!("removing {}", path.display()));
+                }
+            }
+            if let Some(d) = path.parent() {
+                if !dirs.iter().any(|x: &PathBuf| x == d) {
+                    dirs.push(d.to_path_buf());
+                }
+            }
+        }
+        for d in dirs {
+            let _ = fs::remove_dir(d);
+        }
+        Ok(())
+    }
+
+    /// Attaches the load balancer to `interface`, native mode unless `generic`.
+    pub fn attach(&mut self, interface: &str, generic: bool) -> Result<()> {
+        let ifindex = ifindex(interface)?;
+        let mode = if generic {
+            XdpMode::Skb
+        } else {
+            XdpMode::Driver
+        };
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(prog::LB)
+            .expect("checked at load")
+            .try_into()?;
+        if let Err(e) = p.attach_to_if_index(ifindex, mode) {
+            if generic {
+                bail!("attaching XDP (generic mode) to {interface} failed: {e}");
+            }
+            bail!(
+                "attaching XDP in native mode to {interface} failed: {e}\n  \
+                 the driver may lack native XDP support, or the MTU may exceed its XDP limit \
+                 (ENA: at most 3498 bytes, and it needs free queues for XDP_TX);\n  \
+                 set dataplane.xdp_mode = \"generic\" to run in generic mode instead"
+            );
+        }
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding {interface} to {}", map::TX_PORTS))?;
+        self.attached.push(interface.to_string());
+        Ok(())
+    }
+
+    /// Interfaces the program is attached to.
+    pub fn attached(&self) -> &[String] {
+        &self.attached
+    }
+
+    /// Detaches from every interface (links are dropped with the program).
+    pub fn detach_all(&mut self) -> Result<()> {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(prog::LB)
+            .expect("checked at load")
+            .try_into()?;
+        // Unloading drops every link this program owns; the pin (if any) keeps
+        // the program object itself alive until unpinned.
+        p.unload().context("detaching the XDP program")?;
+        self.attached.clear();
+        Ok(())
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<()> {
+        self.config
+            .set(0, config, 0)
+            .with_context(|| format!("writing {}", map::CONFIG))
+    }
+
+    /// Counters per verdict reason, summed over CPUs, indexed by `Reason as usize`.
+    pub fn reason_counters(&self) -> Result<Vec<Counters>> {
+        (0..lb_ebpf::REASON_COUNT)
+            .map(|i| Ok(sum(self.reasons.get(&i, 0)?)))
+            .collect()
+    }
+
+    /// Number of entries in the flow table (walks it: for status, not hot paths).
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Number of entries in the NAT table.
+    pub fn nat_count(&self) -> usize {
+        self.nat.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Looks up a flow by its client-side 5-tuple (tests and debugging).
+    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
+        self.flows.get(key, 0).ok()
+    }
+
+    /// Looks up a NAT entry by its backend-side 5-tuple.
+    pub fn nat_entry(&self, key: &FlowKey) -> Option<NatEntry> {
+        self.nat.get(key, 0).ok()
+    }
+
+    pub fn ring_size(&self) -> u32 {
+        self.ring_size
+    }
+}
+
+impl Maps for Dataplane {
+    fn set_vip(&mut self, key: VipKey, value: VipValue) -> Result<()> {
+        self.vips
+            .insert(key, value, 0)
+            .with_context(|| format!("writing {}", map::VIPS))
+    }
+
+    fn remove_vip(&mut self, key: VipKey) -> Result<()> {
+        self.vips
+            .remove(&key)
+            .with_context(|| format!("removing from {}", map::VIPS))
+    }
+
+    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+        self.backends
+            .set(id, backend, 0)
+            .with_context(|| format!("writing {}[{id}]", map::BACKENDS))
+    }
+
+    fn write_ring(&mut self, vip_id: u32, slot: u32, ring: &[u32]) -> Result<()> {
+        if ring.len() != self.ring_size as usize {
+            bail!(
+                "ring of {} entries, expected {}",
+                ring.len(),
+                self.ring_size
+            );
+        }
+        let base = (vip_id * 2 + slot) * self.ring_size;
+        for (i, id) in ring.iter().enumerate() {
+            self.rings
+                .set(base + i as u32, id, 0)
+                .with_context(|| format!("writing {}", map::RINGS))?;
+        }
+        Ok(())
+    }
+
+    fn vip_counters(&self, vip_id: u32) -> Result<Counters> {
+        Ok(sum(self.vip_stats.get(&vip_id, 0)?))
+    }
+
+    fn backend_counters(&self, backend_id: u32) -> Result<Counters> {
+        Ok(sum(self.backend_stats.get(&backend_id, 0)?))
+    }
+}
+
+/// The interface index of `name` in this network namespace.
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name).context("interface name contains NUL")?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("interface {name} does not exist");
+    }
+    Ok(idx)
+}
+
+/// Network-order u32 of an address, as the XDP program compares it.
+pub fn addr_be(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+/// Address from its network-order u32.
+pub fn addr_from_be(addr_be: u32) -> Ipv4Addr {
+    Ipv4Addr::from(addr_be.to_ne_bytes())
+}

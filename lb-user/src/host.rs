@@ -1,0 +1,108 @@
+//! Host settings lbd needs while it runs, restored when it stops.
+//!
+//! - The NAT port range goes into `net.ipv4.ip_local_reserved_ports`, so the
+//!   host's own sockets are never given a port the load balancer uses.
+//! - Each attached interface gets `forwarding=1` (`bpf_fib_lookup` refuses to
+//!   route packets arriving on an interface that does not forward, and packets
+//!   handed to the kernel to resolve a neighbour are forwarded by it) and
+//!   `accept_local=1` (those packets carry a source address of this host).
+
+use std::{fs, path::PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::config::Config;
+
+/// Values lbd changed, with what they were before.
+#[derive(Debug, Default)]
+pub struct HostSettings {
+    saved: Vec<(PathBuf, String)>,
+}
+
+fn read(path: &PathBuf) -> Result<String> {
+    Ok(fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+impl HostSettings {
+    fn set(&mut self, path: PathBuf, value: String) -> Result<()> {
+        let old = read(&path)?;
+        if old == value {
+            return Ok(());
+        }
+        fs::write(&path, &value)
+            .with_context(|| format!("writing {value:?} to {}", path.display()))?;
+        self.saved.push((path, old));
+        Ok(())
+    }
+
+    /// Applies the settings `cfg` needs. On error, whatever was already changed
+    /// is restored before returning.
+    pub fn apply(cfg: &Config) -> Result<HostSettings> {
+        let mut s = HostSettings::default();
+        if let Err(e) = s.apply_all(cfg) {
+            s.restore();
+            return Err(e);
+        }
+        Ok(s)
+    }
+
+    fn apply_all(&mut self, cfg: &Config) -> Result<()> {
+        if cfg.nat.reserve_ports {
+            let path = PathBuf::from("/proc/sys/net/ipv4/ip_local_reserved_ports");
+            let old = read(&path)?;
+            let range = format!("{}-{}", cfg.nat.port_min, cfg.nat.port_max);
+            let new = if old.is_empty() {
+                range
+            } else {
+                format!("{old},{range}")
+            };
+            self.set(path, new)?;
+        }
+        for ifname in &cfg.dataplane.interfaces {
+            let dir = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{ifname}"));
+            if !dir.is_dir() {
+                bail!(
+                    "interface {ifname} has no IPv4 settings ({} is missing)",
+                    dir.display()
+                );
+            }
+            self.set(dir.join("forwarding"), "1".into())?;
+            self.set(dir.join("accept_local"), "1".into())?;
+        }
+        Ok(())
+    }
+
+    /// Puts back every value changed, newest first.
+    pub fn restore(&mut self) {
+        while let Some((path, old)) = self.saved.pop() {
+            if let Err(e) = fs::write(&path, &old) {
+                tracing::warn!(path = %path.display(), error = %e, "could not restore a host setting");
+            }
+        }
+    }
+}
+
+/// Refuses native mode where it cannot work, with the reason (ENA's XDP MTU limit).
+pub fn check_native_xdp(ifname: &str) -> Result<()> {
+    let sys = PathBuf::from(format!("/sys/class/net/{ifname}"));
+    let driver = fs::read_link(sys.join("device/driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
+    if driver.as_deref() == Some("ena") {
+        let mtu: u32 = read(&sys.join("mtu"))?.parse().unwrap_or(0);
+        if mtu > ENA_XDP_MAX_MTU {
+            bail!(
+                "{ifname} (ENA) has MTU {mtu}; native XDP on ENA needs an MTU of at most \
+                 {ENA_XDP_MAX_MTU} (ip link set dev {ifname} mtu {ENA_XDP_MAX_MTU}), \
+                 or set dataplane.xdp_mode = \"generic\""
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The largest MTU the ENA driver accepts with an XDP program attached.
+pub const ENA_XDP_MAX_MTU: u32 = 3498;

@@ -1,0 +1,890 @@
+//! `lb-testkit`: the traffic tools lb's tests run inside network namespaces
+//! (via `ip netns exec`).
+//!
+//! * `serve`: a threaded TCP server. Per connection it reads one line: `ID`
+//!   is answered with the server's name, `ECHO` switches to echoing every byte
+//!   until the client shuts down its write side, anything else gets `ERR`.
+//! * `client`: opens many short `ID` connections (bounded in count and time,
+//!   optionally rate-paced) and prints a JSON [`ClientReport`].
+//! * `transfer`: one long `ECHO` connection streaming verified pseudo-random
+//!   data; prints a JSON [`TransferReport`] and exits 0 only if it was intact.
+//! * `xdp-pass`: attaches lb's `lb_xdp_pass` XDP program to interfaces (veth
+//!   peers need an XDP program for `XDP_TX`/`XDP_REDIRECT` frames to be
+//!   delivered), prints `ready`, and holds it until `SIGTERM`/`SIGINT`.
+//!
+//! `serve` and `xdp-pass` print `ready` on stdout once set up, and exit 0 on
+//! `SIGTERM` or `SIGINT`.
+
+use std::collections::BTreeMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_tests::{ClientReport, ConnectMs, TransferReport, SLOW_CONNECT_MS};
+
+/// Longest request line the server accepts, newline included.
+const MAX_LINE: usize = 256;
+/// Listen backlog; large so bursts of connections are not dropped by the
+/// server itself (the kernel caps it at `net.core.somaxconn`).
+const BACKLOG: libc::c_int = 4096;
+/// How long the server waits for a request line.
+const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an `ECHO` connection may sit idle before the server drops it.
+const ECHO_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the server waits for a blocked write.
+const SERVER_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Parser, Debug)]
+#[command(name = "lb-testkit", about = "Traffic tools for lb's namespace tests")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Threaded TCP server answering `ID` with its name and echoing after `ECHO`.
+    Serve {
+        /// Address to listen on; repeat for more.
+        #[arg(long = "listen", required = true)]
+        listen: Vec<SocketAddr>,
+        /// Name returned for `ID`.
+        #[arg(long)]
+        name: String,
+    },
+    /// Opens many short connections and prints a JSON report.
+    Client {
+        /// Address to connect to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Number of connections to open (an upper bound).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Worker threads, each running one connection at a time.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// New connections per second, overall (unpaced if omitted).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Stop starting connections after this many seconds.
+        #[arg(long)]
+        duration_secs: Option<f64>,
+        /// Connect and per-read timeout, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// Hard cap on the run time, in seconds, whatever the other options.
+        #[arg(long, default_value_t = 300.0)]
+        max_secs: f64,
+    },
+    /// Streams verified pseudo-random data through one `ECHO` connection.
+    Transfer {
+        /// Address to connect to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Payload size in bytes.
+        #[arg(long)]
+        bytes: u64,
+        /// Bytes per write.
+        #[arg(long, default_value_t = 65536)]
+        chunk: usize,
+        /// Sleep between chunks, in milliseconds (stretches the transfer).
+        #[arg(long, default_value_t = 0)]
+        pace_ms: u64,
+        /// PRNG seed for the payload.
+        #[arg(long, default_value_t = 0x6c62_7465_7374)]
+        seed: u64,
+        /// Connect, per-read (on top of --pace-ms) and per-write timeout, in
+        /// milliseconds.
+        #[arg(long, default_value_t = 10000)]
+        timeout_ms: u64,
+    },
+    /// Attaches lb's pass-everything XDP program and holds it until SIGTERM.
+    XdpPass {
+        /// The lb eBPF object.
+        #[arg(long)]
+        object: PathBuf,
+        /// XDP attach mode.
+        #[arg(long, value_enum, default_value_t = Mode::Driver)]
+        mode: Mode,
+        /// Interfaces to attach to.
+        #[arg(required = true)]
+        ifnames: Vec<String>,
+    },
+}
+
+/// XDP attach modes offered on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Mode {
+    /// Native (driver) mode; veth supports it.
+    Driver,
+    /// Generic (skb) mode.
+    Skb,
+    /// Let the kernel choose.
+    Default,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Serve { listen, name } => serve(&listen, &name),
+        Cmd::Client {
+            target,
+            count,
+            concurrency,
+            rate,
+            duration_secs,
+            timeout_ms,
+            max_secs,
+        } => {
+            let opts = ClientOpts {
+                target,
+                count,
+                concurrency,
+                rate,
+                duration_secs,
+                timeout: Duration::from_millis(timeout_ms.max(1)),
+                max_secs,
+            };
+            let report = client(&opts)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Cmd::Transfer {
+            target,
+            bytes,
+            chunk,
+            pace_ms,
+            seed,
+            timeout_ms,
+        } => {
+            let report = transfer(
+                target,
+                bytes,
+                chunk.max(1),
+                Duration::from_millis(pace_ms),
+                seed,
+                Duration::from_millis(timeout_ms.max(1)),
+            );
+            println!("{}", serde_json::to_string(&report)?);
+            if !report.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::XdpPass {
+            object,
+            mode,
+            ifnames,
+        } => xdp_pass(&object, mode, &ifnames),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Signals
+
+/// Blocks `SIGTERM` and `SIGINT` in the calling thread (and so in every thread
+/// it spawns afterwards) and returns the set, for [`wait_for_signal`]. Call it
+/// before spawning threads.
+fn block_stop_signals() -> Result<libc::sigset_t> {
+    // SAFETY: the set is initialised by sigemptyset before use; the calls only
+    // touch the local set and this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            bail!("pthread_sigmask: {}", io::Error::from_raw_os_error(rc));
+        }
+        Ok(set)
+    }
+}
+
+/// Waits for one of the (blocked) signals in `set` and returns its number.
+fn wait_for_signal(set: &libc::sigset_t) -> libc::c_int {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is a valid, initialised signal set and `sig` a valid
+        // out-pointer.
+        let rc = unsafe { libc::sigwait(set, &mut sig) };
+        if rc == 0 {
+            return sig;
+        }
+    }
+}
+
+/// Prints `ready` on stdout and flushes it (tests wait for this line).
+fn announce_ready() -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// serve
+
+/// Runs the server on every address in `listen` until `SIGTERM`/`SIGINT`.
+fn serve(listen: &[SocketAddr], name: &str) -> Result<()> {
+    if name.contains('\n') {
+        bail!("--name must not contain a newline");
+    }
+    let signals = block_stop_signals()?;
+    let reply: Arc<[u8]> = format!("{name}\n").into_bytes().into();
+    let mut listeners = Vec::new();
+    for &addr in listen {
+        listeners.push((
+            addr,
+            listen_on(addr).with_context(|| format!("listening on {addr}"))?,
+        ));
+    }
+    for (addr, listener) in listeners {
+        let reply = Arc::clone(&reply);
+        thread::Builder::new()
+            .name(format!("accept {addr}"))
+            .spawn(move || accept_loop(listener, reply))?;
+        eprintln!("lb-testkit serve: {name} listening on {addr}");
+    }
+    announce_ready()?;
+    let sig = wait_for_signal(&signals);
+    eprintln!("lb-testkit serve: {name} stopping on signal {sig}");
+    // Connection threads are detached; exiting the process closes them all.
+    std::process::exit(0);
+}
+
+/// Creates a listening TCP socket on `addr` with `SO_REUSEADDR` (and
+/// `IPV6_V6ONLY` for IPv6, so `[::]:P` and `0.0.0.0:P` can coexist) and a
+/// large backlog. (std's `TcpListener::bind` would set `SO_REUSEADDR` too,
+/// but its backlog of 128 overflows under bursts of connections.)
+fn listen_on(addr: SocketAddr) -> io::Result<TcpListener> {
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: socket(2) has no memory-safety preconditions.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    let rc = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: all-zero is a valid sockaddr_in.
+            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_port = a.port().to_be();
+            sa.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            // SAFETY: `sa` is a valid sockaddr_in of the given length.
+            unsafe {
+                libc::bind(
+                    fd,
+                    (&sa as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        SocketAddr::V6(a) => {
+            set_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+            // SAFETY: all-zero is a valid sockaddr_in6.
+            let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_port = a.port().to_be();
+            sa.sin6_flowinfo = a.flowinfo();
+            sa.sin6_addr.s6_addr = a.ip().octets();
+            sa.sin6_scope_id = a.scope_id();
+            // SAFETY: `sa` is a valid sockaddr_in6 of the given length.
+            unsafe {
+                libc::bind(
+                    fd,
+                    (&sa as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on a descriptor we own.
+    if unsafe { libc::listen(fd, BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(TcpListener::from(sock))
+}
+
+/// `setsockopt(fd, level, name, &value)` for an `int` option.
+fn set_int_opt(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a valid int whose size is passed along.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Accepts connections forever, one handler thread each.
+fn accept_loop(listener: TcpListener, reply: Arc<[u8]>) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let reply = Arc::clone(&reply);
+                // If no thread can be made the connection is simply closed.
+                let _ = thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn(move || handle_connection(stream, &reply));
+            }
+            // Out of descriptors or similar: back off briefly.
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Serves one connection: reads the request line and acts on it. I/O errors
+/// just end the connection.
+fn handle_connection(mut stream: TcpStream, reply: &[u8]) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(LINE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(SERVER_WRITE_TIMEOUT));
+    let mut buf = [0u8; MAX_LINE];
+    let mut len = 0;
+    let newline = loop {
+        if let Some(pos) = buf[..len].iter().position(|&b| b == b'\n') {
+            break Some(pos);
+        }
+        if len == buf.len() {
+            break None;
+        }
+        match stream.read(&mut buf[len..]) {
+            Ok(0) => break None,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    };
+    let Some(pos) = newline else {
+        // Over-long line, or EOF before a newline.
+        if len > 0 {
+            let _ = stream.write_all(b"ERR\n");
+        }
+        return;
+    };
+    let line = buf[..pos].strip_suffix(b"\r").unwrap_or(&buf[..pos]);
+    match line {
+        b"ID" => {
+            // We close first, so TIME_WAIT lands on the server side.
+            let _ = stream.write_all(reply);
+        }
+        b"ECHO" => {
+            let _ = echo(&mut stream, &buf[pos + 1..len]);
+        }
+        _ => {
+            let _ = stream.write_all(b"ERR\n");
+        }
+    }
+}
+
+/// Echoes `pending` (bytes that arrived with the request line) and then
+/// everything else until the client shuts down its write side.
+fn echo(stream: &mut TcpStream, pending: &[u8]) -> io::Result<()> {
+    stream.set_read_timeout(Some(ECHO_IDLE_TIMEOUT))?;
+    stream.write_all(pending)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => stream.write_all(&buf[..n])?,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    stream.shutdown(Shutdown::Write)
+}
+
+// ---------------------------------------------------------------------------
+// client
+
+/// Options of the `client` subcommand.
+struct ClientOpts {
+    target: SocketAddr,
+    count: u64,
+    concurrency: usize,
+    rate: Option<f64>,
+    duration_secs: Option<f64>,
+    timeout: Duration,
+    max_secs: f64,
+}
+
+/// What one worker observed.
+#[derive(Default)]
+struct Tally {
+    attempted: u64,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    by_backend: BTreeMap<String, u64>,
+    connect_ms: Vec<f64>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.attempted += other.attempted;
+        self.ok += other.ok;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        for (k, v) in other.by_backend {
+            *self.by_backend.entry(k).or_default() += v;
+        }
+        self.connect_ms.extend(other.connect_ms);
+    }
+}
+
+/// Runs the client: `concurrency` workers take connection numbers from a
+/// shared counter. With a rate, connection `i` starts no earlier than
+/// `start + i / rate`, so the overall rate is right however the workers
+/// interleave. No connection starts after the deadline (`--duration-secs`,
+/// capped by `--max-secs`); those in flight are bounded by the timeouts.
+fn client(opts: &ClientOpts) -> Result<ClientReport> {
+    if opts.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if let Some(rate) = opts.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            bail!("--rate must be positive");
+        }
+    }
+    let mut limit = opts.max_secs;
+    if let Some(d) = opts.duration_secs {
+        limit = limit.min(d);
+    }
+    if !(limit.is_finite() && limit >= 0.0) {
+        bail!("--duration-secs and --max-secs must be non-negative");
+    }
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(limit);
+    let next = Arc::new(AtomicU64::new(0));
+    let workers = opts
+        .concurrency
+        .min(opts.count.try_into().unwrap_or(usize::MAX));
+
+    let mut total = Tally::default();
+    thread::scope(|scope| -> Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            let next = Arc::clone(&next);
+            handles.push(thread::Builder::new().spawn_scoped(scope, move || {
+                let mut tally = Tally::default();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= opts.count {
+                        break;
+                    }
+                    if let Some(rate) = opts.rate {
+                        let at = start + Duration::from_secs_f64(i as f64 / rate);
+                        if at >= deadline {
+                            break;
+                        }
+                        let now = Instant::now();
+                        if at > now {
+                            thread::sleep(at - now);
+                        }
+                    }
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    tally.attempted += 1;
+                    let (connect_ms, result) = one_connection(opts.target, opts.timeout);
+                    if let Some(ms) = connect_ms {
+                        tally.connect_ms.push(ms);
+                    }
+                    match result {
+                        Ok(name) => {
+                            tally.ok += 1;
+                            *tally.by_backend.entry(name).or_default() += 1;
+                        }
+                        Err(kind) => *tally.errors.entry(kind).or_default() += 1,
+                    }
+                }
+                tally
+            })?);
+        }
+        for h in handles {
+            match h.join() {
+                Ok(t) => total.merge(t),
+                Err(_) => bail!("client worker panicked"),
+            }
+        }
+        Ok(())
+    })?;
+
+    let mut ms = total.connect_ms;
+    ms.sort_by(f64::total_cmp);
+    let slow = ms.iter().filter(|&&m| m >= SLOW_CONNECT_MS).count() as u64;
+    Ok(ClientReport {
+        attempted: total.attempted,
+        ok: total.ok,
+        failed: total.attempted - total.ok,
+        errors: total.errors,
+        by_backend: total.by_backend,
+        connect_ms: ConnectMs {
+            p50: round3(percentile(&ms, 50.0)),
+            p99: round3(percentile(&ms, 99.0)),
+            max: round3(ms.last().copied().unwrap_or(0.0)),
+        },
+        slow_connects: slow,
+        elapsed_ms: start.elapsed().as_millis() as u64,
+    })
+}
+
+/// Nearest-rank percentile of sorted `v` (0 if empty).
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// Rounds to three decimals (microseconds, for milliseconds).
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Names an I/O error for the report, e.g. `connect_refused`.
+fn error_kind(phase: &str, e: &io::Error) -> String {
+    let kind = match e.kind() {
+        // Socket read/write timeouts surface as EAGAIN (WouldBlock).
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout".to_owned(),
+        ErrorKind::ConnectionRefused => "refused".to_owned(),
+        ErrorKind::ConnectionReset => "reset".to_owned(),
+        ErrorKind::ConnectionAborted => "aborted".to_owned(),
+        ErrorKind::BrokenPipe => "broken_pipe".to_owned(),
+        ErrorKind::HostUnreachable => "host_unreachable".to_owned(),
+        ErrorKind::NetworkUnreachable => "net_unreachable".to_owned(),
+        ErrorKind::AddrNotAvailable => "addr_not_available".to_owned(),
+        ErrorKind::AddrInUse => "addr_in_use".to_owned(),
+        other => match e.raw_os_error() {
+            Some(code) => format!("errno_{code}"),
+            None => format!("{other:?}").to_lowercase(),
+        },
+    };
+    format!("{phase}_{kind}")
+}
+
+/// One `ID` exchange. Returns the connect time (if the connection was
+/// established) and the backend's name or an error kind.
+fn one_connection(target: SocketAddr, timeout: Duration) -> (Option<f64>, Result<String, String>) {
+    let t0 = Instant::now();
+    let mut stream = match TcpStream::connect_timeout(&target, timeout) {
+        Ok(s) => s,
+        Err(e) => return (None, Err(error_kind("connect", &e))),
+    };
+    let connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let result = id_exchange(&mut stream, timeout);
+    (Some(connect_ms), result)
+}
+
+/// Sends `ID`, reads the reply line, then waits for the server's FIN.
+fn id_exchange(stream: &mut TcpStream, timeout: Duration) -> Result<String, String> {
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| error_kind("setup", &e))?;
+    stream
+        .write_all(b"ID\n")
+        .map_err(|e| error_kind("write", &e))?;
+    let mut buf = [0u8; MAX_LINE];
+    let mut len = 0;
+    let pos = loop {
+        if let Some(pos) = buf[..len].iter().position(|&b| b == b'\n') {
+            break pos;
+        }
+        if len == buf.len() {
+            return Err("bad_reply".to_owned());
+        }
+        match stream.read(&mut buf[len..]) {
+            Ok(0) => return Err("read_eof".to_owned()),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(error_kind("read", &e)),
+        }
+    };
+    let name = match std::str::from_utf8(&buf[..pos]) {
+        Ok(s) if !s.is_empty() && s != "ERR" => s.to_owned(),
+        _ => return Err("bad_reply".to_owned()),
+    };
+    // Read to EOF so the server closes first: TIME_WAIT then stays on the
+    // server, and the client does not run out of ephemeral ports at high
+    // connection rates. This is best effort; the answer already counts.
+    let mut sink = [0u8; 64];
+    for _ in 0..64 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    Ok(name)
+}
+
+// ---------------------------------------------------------------------------
+// transfer
+
+/// A deterministic byte stream from xorshift64*, seeded; the sender and the
+/// verifier each run one with the same seed.
+struct ByteStream {
+    state: u64,
+    word: [u8; 8],
+    used: usize,
+}
+
+impl ByteStream {
+    fn new(seed: u64) -> Self {
+        // Mix the seed so small seeds differ a lot; xorshift needs non-zero.
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03;
+        if state == 0 {
+            state = 1;
+        }
+        ByteStream {
+            state,
+            word: [0; 8],
+            used: 8,
+        }
+    }
+
+    fn next_word(&mut self) -> u64 {
+        let mut x = self.state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Fills `out` with the next `out.len()` bytes of the stream.
+    fn fill(&mut self, out: &mut [u8]) {
+        let mut i = 0;
+        // Drain the partial word, then whole words, then a partial one.
+        while i < out.len() && self.used < 8 {
+            out[i] = self.word[self.used];
+            self.used += 1;
+            i += 1;
+        }
+        let mut chunks = out[i..].chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next_word().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            self.word = self.next_word().to_le_bytes();
+            rest.copy_from_slice(&self.word[..rest.len()]);
+            self.used = rest.len();
+        }
+    }
+}
+
+/// Runs one verified `ECHO` transfer; never fails, the report says what
+/// happened.
+fn transfer(
+    target: SocketAddr,
+    bytes: u64,
+    chunk: usize,
+    pace: Duration,
+    seed: u64,
+    timeout: Duration,
+) -> TransferReport {
+    let start = Instant::now();
+    let mut report = TransferReport::default();
+    let result = run_transfer(target, bytes, chunk, pace, seed, timeout, &mut report);
+    report.elapsed_ms = start.elapsed().as_millis() as u64;
+    match result {
+        Ok(()) => report.ok = true,
+        Err(e) => report.error = Some(format!("{e:#}")),
+    }
+    report
+}
+
+/// The body of [`transfer`]: fills in `sent`/`received` and fails on any
+/// error or mismatch.
+fn run_transfer(
+    target: SocketAddr,
+    bytes: u64,
+    chunk: usize,
+    pace: Duration,
+    seed: u64,
+    timeout: Duration,
+    report: &mut TransferReport,
+) -> Result<()> {
+    let mut stream = TcpStream::connect_timeout(&target, timeout)
+        .with_context(|| format!("connect {target}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(timeout + pace))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut writer_stream = stream.try_clone()?;
+
+    let writer = thread::spawn(move || -> (u64, Option<String>) {
+        if let Err(e) = writer_stream.write_all(b"ECHO\n") {
+            return (0, Some(format!("write ECHO line: {e}")));
+        }
+        let mut gen = ByteStream::new(seed);
+        let mut buf = vec![0u8; chunk];
+        let mut sent = 0u64;
+        while sent < bytes {
+            let n = chunk.min((bytes - sent).try_into().unwrap_or(usize::MAX));
+            gen.fill(&mut buf[..n]);
+            if let Err(e) = writer_stream.write_all(&buf[..n]) {
+                return (sent, Some(format!("write after {sent} bytes: {e}")));
+            }
+            sent += n as u64;
+            if !pace.is_zero() && sent < bytes {
+                thread::sleep(pace);
+            }
+        }
+        if let Err(e) = writer_stream.shutdown(Shutdown::Write) {
+            return (sent, Some(format!("shutdown(write): {e}")));
+        }
+        (sent, None)
+    });
+
+    let mut gen = ByteStream::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut expect = vec![0u8; 64 * 1024];
+    let mut received = 0u64;
+    let read_error = loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => {
+                if received + n as u64 > bytes {
+                    break Some(format!(
+                        "received more than the {bytes} bytes sent (at least {})",
+                        received + n as u64
+                    ));
+                }
+                gen.fill(&mut expect[..n]);
+                if let Some(i) = buf[..n].iter().zip(&expect[..n]).position(|(a, b)| a != b) {
+                    received += i as u64;
+                    break Some(format!("echoed data differs at byte {received}"));
+                }
+                received += n as u64;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => break Some(format!("read after {received} bytes: {e}")),
+        }
+    };
+    if read_error.is_some() {
+        // Unblock the writer.
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    let (sent, write_error) = writer
+        .join()
+        .unwrap_or((0, Some("writer thread panicked".to_owned())));
+    report.sent = sent;
+    report.received = received;
+    if let Some(e) = write_error.or(read_error) {
+        bail!(e);
+    }
+    if received != sent || sent != bytes {
+        bail!("connection closed after {received} of {sent} bytes came back");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// xdp-pass
+
+/// Loads `object`, attaches its `lb_xdp_pass` program to every interface in
+/// `ifnames`, prints `ready` and holds the attachments until `SIGTERM` or
+/// `SIGINT` (the links are released when the loader is dropped, or at the
+/// latest when the process exits).
+fn xdp_pass(object: &std::path::Path, mode: Mode, ifnames: &[String]) -> Result<()> {
+    use aya::programs::{Xdp, XdpMode};
+
+    let signals = block_stop_signals()?;
+    let data = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    // Only the pass program is loaded, but every map in the object is
+    // created: shrink the big ones, which it does not use.
+    let mut ebpf = aya::EbpfLoader::new()
+        .map_max_entries(lb_ebpf::map::RINGS, 2)
+        .map_max_entries(lb_ebpf::map::FLOWS, 1024)
+        .map_max_entries(lb_ebpf::map::NAT, 1024)
+        .load(&data)
+        .with_context(|| format!("loading {}", object.display()))?;
+    let name = lb_ebpf::prog::PASS;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name} in {}", object.display()))?
+        .try_into()
+        .with_context(|| format!("{name} is not an XDP program"))?;
+    prog.load().with_context(|| format!("loading {name}"))?;
+    let mode = match mode {
+        Mode::Driver => XdpMode::Driver,
+        Mode::Skb => XdpMode::Skb,
+        Mode::Default => XdpMode::Default,
+    };
+    for ifname in ifnames {
+        prog.attach(ifname, mode)
+            .with_context(|| format!("attaching {name} to {ifname} ({mode:?} mode)"))?;
+    }
+    eprintln!(
+        "lb-testkit xdp-pass: {name} attached to {}",
+        ifnames.join(", ")
+    );
+    announce_ready()?;
+    let sig = wait_for_signal(&signals);
+    eprintln!("lb-testkit xdp-pass: detaching on signal {sig}");
+    drop(ebpf);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_stream_is_split_invariant() {
+        let mut whole = vec![0u8; 1000];
+        ByteStream::new(7).fill(&mut whole);
+        let mut pieces = vec![0u8; 1000];
+        let mut g = ByteStream::new(7);
+        let mut at = 0;
+        for n in [1, 3, 8, 13, 0, 64, 5, 906] {
+            g.fill(&mut pieces[at..at + n]);
+            at += n;
+        }
+        assert_eq!(at, 1000);
+        assert_eq!(whole, pieces);
+        let mut other = vec![0u8; 1000];
+        ByteStream::new(8).fill(&mut other);
+        assert_ne!(whole, other);
+    }
+
+    #[test]
+    fn percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}

@@ -1,0 +1,179 @@
+//! lb's developer tasks: `cargo xtask <task>`.
+//!
+//! Everything a fresh Debian 12 machine needs is installed from here (`setup`),
+//! so the README's two commands (`cargo xtask run`, `cargo xtask test`) work on
+//! a new box and in CI.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "lb's build, run, test and lint tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and the tests need (Debian packages, bpf-linker).
+    Setup,
+    /// Build the XDP object (target/bpf/bpfel-unknown-none/release/lb-ebpf).
+    BuildEbpf,
+    /// Build the XDP object and the userspace binaries.
+    Build {
+        /// Build userspace in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run lbd. Without `--config`, runs a self-contained sandbox: namespaces
+    /// with a client and three backends, the real daemon, live counters.
+    Run {
+        /// Build userspace in release mode.
+        #[arg(long)]
+        release: bool,
+        /// Arguments for lbd (e.g. `-- --config /etc/lb/lb.toml`); none runs the sandbox.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every test, privileged ones included.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// rustfmt and clippy -D warnings on the host crates and the eBPF crate.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::ensure(),
+        Task::BuildEbpf => build_ebpf().map(|_| ()),
+        Task::Build { release } => build(release).map(|_| ()),
+        Task::Run { release, args } => run(release, args),
+        Task::Test { args } => test(args),
+        Task::Lint => lint(),
+    }
+}
+
+/// The workspace root (the parent of this crate).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn status(cmd: &mut Command) -> Result<ExitStatus> {
+    cmd.status()
+        .with_context(|| format!("could not start {cmd:?}"))
+}
+
+fn check(cmd: &mut Command) -> Result<()> {
+    let st = status(cmd)?;
+    if !st.success() {
+        bail!("{cmd:?} failed: {st}");
+    }
+    Ok(())
+}
+
+/// Path of the built XDP object.
+fn ebpf_object() -> PathBuf {
+    root().join("target/bpf/bpfel-unknown-none/release/lb-ebpf")
+}
+
+/// Builds the XDP object with whichever eBPF toolchain this machine has.
+fn build_ebpf() -> Result<PathBuf> {
+    let toolchain = setup::ebpf_toolchain()?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root().join("lb-ebpf"))
+        .args(["build", "--release", "--bin", "lb-ebpf"])
+        .args(["--target", "bpfel-unknown-none"])
+        .arg("--target-dir")
+        .arg(root().join("target/bpf"));
+    toolchain.configure(&mut cmd);
+    check(&mut cmd).context("building the XDP object")?;
+    Ok(ebpf_object())
+}
+
+/// Builds everything; returns the directory holding lbd, lbctl and lb-testkit.
+fn build(release: bool) -> Result<PathBuf> {
+    let obj = build_ebpf()?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .args(["build", "--bins", "-p", "lb-user", "-p", "lb-tests"])
+        .env("LB_EBPF_OBJECT", &obj);
+    if release {
+        cmd.arg("--release");
+    }
+    check(&mut cmd).context("building userspace")?;
+    Ok(root()
+        .join("target")
+        .join(if release { "release" } else { "debug" }))
+}
+
+fn run(release: bool, args: Vec<String>) -> Result<()> {
+    setup::ensure()?;
+    let bin = build(release)?;
+    let mut cmd = if args.is_empty() {
+        let mut c = Command::new(bin.join("lb-sandbox"));
+        c.arg("--bin-dir").arg(&bin);
+        c
+    } else {
+        let mut c = Command::new(bin.join("lbd"));
+        c.args(&args);
+        c
+    };
+    let st = status(&mut cmd)?;
+    if !st.success() {
+        bail!("{st}");
+    }
+    Ok(())
+}
+
+fn test(args: Vec<String>) -> Result<()> {
+    setup::ensure()?;
+    let bin = build(false)?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("LB_EBPF_OBJECT", ebpf_object())
+        .env("LB_BIN_DIR", &bin)
+        .args(&args);
+    check(&mut cmd)
+}
+
+fn lint() -> Result<()> {
+    let root = root();
+    check(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["fmt", "--all", "--check"]),
+    )?;
+    check(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate for its real target, with Debian's clippy (same rustc as the build).
+    let mut cmd = setup::ebpf_toolchain()?.clippy();
+    cmd.current_dir(root.join("lb-ebpf"))
+        .args(["--release", "--bin", "lb-ebpf"])
+        .args(["--target", "bpfel-unknown-none"])
+        .arg("--target-dir")
+        .arg(root.join("target/bpf"))
+        .args(["--", "-D", "warnings"]);
+    check(&mut cmd)
+}

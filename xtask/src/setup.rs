@@ -1,0 +1,197 @@
+//! Installing and finding what the build needs.
+//!
+//! Two ways to build the eBPF crate are supported:
+//! - **Debian** (what these machines have): `rustc-web` 1.96 with the prebuilt
+//!   `core` for `bpfel-unknown-none` from `libstd-rust-web-dev-bpf`, linked by
+//!   `bpf-linker` built against LLVM 22. No `rust-src` needed.
+//! - **rustup nightly with `rust-src`** (a typical developer or EC2 box with
+//!   internet): `cargo +nightly build -Z build-std=core`.
+//!
+//! `ensure` installs the Debian route when it can (root with apt-get); when it
+//! can't, the error says exactly what is missing and how to get it.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Debian packages the build and the tests need.
+const DEBIAN_PACKAGES: &[&str] = &[
+    // eBPF toolchain (Debian route) and what bpf-linker links against.
+    "rustc-web",
+    "libstd-rust-web-dev-bpf",
+    "rust-web-clippy",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    // Test topologies.
+    "iproute2",
+    "ethtool",
+];
+
+const BPF_LINKER_VERSION: &str = "^0.13";
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_BPF_CORE: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
+
+fn cargo_bin_dir() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+/// PATH with cargo's bin directory first, so an installed bpf-linker is found.
+fn path_with_cargo_bin() -> std::ffi::OsString {
+    let mut paths = vec![cargo_bin_dir()];
+    if let Some(p) = env::var_os("PATH") {
+        paths.extend(env::split_paths(&p));
+    }
+    env::join_paths(paths).expect("PATH entries are valid")
+}
+
+fn quiet_ok(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn bpf_linker_present() -> bool {
+    quiet_ok(
+        Command::new("bpf-linker")
+            .arg("--version")
+            .env("PATH", path_with_cargo_bin()),
+    )
+}
+
+fn nightly_with_rust_src() -> bool {
+    Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+        .unwrap_or(false)
+}
+
+/// Installs whatever is missing. Idempotent and quick when all is present.
+pub fn ensure() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() || !quiet_ok(Command::new("apt-get").arg("--version")) {
+            bail!(
+                "missing Debian packages: {}\n  install them with: sudo apt-get install {}",
+                missing.join(" "),
+                missing.join(" ")
+            );
+        }
+        eprintln!("setup: installing {}", missing.join(" "));
+        crate::check(Command::new("apt-get").args(["update", "-qq"]))?;
+        crate::check(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("apt-get install")?;
+    }
+    if !bpf_linker_present() {
+        eprintln!("setup: building bpf-linker against LLVM 22 (about 2 minutes)");
+        crate::check(
+            Command::new("cargo")
+                .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        )
+        .context(
+            "cargo install bpf-linker (needs llvm-22-dev, libpolly-22-dev, libzstd-dev, zlib1g-dev)",
+        )?;
+    }
+    Ok(())
+}
+
+/// How this machine builds the eBPF crate.
+pub enum EbpfToolchain {
+    Debian,
+    Nightly,
+}
+
+/// Finds a toolchain that can build for `bpfel-unknown-none`, or says what is missing.
+pub fn ebpf_toolchain() -> Result<EbpfToolchain> {
+    if !bpf_linker_present() {
+        bail!(
+            "bpf-linker not found: run `cargo xtask setup`, or \
+             `LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --no-default-features --features llvm-22`"
+        );
+    }
+    if Path::new(DEBIAN_RUSTC).exists() && Path::new(DEBIAN_BPF_CORE).is_dir() {
+        return Ok(EbpfToolchain::Debian);
+    }
+    if nightly_with_rust_src() {
+        return Ok(EbpfToolchain::Nightly);
+    }
+    bail!(
+        "no Rust toolchain can build for bpfel-unknown-none here. Either:\n  \
+         - Debian 12: apt-get install rustc-web libstd-rust-web-dev-bpf (from bookworm-security), or\n  \
+         - rustup: rustup toolchain install nightly --component rust-src"
+    )
+}
+
+impl EbpfToolchain {
+    /// Points a `cargo build` for bpfel-unknown-none at this toolchain.
+    pub fn configure(&self, cmd: &mut Command) {
+        cmd.env("PATH", path_with_cargo_bin());
+        match self {
+            EbpfToolchain::Debian => {
+                // aya-ebpf uses feature(asm_experimental_arch); Debian's rustc
+                // is a stable-channel build.
+                cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
+            }
+            EbpfToolchain::Nightly => {
+                cmd.env("RUSTUP_TOOLCHAIN", "nightly")
+                    .args(["-Z", "build-std=core"]);
+            }
+        }
+    }
+
+    /// A `cargo clippy` for the eBPF crate with this toolchain.
+    pub fn clippy(&self) -> Command {
+        let mut cmd = match self {
+            EbpfToolchain::Debian => {
+                // Debian's cargo-clippy runs its clippy-driver, built with the
+                // same rustc 1.96 that the prebuilt `core` needs.
+                let mut c = Command::new("/usr/bin/cargo-clippy");
+                c.arg("clippy");
+                c
+            }
+            EbpfToolchain::Nightly => {
+                let mut c = Command::new("cargo");
+                c.arg("clippy");
+                c
+            }
+        };
+        self.configure(&mut cmd);
+        cmd
+    }
+}
