@@ -78,7 +78,9 @@ impl HostSettings {
     /// Puts back every value changed, newest first.
     pub fn restore(&mut self) {
         while let Some((path, old)) = self.saved.pop() {
-            if let Err(e) = fs::write(&path, &old) {
+            // A newline, so that an empty value (say, no reserved ports) is
+            // written at all: procfs ignores a zero-length write.
+            if let Err(e) = fs::write(&path, format!("{old}\n")) {
                 tracing::warn!(path = %path.display(), error = %e, "could not restore a host setting");
             }
         }
@@ -106,3 +108,39 @@ pub fn check_native_xdp(ifname: &str) -> Result<()> {
 
 /// The largest MTU the ENA driver accepts with an XDP program attached.
 pub const ENA_XDP_MAX_MTU: u32 = 3498;
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Makes sure /sys/fs/bpf is a BPF filesystem, mounting one if it is not
+/// (inside `ip netns exec`, for instance, /sys is remounted without it).
+pub fn ensure_bpffs() -> Result<()> {
+    let path = std::ffi::CString::new(BPFFS).expect("no NUL");
+    // SAFETY: `path` is NUL-terminated and `st` is a writable statfs.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    if rc == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            path.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "{BPFFS} is not a BPF filesystem and mounting one failed: {} \
+             (mount it with: mount -t bpf bpf {BPFFS})",
+            std::io::Error::last_os_error()
+        );
+    }
+    tracing::info!("mounted the BPF filesystem on {BPFFS}");
+    Ok(())
+}

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub mod netns;
+pub mod packet;
 
 pub use netns::{
     addr, disable_offloads, netns_exists, netns_list, route, run, unique_prefix, veth, wait_until,

@@ -246,7 +246,10 @@ fn new_flow_for(
         SEED_RING,
     );
     let slot = (vip.id * 2 + (vip.ring_slot & 1)) * cfg.ring_size;
-    let backend_id = match RINGS.get(slot + h % cfg.ring_size) {
+    // checked_rem: a plain `%` would keep a divide-by-zero panic path, which
+    // the verifier rejects.
+    let index = slot + h.checked_rem(cfg.ring_size).unwrap_or(0);
+    let backend_id = match RINGS.get(index) {
         Some(id) if *id != NO_BACKEND => *id,
         _ => return Err(Reason::DropNoBackend),
     };
@@ -310,7 +313,7 @@ fn claim_nat_port(
     };
     let mut i = 0;
     while i < NAT_PORT_PROBES {
-        let port = cfg.nat_port_min as u32 + h.wrapping_add(i) % range;
+        let port = cfg.nat_port_min as u32 + h.wrapping_add(i).checked_rem(range).unwrap_or(0);
         probe.dst_port_be = (port as u16).to_be();
         match NAT.get_ptr_mut(&probe) {
             None => {

@@ -203,11 +203,17 @@ impl Dataplane {
                  set dataplane.xdp_mode = \"generic\" to run in generic mode instead"
             );
         }
-        self.tx_ports
-            .insert(ifindex, ifindex, None, 0)
+        self.add_tx_port(ifindex)
             .with_context(|| format!("adding {interface} to {}", map::TX_PORTS))?;
         self.attached.push(interface.to_string());
         Ok(())
+    }
+
+    /// Lets the program `XDP_REDIRECT` to `ifindex` (done by `attach`).
+    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<()> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .context("updating the devmap")
     }
 
     /// Interfaces the program is attached to.

@@ -1,0 +1,795 @@
+//! Packet tests: the real XDP program run by the kernel on crafted frames
+//! through `BPF_PROG_TEST_RUN`, with its maps filled by the real control-plane
+//! code. Each test runs in its own network namespace with veths, addresses and
+//! static neighbours, so `bpf_fib_lookup` gives deterministic answers.
+//!
+//! Every case checks the verdict, the reason counter that moved (exactly one
+//! per packet), and for rewritten packets the addresses, ports, MACs, TTL and
+//! both checksums (verified by an independent routine in `lb_tests::packet`).
+
+use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd, path::PathBuf, thread, time::Duration};
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_ebpf::{hash::flow_hash, FlowKey, Reason, IPPROTO_TCP, SEED_NAT_PORT, SEED_RING};
+use lb_tests::{
+    netns::{unique_prefix, Netns},
+    packet::{parse_tcp, Frame, Mac, Parsed, ACK, ETH_P_ARP, ETH_P_IPV6, FIN, PSH, RST, SYN},
+};
+use lb_user::{
+    balancer::{ring_for, Balancer},
+    config::Config,
+    daemon::{kernel_config, load_options},
+    dataplane::{addr_be, Dataplane, Maps},
+};
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 2);
+const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 1, 2];
+const CLIENT2: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 3);
+const LOCAL_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 50);
+const NAT: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 10);
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 100);
+const LOCAL_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 101);
+const NONEIGH_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 102);
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 103);
+const SINGLE_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 104);
+const RING: u32 = 1009;
+
+const CONFIG: &str = r#"
+[dataplane]
+interfaces = ["lbt0", "lbt1"]
+ring_size = 1009
+max_flows = 4096
+[nat]
+source = "10.1.2.10"
+ports = "20000-59999"
+[[vip]]
+name = "web"
+address = "10.1.1.100"
+port = 80
+  [[vip.backend]]
+  address = "10.1.2.11"
+  port = 8080
+  [[vip.backend]]
+  address = "10.1.2.12"
+  port = 8080
+  [[vip.backend]]
+  address = "10.1.2.13"
+  port = 8080
+[[vip]]
+name = "local"
+address = "10.1.1.101"
+port = 80
+  [[vip.backend]]
+  address = "10.1.1.50"
+  port = 8080
+[[vip]]
+name = "noneigh"
+address = "10.1.1.102"
+port = 80
+  [[vip.backend]]
+  address = "10.1.2.99"
+  port = 8080
+[[vip]]
+name = "empty"
+address = "10.1.1.103"
+port = 80
+[[vip]]
+name = "single"
+address = "10.1.1.104"
+port = 80
+  [[vip.backend]]
+  address = "10.1.2.11"
+  port = 9090
+"#;
+
+fn backend_mac(addr: Ipv4Addr) -> Mac {
+    let o = addr.octets();
+    [0x02, 0, 0, 0, o[2], o[3]]
+}
+
+fn object() -> Vec<u8> {
+    let path = std::env::var_os("LB_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/bpf/bpfel-unknown-none/release/lb-ebpf")
+        });
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "the XDP object {} is missing ({e}); build it with `cargo xtask build-ebpf` \
+             (or run everything with `cargo xtask test`)",
+            path.display()
+        )
+    })
+}
+
+struct Fixture {
+    dp: Dataplane,
+    balancer: Balancer,
+    lbt0: u32,
+    lbt1: u32,
+    mac0: Mac,
+    mac1: Mac,
+    // Dropped last: the namespace outlives the program runs.
+    _ns: Netns,
+}
+
+fn mac_of(ns: &Netns, ifname: &str) -> Mac {
+    let out = ns.ip(&["-j", "link", "show", "dev", ifname]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let s = v[0]["address"].as_str().unwrap();
+    let b: Vec<u8> = s
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    b.try_into().unwrap()
+}
+
+fn ifindex_of(ns: &Netns, ifname: &str) -> u32 {
+    let out = ns.ip(&["-j", "link", "show", "dev", ifname]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["ifindex"].as_u64().unwrap() as u32
+}
+
+/// Moves the calling thread (this test's) into `ns`, where the program's
+/// `bpf_fib_lookup` will consult routes and neighbours.
+fn enter(ns: &Netns) {
+    let f = File::open(format!("/run/netns/{}", ns.name())).unwrap();
+    // SAFETY: a valid namespace fd; affects only this thread.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+fn fixture(test: &str, tweak: impl FnOnce(&mut lb_ebpf::Config)) -> Fixture {
+    let ns = Netns::new(&format!("{}pk", unique_prefix(test))).unwrap();
+    for (a, b) in [("lbt0", "lbt0p"), ("lbt1", "lbt1p")] {
+        ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])
+            .unwrap();
+        ns.ip(&["link", "set", a, "up"]).unwrap();
+        ns.ip(&["link", "set", b, "up"]).unwrap();
+    }
+    ns.ip(&["addr", "add", "10.1.1.1/24", "dev", "lbt0"])
+        .unwrap();
+    ns.ip(&["addr", "add", "10.1.2.1/24", "dev", "lbt1"])
+        .unwrap();
+    ns.ip(&["addr", "add", "10.1.2.10/24", "dev", "lbt1"])
+        .unwrap();
+    let neighbours = [
+        (CLIENT, "lbt0"),
+        (CLIENT2, "lbt0"),
+        (LOCAL_BACKEND, "lbt0"),
+        (Ipv4Addr::new(10, 1, 2, 11), "lbt1"),
+        (Ipv4Addr::new(10, 1, 2, 12), "lbt1"),
+        (Ipv4Addr::new(10, 1, 2, 13), "lbt1"),
+    ];
+    for (addr, dev) in neighbours {
+        let mac = backend_mac(addr)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        ns.ip(&[
+            "neigh",
+            "replace",
+            &addr.to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    }
+    ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
+    // Devmap entries and test runs resolve ifindexes in the caller's namespace.
+    enter(&ns);
+
+    let cfg = Config::from_toml_str(CONFIG).unwrap();
+    let mut dp = Dataplane::load(&object(), &load_options(&cfg), None).unwrap();
+    let mut kcfg = kernel_config(&cfg);
+    tweak(&mut kcfg);
+    dp.set_config(&kcfg).unwrap();
+    let mut balancer = Balancer::new(&cfg);
+    balancer.install(&mut dp).unwrap();
+    let (lbt0, lbt1) = (ifindex_of(&ns, "lbt0"), ifindex_of(&ns, "lbt1"));
+    dp.add_tx_port(lbt0).unwrap();
+    dp.add_tx_port(lbt1).unwrap();
+    let (mac0, mac1) = (mac_of(&ns, "lbt0"), mac_of(&ns, "lbt1"));
+    Fixture {
+        dp,
+        balancer,
+        lbt0,
+        lbt1,
+        mac0,
+        mac1,
+        _ns: ns,
+    }
+}
+
+/// What one program run did.
+struct Outcome {
+    action: u32,
+    reason: Reason,
+    out: Vec<u8>,
+}
+
+impl Fixture {
+    fn try_run(&self, frame: &[u8], ingress: u32) -> std::io::Result<Outcome> {
+        let before = self.dp.reason_counters().unwrap();
+        let mut out = vec![0u8; frame.len() + 512];
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+        let result = self
+            .dp
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
+            .map_err(std::io::Error::other)?;
+        out.truncate(result.data_size_out as usize);
+        let after = self.dp.reason_counters().unwrap();
+        let moved: Vec<Reason> = Reason::ALL
+            .iter()
+            .zip(before.iter().zip(after.iter()))
+            .filter(|(_, (b, a))| a.packets != b.packets)
+            .map(|(r, _)| *r)
+            .collect();
+        assert_eq!(
+            moved.len(),
+            1,
+            "exactly one reason counter moves per packet: {moved:?}"
+        );
+        let reason = moved[0];
+        let (b, a) = (&before[reason as usize], &after[reason as usize]);
+        assert_eq!(a.packets - b.packets, 1);
+        assert_eq!(
+            a.bytes - b.bytes,
+            frame.len() as u64,
+            "{reason:?} counts the frame's bytes"
+        );
+        assert_ne!(result.return_value, XDP_ABORTED, "XDP_ABORTED ({reason:?})");
+        Ok(Outcome {
+            action: result.return_value,
+            reason,
+            out,
+        })
+    }
+
+    fn run(&self, frame: &[u8], ingress: u32) -> Outcome {
+        self.try_run(frame, ingress).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// The backend the userspace ring says a client tuple goes to.
+    fn expected_backend(
+        &self,
+        vip: usize,
+        client: (Ipv4Addr, u16),
+        dst: (Ipv4Addr, u16),
+    ) -> (Ipv4Addr, u16) {
+        let v = &self.balancer.vips()[vip];
+        let ring = ring_for(&v.backends, RING).unwrap();
+        let h = flow_hash(
+            addr_be(client.0),
+            addr_be(dst.0),
+            client.1.to_be(),
+            dst.1.to_be(),
+            IPPROTO_TCP,
+            SEED_RING,
+        );
+        let id = ring[(h % RING) as usize];
+        let b = v.backends.iter().find(|b| b.id == id).unwrap();
+        (b.address, b.port)
+    }
+}
+
+/// The first NAT port candidate for a client tuple (with the default range).
+fn expected_nat_port(client: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> u16 {
+    let h = flow_hash(
+        addr_be(client.0),
+        addr_be(dst.0),
+        client.1.to_be(),
+        dst.1.to_be(),
+        IPPROTO_TCP,
+        SEED_NAT_PORT,
+    );
+    (20000 + h % 40000) as u16
+}
+
+fn assert_rewritten(
+    p: &Parsed,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    smac: Mac,
+    dmac: Mac,
+    ttl: u8,
+) {
+    assert_eq!((p.src, p.sport), src, "source");
+    assert_eq!((p.dst, p.dport), dst, "destination");
+    assert_eq!(p.src_mac, smac, "source MAC");
+    assert_eq!(p.dst_mac, dmac, "destination MAC");
+    assert_eq!(p.ttl, ttl, "TTL");
+}
+
+#[test]
+fn syn_established_and_reply_are_rewritten_both_ways() {
+    let fx = fixture("synest", |_| {});
+    let client = (CLIENT, 40000);
+    let vip = (WEB, 80);
+    let backend = fx.expected_backend(0, client, vip);
+    let nat_port = expected_nat_port(client, vip);
+
+    // SYN: a new flow, redirected to the backend-side interface.
+    let mut syn = Frame::tcp(client, vip, SYN);
+    syn.seq = 777;
+    let o = fx.run(&syn.build(), fx.lbt0);
+    assert_eq!(
+        (o.action, o.reason),
+        (XDP_REDIRECT, Reason::RedirectForward)
+    );
+    let p = parse_tcp(&o.out);
+    assert_rewritten(
+        &p,
+        (NAT, nat_port),
+        backend,
+        fx.mac1,
+        backend_mac(backend.0),
+        63,
+    );
+    assert_eq!((p.tcp_flags, p.seq), (SYN, 777));
+
+    // Established packet with data: the same backend and NAT port.
+    let mut data = Frame::tcp(client, vip, ACK | PSH);
+    data.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+    let o = fx.run(&data.build(), fx.lbt0);
+    assert_eq!(
+        (o.action, o.reason),
+        (XDP_REDIRECT, Reason::RedirectForward)
+    );
+    let p = parse_tcp(&o.out);
+    assert_rewritten(
+        &p,
+        (NAT, nat_port),
+        backend,
+        fx.mac1,
+        backend_mac(backend.0),
+        63,
+    );
+    assert_eq!(p.payload, data.payload);
+
+    // Reply from the backend to the NAT address: back to VIP -> client.
+    let mut reply = Frame::tcp(backend, (NAT, nat_port), SYN | ACK);
+    reply.payload = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+    let o = fx.run(&reply.build(), fx.lbt1);
+    assert_eq!((o.action, o.reason), (XDP_REDIRECT, Reason::RedirectReply));
+    let p = parse_tcp(&o.out);
+    assert_rewritten(&p, vip, client, fx.mac0, CLIENT_MAC, 63);
+    assert_eq!(p.payload, reply.payload);
+
+    // Counters: three packets for the VIP and its backend, one new flow.
+    let v = &fx.balancer.vips()[0];
+    let id = v
+        .backends
+        .iter()
+        .find(|b| (b.address, b.port) == backend)
+        .unwrap()
+        .id;
+    let vc = fx.dp.vip_counters(v.id).unwrap();
+    let bc = fx.dp.backend_counters(id).unwrap();
+    assert_eq!((vc.packets, vc.flows), (3, 1));
+    assert_eq!((bc.packets, bc.flows), (3, 1));
+    for other in v.backends.iter().filter(|b| b.id != id) {
+        assert_eq!(fx.dp.backend_counters(other.id).unwrap().packets, 0);
+    }
+
+    // FIN both ways marks both table entries closed.
+    fx.run(&Frame::tcp(client, vip, FIN | ACK).build(), fx.lbt0);
+    fx.run(
+        &Frame::tcp(backend, (NAT, nat_port), FIN | ACK).build(),
+        fx.lbt1,
+    );
+    let key = FlowKey {
+        src_addr_be: addr_be(CLIENT),
+        dst_addr_be: addr_be(WEB),
+        src_port_be: 40000u16.to_be(),
+        dst_port_be: 80u16.to_be(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let flow = fx.dp.flow(&key).expect("flow entry");
+    assert!(lb_ebpf::flow_closed(flow.flags), "flags {:#x}", flow.flags);
+    let nat_key = FlowKey {
+        src_addr_be: addr_be(backend.0),
+        dst_addr_be: addr_be(NAT),
+        src_port_be: backend.1.to_be(),
+        dst_port_be: nat_port.to_be(),
+        proto: IPPROTO_TCP,
+        _pad: [0; 3],
+    };
+    let nat = fx.dp.nat_entry(&nat_key).expect("NAT entry");
+    assert!(lb_ebpf::flow_closed(nat.flags), "flags {:#x}", nat.flags);
+    assert_eq!(nat.client_addr_be, addr_be(CLIENT));
+}
+
+#[test]
+fn kernel_and_userspace_agree_on_every_backend_choice() {
+    let fx = fixture("agree", |_| {});
+    let vip = (WEB, 80);
+    let mut seen = std::collections::HashSet::new();
+    for port in 30000..30300u16 {
+        let client = (CLIENT, port);
+        let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+        assert_eq!(o.reason, Reason::RedirectForward);
+        let p = parse_tcp(&o.out);
+        let want = fx.expected_backend(0, client, vip);
+        assert_eq!((p.dst, p.dport), want, "client port {port}");
+        seen.insert(want);
+    }
+    assert_eq!(seen.len(), 3, "all three backends were chosen");
+}
+
+#[test]
+fn same_interface_uses_xdp_tx() {
+    let fx = fixture("tx", |_| {});
+    let client = (CLIENT, 41000);
+    let vip = (LOCAL_VIP, 80);
+    let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    assert_eq!((o.action, o.reason), (XDP_TX, Reason::TxForward));
+    let p = parse_tcp(&o.out);
+    let nat_port = expected_nat_port(client, vip);
+    assert_rewritten(
+        &p,
+        (NAT, nat_port),
+        (LOCAL_BACKEND, 8080),
+        fx.mac0,
+        backend_mac(LOCAL_BACKEND),
+        63,
+    );
+    let o = fx.run(
+        &Frame::tcp((LOCAL_BACKEND, 8080), (NAT, nat_port), SYN | ACK).build(),
+        fx.lbt0,
+    );
+    assert_eq!((o.action, o.reason), (XDP_TX, Reason::TxReply));
+    assert_rewritten(&parse_tcp(&o.out), vip, client, fx.mac0, CLIENT_MAC, 63);
+}
+
+#[test]
+fn unknown_neighbour_hands_the_rewritten_packet_to_the_kernel() {
+    let fx = fixture("noneigh", |_| {});
+    let client = (CLIENT, 42000);
+    let o = fx.run(&Frame::tcp(client, (NONEIGH_VIP, 80), SYN).build(), fx.lbt0);
+    assert_eq!((o.action, o.reason), (XDP_PASS, Reason::PassNoNeigh));
+    let p = parse_tcp(&o.out);
+    // Rewritten (the kernel forwards it), TTL left for the kernel to decrement.
+    assert_eq!((p.dst, p.dport), (Ipv4Addr::new(10, 1, 2, 99), 8080));
+    assert_eq!(p.src, NAT);
+    assert_eq!(p.ttl, 64);
+}
+
+#[test]
+fn pass_and_drop_cases() {
+    let fx = fixture("cases", |_| {});
+    let vip = (WEB, 80);
+    let client = (CLIENT, 43000);
+    let syn = Frame::tcp(client, vip, SYN);
+
+    struct Case {
+        name: &'static str,
+        frame: Vec<u8>,
+        ingress: u32,
+        action: u32,
+        reason: Reason,
+    }
+    let case = |name, f: Frame, action, reason| Case {
+        name,
+        frame: f.build(),
+        ingress: fx.lbt0,
+        action,
+        reason,
+    };
+    let mut cases = vec![
+        case(
+            "TCP to a non-VIP port",
+            Frame::tcp(client, (WEB, 81), SYN),
+            XDP_PASS,
+            Reason::PassNoVip,
+        ),
+        case(
+            "TCP to a non-VIP address",
+            Frame::tcp(client, (Ipv4Addr::new(10, 1, 1, 1), 22), SYN),
+            XDP_PASS,
+            Reason::PassNoVip,
+        ),
+        case(
+            "UDP to the VIP port",
+            Frame {
+                proto: 17,
+                ..syn.clone()
+            },
+            XDP_PASS,
+            Reason::PassNotTcp,
+        ),
+        case(
+            "ARP",
+            Frame {
+                ether_type: ETH_P_ARP,
+                ..syn.clone()
+            },
+            XDP_PASS,
+            Reason::PassNotIpv4,
+        ),
+        case(
+            "IPv6",
+            Frame {
+                ether_type: ETH_P_IPV6,
+                ..syn.clone()
+            },
+            XDP_PASS,
+            Reason::PassNotIpv4,
+        ),
+        case(
+            "IHL 4",
+            Frame {
+                ihl_override: Some(4),
+                ..syn.clone()
+            },
+            XDP_PASS,
+            Reason::PassMalformed,
+        ),
+        case(
+            "IPv4 options to the VIP",
+            Frame {
+                ip_options: vec![1, 1, 1, 1],
+                ..syn.clone()
+            },
+            XDP_DROP,
+            Reason::DropIpOptions,
+        ),
+        case(
+            "IPv4 options to another port",
+            Frame {
+                ip_options: vec![1, 1, 1, 1, 1, 1, 1, 1],
+                ..Frame::tcp(client, (WEB, 443), SYN)
+            },
+            XDP_PASS,
+            Reason::PassNoVip,
+        ),
+        case(
+            "first fragment to the VIP",
+            Frame {
+                frag: 0x2000,
+                ..syn.clone()
+            },
+            XDP_DROP,
+            Reason::DropFragment,
+        ),
+        case(
+            "later fragment",
+            Frame {
+                frag: 0x0010,
+                ..syn.clone()
+            },
+            XDP_PASS,
+            Reason::PassFragment,
+        ),
+        case(
+            "TTL 1",
+            Frame {
+                ttl: 1,
+                ..syn.clone()
+            },
+            XDP_PASS,
+            Reason::PassTtl,
+        ),
+        case(
+            "total length shorter than the headers",
+            Frame {
+                tot_len_override: Some(30),
+                ..syn.clone()
+            },
+            XDP_DROP,
+            Reason::DropMalformed,
+        ),
+        case(
+            "two VLAN tags",
+            Frame {
+                vlan: Some(10),
+                inner_vlan: Some(20),
+                ..syn.clone()
+            },
+            XDP_PASS,
+            Reason::PassNotIpv4,
+        ),
+        case(
+            "VIP without backends",
+            Frame::tcp(client, (EMPTY_VIP, 80), SYN),
+            XDP_DROP,
+            Reason::DropNoBackend,
+        ),
+    ];
+    cases.push(Case {
+        name: "reply to the NAT address matching no flow",
+        frame: Frame::tcp((Ipv4Addr::new(10, 1, 2, 11), 8080), (NAT, 20001), ACK).build(),
+        ingress: fx.lbt1,
+        action: XDP_DROP,
+        reason: Reason::DropNatMiss,
+    });
+    cases.push(Case {
+        name: "TCP to the NAT address outside the NAT range",
+        frame: Frame::tcp((Ipv4Addr::new(10, 1, 2, 11), 5555), (NAT, 22), SYN).build(),
+        ingress: fx.lbt1,
+        action: XDP_PASS,
+        reason: Reason::PassNatOtherPort,
+    });
+    for c in &cases {
+        let o = fx.run(&c.frame, c.ingress);
+        assert_eq!(
+            (o.action, o.reason),
+            (c.action, c.reason),
+            "case: {}",
+            c.name
+        );
+        if c.action == XDP_PASS {
+            assert_eq!(
+                o.out, c.frame,
+                "case {}: a passed packet is untouched",
+                c.name
+            );
+        }
+    }
+    // None of these created a flow.
+    assert_eq!(fx.dp.flow_count(), 0);
+}
+
+#[test]
+fn one_vlan_tag_is_kept() {
+    let fx = fixture("vlan", |_| {});
+    let client = (CLIENT, 44000);
+    let vip = (WEB, 80);
+    let f = Frame {
+        vlan: Some(42),
+        ..Frame::tcp(client, vip, SYN)
+    };
+    let o = fx.run(&f.build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    let p = parse_tcp(&o.out);
+    assert_eq!(p.vlan, Some(42));
+    assert_eq!((p.dst, p.dport), fx.expected_backend(0, client, vip));
+}
+
+#[test]
+fn truncation_at_every_header_byte_is_passed() {
+    let fx = fixture("trunc", |_| {});
+    let full = Frame::tcp((CLIENT, 45000), (WEB, 80), SYN).build();
+    let vlan = Frame {
+        vlan: Some(5),
+        ..Frame::tcp((CLIENT, 45000), (WEB, 80), SYN)
+    }
+    .build();
+    for frame in [&full, &vlan] {
+        for len in 0..frame.len() {
+            match fx.try_run(&frame[..len], fx.lbt0) {
+                Ok(o) => {
+                    assert_eq!(
+                        (o.action, o.reason),
+                        (XDP_PASS, Reason::PassMalformed),
+                        "truncated to {len} bytes"
+                    );
+                    assert_eq!(o.out, &frame[..len]);
+                }
+                // The kernel itself refuses frames shorter than an Ethernet header.
+                Err(e) => assert!(len < 14, "length {len}: {e}"),
+            }
+        }
+    }
+    assert_eq!(fx.dp.flow_count(), 0);
+}
+
+#[test]
+fn a_nat_port_is_held_for_its_client_until_the_hold_expires() {
+    // One NAT port only, so every flow to the backend competes for it.
+    let fx = fixture("hold", |c| {
+        c.nat_port_min = 20000;
+        c.nat_port_max = 20000;
+    });
+    let vip = (SINGLE_VIP, 80);
+    let backend = (Ipv4Addr::new(10, 1, 2, 11), 9090);
+    let a = (CLIENT, 46000);
+    let b = (CLIENT2, 46000);
+    let o = fx.run(&Frame::tcp(a, vip, SYN).build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    assert_eq!(parse_tcp(&o.out).sport, 20000);
+    // Another client cannot take the port while the flow is open...
+    assert_eq!(
+        fx.run(&Frame::tcp(b, vip, SYN).build(), fx.lbt0).reason,
+        Reason::DropNatExhausted
+    );
+    // ...nor after it closed, while the backend may still hold it in TIME_WAIT.
+    fx.run(&Frame::tcp(a, vip, FIN | ACK).build(), fx.lbt0);
+    fx.run(
+        &Frame::tcp(backend, (NAT, 20000), FIN | ACK).build(),
+        fx.lbt1,
+    );
+    assert_eq!(
+        fx.run(&Frame::tcp(b, vip, SYN).build(), fx.lbt0).reason,
+        Reason::DropNatExhausted
+    );
+    // The same client reconnecting on the same tuple may reuse it.
+    let o = fx.run(&Frame::tcp(a, vip, SYN).build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    assert_eq!(parse_tcp(&o.out).sport, 20000);
+}
+
+#[test]
+fn a_closed_flows_port_is_reused_after_the_hold() {
+    let fx = fixture("reuse", |c| {
+        c.nat_port_min = 20000;
+        c.nat_port_max = 20000;
+        c.port_hold_ns = 1_000_000; // 1 ms
+    });
+    let vip = (SINGLE_VIP, 80);
+    let backend = (Ipv4Addr::new(10, 1, 2, 11), 9090);
+    let a = (CLIENT, 47000);
+    let b = (CLIENT2, 47000);
+    fx.run(&Frame::tcp(a, vip, SYN).build(), fx.lbt0);
+    fx.run(&Frame::tcp(a, vip, RST).build(), fx.lbt0);
+    // The coarse clock ticks every few ms.
+    thread::sleep(Duration::from_millis(30));
+    let o = fx.run(&Frame::tcp(b, vip, SYN).build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    let p = parse_tcp(&o.out);
+    assert_eq!((p.sport, (p.dst, p.dport)), (20000, backend));
+    // Replies now go to the new owner.
+    let o = fx.run(
+        &Frame::tcp(backend, (NAT, 20000), SYN | ACK).build(),
+        fx.lbt1,
+    );
+    assert_eq!((parse_tcp(&o.out).dst, parse_tcp(&o.out).dport), b);
+}
+
+#[test]
+fn flows_of_a_removed_backend_move_at_their_next_packet() {
+    let mut fx = fixture("remove", |_| {});
+    let vip = (WEB, 80);
+    // Find a client port whose flow lands on 10.1.2.11.
+    let victim = (Ipv4Addr::new(10, 1, 2, 11), 8080);
+    let client = (30000..40000u16)
+        .map(|p| (CLIENT, p))
+        .find(|c| fx.expected_backend(0, *c, vip) == victim)
+        .unwrap();
+    let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    assert_eq!((parse_tcp(&o.out).dst, parse_tcp(&o.out).dport), victim);
+
+    let Fixture { dp, balancer, .. } = &mut fx;
+    balancer
+        .remove_backend(dp, "web", victim.0, victim.1)
+        .unwrap();
+    let o = fx.run(&Frame::tcp(client, vip, ACK).build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    let p = parse_tcp(&o.out);
+    assert_ne!((p.dst, p.dport), victim, "moved off the removed backend");
+    assert_eq!((p.dst, p.dport), fx.expected_backend(0, client, vip));
+
+    // Re-adding restores the original choice for new flows.
+    let Fixture { dp, balancer, .. } = &mut fx;
+    balancer
+        .add_backend(dp, "web", victim.0, victim.1, 1)
+        .unwrap();
+    let fresh = (client.0, client.1 + 1);
+    let o = fx.run(&Frame::tcp(fresh, vip, SYN).build(), fx.lbt0);
+    assert_eq!(
+        (parse_tcp(&o.out).dst, parse_tcp(&o.out).dport),
+        fx.expected_backend(0, fresh, vip)
+    );
+}
