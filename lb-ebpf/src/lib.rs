@@ -62,6 +62,8 @@ pub mod prog {
     /// Passes every packet. Attach it to the far end of a veth so that frames
     /// sent there with `XDP_TX`/`XDP_REDIRECT` are delivered (test topologies).
     pub const PASS: &str = "lb_xdp_pass";
+    /// Benchmark reference: parse, swap MACs, `XDP_TX` (never attached by lbd).
+    pub const FLOOR: &str = "lb_xdp_floor";
 }
 
 /// Capacities compiled into the object. Userspace may lower the flow tables and
@@ -334,7 +336,9 @@ mod tests {
         for name in map::ALL {
             assert!(name.len() <= 15, "{name} is longer than 15 bytes");
         }
-        assert!(prog::LB.len() <= 15 && prog::PASS.len() <= 15);
+        for name in [prog::LB, prog::PASS, prog::FLOOR] {
+            assert!(name.len() <= 15, "{name} is longer than 15 bytes");
+        }
     }
 
     #[test]

@@ -114,11 +114,7 @@ impl Balancer {
     fn publish_ring(&mut self, maps: &mut impl Maps, vip_index: usize) -> Result<()> {
         let vip = &self.vips[vip_index];
         let ring = ring_for(&vip.backends, self.ring_size)?;
-        let slot = if maps_has_vip_live(vip) {
-            vip.live_slot ^ 1
-        } else {
-            0
-        };
+        let slot = vip.live_slot ^ 1;
         maps.write_ring(vip.id, slot, &ring)?;
         maps.set_vip(
             vip.key(),
@@ -276,11 +272,6 @@ impl Balancer {
             })
             .collect()
     }
-}
-
-/// A VIP has been written once it has a ring; before `install` nothing is live.
-fn maps_has_vip_live(_vip: &VipEntry) -> bool {
-    true
 }
 
 fn backend_value(b: &BackendEntry, vip_id: u32) -> Backend {

@@ -126,7 +126,7 @@ impl Frame {
             return f;
         }
         let mut opts = self.ip_options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0); // end of options list
         }
         let ip_hdr_len = 20 + opts.len();

@@ -189,9 +189,10 @@ fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, vip: &VipValue, key: &F
         // SAFETY: the pointer comes from a successful map lookup; racing
         // writers of the same flow only store equivalent values.
         let f = unsafe { &mut *f };
-        let reusable = !expired(cfg, f.flags, f.last_seen_ns, now)
-            && !(fresh_syn && flow_closed(f.flags))
-            && backend_live(f);
+        // A fresh SYN on a closed flow starts a new connection.
+        let stale =
+            expired(cfg, f.flags, f.last_seen_ns, now) || (fresh_syn && flow_closed(f.flags));
+        let reusable = !stale && backend_live(f);
         if reusable {
             f.last_seen_ns = now;
             if close != 0 {
@@ -276,7 +277,7 @@ fn new_flow_for(
         last_seen_ns: now,
     };
     flow.nat_port_be = claim_nat_port(cfg, &flow, key, &entry, now)?;
-    if FLOWS.insert(key, &flow, BPF_ANY as u64).is_err() {
+    if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
         return Err(Reason::DropMapUpdate);
     }
     Ok(flow)
@@ -315,9 +316,9 @@ fn claim_nat_port(
     while i < NAT_PORT_PROBES {
         let port = cfg.nat_port_min as u32 + h.wrapping_add(i).checked_rem(range).unwrap_or(0);
         probe.dst_port_be = (port as u16).to_be();
-        match NAT.get_ptr_mut(&probe) {
+        match NAT.get_ptr_mut(probe) {
             None => {
-                if NAT.insert(&probe, entry, BPF_NOEXIST as u64).is_ok() {
+                if NAT.insert(probe, entry, BPF_NOEXIST as u64).is_ok() {
                     return Ok(probe.dst_port_be);
                 }
             }
@@ -368,7 +369,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
             proto: IPPROTO_TCP,
             _pad: [0; 3],
         };
-        if let Some(f) = FLOWS.get_ptr_mut(&client) {
+        if let Some(f) = FLOWS.get_ptr_mut(client) {
             // SAFETY: the pointer comes from a successful map lookup.
             unsafe { (*f).flags |= close };
         }

@@ -79,6 +79,24 @@ pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The benchmark floor: parse Ethernet and IPv4, swap the MACs, `XDP_TX`.
+/// Not attached by lbd; `cargo xtask bench` measures it to give the cost of
+/// the load balancer as a ratio to the least any forwarding program does.
+#[xdp]
+pub fn lb_xdp_floor(ctx: XdpContext) -> u32 {
+    use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+    let Some(eth) = parse::ptr_at::<EthHdr>(&ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    if parse::ptr_at::<Ipv4Hdr>(&ctx, EthHdr::LEN).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: `eth` is bounds-checked just above.
+    let eth = unsafe { &mut *eth };
+    core::mem::swap(&mut eth.dst_addr, &mut eth.src_addr);
+    xdp_action::XDP_TX
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -87,7 +87,7 @@ impl Dataplane {
             .map_max_entries(map::RINGS, rings)
             .load(object)
             .context("loading the XDP object into the kernel (are you root, with CAP_BPF and CAP_NET_ADMIN?)")?;
-        for name in [prog::LB, prog::PASS] {
+        for name in [prog::LB, prog::PASS, prog::FLOOR] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
@@ -151,8 +151,13 @@ impl Dataplane {
 
     /// The load-balancer program (for `BPF_PROG_TEST_RUN` in tests).
     pub fn program(&self) -> &Xdp {
+        self.program_named(prog::LB)
+    }
+
+    /// Any of the object's programs (`lb_ebpf::prog::*`), loaded but not attached.
+    pub fn program_named(&self, name: &str) -> &Xdp {
         self.ebpf
-            .program(prog::LB)
+            .program(name)
             .expect("checked at load")
             .try_into()
             .expect("checked at load")
@@ -266,6 +271,24 @@ impl Dataplane {
     /// Looks up a NAT entry by its backend-side 5-tuple.
     pub fn nat_entry(&self, key: &FlowKey) -> Option<NatEntry> {
         self.nat.get(key, 0).ok()
+    }
+
+    /// Kernel memory charged to the flow and NAT tables, in bytes (from
+    /// `/proc/self/fdinfo`, which reports what the map allocated).
+    pub fn flow_table_memory(&self) -> Result<u64> {
+        use aya::maps::IterableMap;
+        use std::os::fd::{AsFd, AsRawFd};
+        let mut total = 0;
+        for data in [IterableMap::map(&self.flows), IterableMap::map(&self.nat)] {
+            let fd = data.fd().as_fd().as_raw_fd();
+            let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+            let memlock = info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .context("no memlock in fdinfo")?;
+            total += memlock.trim().parse::<u64>()?;
+        }
+        Ok(total)
     }
 
     pub fn ring_size(&self) -> u32 {
