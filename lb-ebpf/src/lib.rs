@@ -23,7 +23,7 @@ pub mod map {
     /// Writer: lbd. Reader: XDP.
     pub const RINGS: &str = "LB_RINGS";
     /// `LRU_HASH` client-side [`super::FlowKey`] -> [`super::Flow`].
-    /// Writer: XDP (and lbd on cleanup). Reader: XDP, lbd (occupancy).
+    /// Writer: XDP. Reader: XDP, lbd (occupancy).
     pub const FLOWS: &str = "LB_FLOWS";
     /// `LRU_HASH` backend-side [`super::FlowKey`] -> [`super::NatEntry`].
     /// Writer: XDP. Reader: XDP, lbd.
@@ -66,8 +66,8 @@ pub mod prog {
     pub const FLOOR: &str = "lb_xdp_floor";
 }
 
-/// Capacities compiled into the object. Userspace may lower the flow tables and
-/// sets the ring array to `MAX_VIPS * 2 * ring_size` at load time.
+/// Capacities compiled into the object. At load time lbd sizes the flow tables
+/// (`dataplane.max_flows`) and the ring array (`dataplane.max_vips * 2 * ring_size`).
 pub const MAX_VIPS: u32 = 64;
 pub const MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_RING_SIZE: u32 = 65_537;
@@ -139,7 +139,10 @@ pub struct FlowKey {
     pub src_port_be: u16,
     pub dst_port_be: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Two fields, not `[u8; 3]`: the eBPF backend zeroes arrays with an
+    // out-of-line byte loop, scalar fields with plain stores.
+    pub _pad1: u8,
+    pub _pad2: u16,
 }
 
 /// Value of [`map::FLOWS`].
@@ -265,7 +268,8 @@ reasons! {
     PassNotTcp = 7, "pass_not_tcp";
     /// TCP to an address/port that is neither a VIP nor the NAT address.
     PassNoVip = 8, "pass_no_vip";
-    /// Truncated Ethernet/VLAN/IPv4 header or IHL < 5: not ours to judge.
+    /// Truncated Ethernet/VLAN/IPv4/TCP header, or IPv4 version/IHL invalid:
+    /// not ours to judge.
     PassMalformed = 9, "pass_malformed";
     /// A non-first IPv4 fragment (no ports to match on).
     PassFragment = 10, "pass_fragment";
@@ -273,7 +277,8 @@ reasons! {
     PassTtl = 11, "pass_ttl";
     /// TCP to the NAT address outside the NAT port range.
     PassNatOtherPort = 12, "pass_nat_other_port";
-    /// A VIP packet with a truncated TCP header.
+    /// A VIP or NAT packet whose lengths don't add up (TCP data offset < 5, or
+    /// IPv4 total length shorter than the headers).
     DropMalformed = 13, "drop_malformed";
     /// A VIP packet carrying IPv4 options (not forwarded, see docs/dataplane.md).
     DropIpOptions = 14, "drop_ip_options";

@@ -186,7 +186,8 @@ impl Balancer {
         };
         let vip_id = v.id;
         let result = maps
-            .set_backend(id, backend_value(&entry, vip_id))
+            .reset_backend_counters(id)
+            .and_then(|()| maps.set_backend(id, backend_value(&entry, vip_id)))
             .and_then(|()| {
                 self.vips[i].backends.push(entry.clone());
                 self.publish_ring(maps, i)
@@ -353,6 +354,10 @@ mod tests {
         fn backend_counters(&self, _: u32) -> Result<Counters> {
             Ok(Counters::default())
         }
+        fn reset_backend_counters(&mut self, id: u32) -> Result<()> {
+            self.log.push(format!("reset {id}"));
+            Ok(())
+        }
     }
 
     fn config() -> Config {
@@ -414,6 +419,10 @@ mod tests {
             .unwrap();
         assert_eq!(b.vips()[0].live_slot, first);
         assert!(!live_ring(&maps, &b).contains(&2));
+        assert!(
+            maps.log.contains(&"reset 2".to_string()),
+            "a reused id starts from zero"
+        );
         // The backend slot is cleared only after the ring without it is live.
         let n = maps.log.len();
         assert_eq!(

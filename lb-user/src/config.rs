@@ -87,7 +87,7 @@ pub struct Dataplane {
     pub max_flows: u32,
     /// How many VIPs the maps are sized for.
     pub max_vips: u32,
-    /// bpffs directory where maps and links are pinned.
+    /// bpffs directory where the program and maps are pinned while lbd runs.
     pub pin_path: PathBuf,
 }
 

@@ -114,7 +114,8 @@ fn syn_established_and_reply_are_rewritten_both_ways() {
         src_port_be: 40000u16.to_be(),
         dst_port_be: 80u16.to_be(),
         proto: IPPROTO_TCP,
-        _pad: [0; 3],
+        _pad1: 0,
+        _pad2: 0,
     };
     let flow = fx.dp.flow(&key).expect("flow entry");
     assert!(lb_ebpf::flow_closed(flow.flags), "flags {:#x}", flow.flags);
@@ -124,7 +125,8 @@ fn syn_established_and_reply_are_rewritten_both_ways() {
         src_port_be: backend.1.to_be(),
         dst_port_be: nat_port.to_be(),
         proto: IPPROTO_TCP,
-        _pad: [0; 3],
+        _pad1: 0,
+        _pad2: 0,
     };
     let nat = fx.dp.nat_entry(&nat_key).expect("NAT entry");
     assert!(lb_ebpf::flow_closed(nat.flags), "flags {:#x}", nat.flags);

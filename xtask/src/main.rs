@@ -144,9 +144,15 @@ fn test(args: Vec<String>) -> Result<()> {
     setup::ensure()?;
     let bin = build(false)?;
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root())
-        .args(["test", "--workspace", "--no-fail-fast"])
-        .env("LB_EBPF_OBJECT", ebpf_object())
+    cmd.current_dir(root()).args(["test", "--no-fail-fast"]);
+    // `--workspace` would override a `-p` the caller passed to narrow the run.
+    let narrowed = args
+        .iter()
+        .any(|a| a == "-p" || a.starts_with("--package") || a.starts_with("-p"));
+    if !narrowed {
+        cmd.arg("--workspace");
+    }
+    cmd.env("LB_EBPF_OBJECT", ebpf_object())
         .env("LB_BIN_DIR", &bin)
         .args(&args);
     check(&mut cmd)

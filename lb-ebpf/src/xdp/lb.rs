@@ -55,7 +55,8 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
         src_port_be: u16::from_ne_bytes(tcp.source),
         dst_port_be: u16::from_ne_bytes(tcp.dest),
         proto: IPPROTO_TCP,
-        _pad: [0; 3],
+        _pad1: 0,
+        _pad2: 0,
     };
     let vip_key = VipKey {
         addr_be: key.dst_addr_be,
@@ -155,16 +156,19 @@ fn backend_key(cfg: &Config, f: &Flow) -> FlowKey {
         src_port_be: f.backend_port_be,
         dst_port_be: f.nat_port_be,
         proto: IPPROTO_TCP,
-        _pad: [0; 3],
+        _pad1: 0,
+        _pad2: 0,
     }
 }
 
-/// The flow's backend is still configured (not removed or replaced).
+/// The flow's backend is still configured for this VIP (not removed, and its
+/// id not reused for another backend or another VIP).
 #[inline(always)]
-fn backend_live(f: &Flow) -> bool {
+fn backend_live(f: &Flow, vip_id: u32) -> bool {
     match BACKENDS.get(f.backend_id) {
         Some(b) => {
             b.flags & BACKEND_F_IN_USE != 0
+                && b.vip_id == vip_id
                 && b.addr_be == f.backend_addr_be
                 && b.port_be == f.backend_port_be
         }
@@ -192,7 +196,7 @@ fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, vip: &VipValue, key: &F
         // A fresh SYN on a closed flow starts a new connection.
         let stale =
             expired(cfg, f.flags, f.last_seen_ns, now) || (fresh_syn && flow_closed(f.flags));
-        let reusable = !stale && backend_live(f);
+        let reusable = !stale && backend_live(f, vip.id);
         if reusable {
             f.last_seen_ns = now;
             if close != 0 {
@@ -310,7 +314,8 @@ fn claim_nat_port(
         src_port_be: flow.backend_port_be,
         dst_port_be: 0,
         proto: IPPROTO_TCP,
-        _pad: [0; 3],
+        _pad1: 0,
+        _pad2: 0,
     };
     let mut i = 0;
     while i < NAT_PORT_PROBES {
@@ -367,7 +372,8 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
             src_port_be: entry.client_port_be,
             dst_port_be: entry.vip_port_be,
             proto: IPPROTO_TCP,
-            _pad: [0; 3],
+            _pad1: 0,
+            _pad2: 0,
         };
         if let Some(f) = FLOWS.get_ptr_mut(client) {
             // SAFETY: the pointer comes from a successful map lookup.

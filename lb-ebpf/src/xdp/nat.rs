@@ -74,8 +74,20 @@ pub fn transmit(ctx: &XdpContext, pkt: &Packet, dir: Direction) -> (u32, Reason)
     // SAFETY: `ip`/`tcp`/`eth` were bounds-checked by `parse`.
     let (ip, tcp, eth) = unsafe { (&*pkt.ip, &*pkt.tcp, &mut *pkt.eth) };
     let ingress = ctx.ingress_ifindex() as u32;
-    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    // Zeroed word by word with volatile stores: LLVM would otherwise merge the
+    // zeroing into a call to the eBPF `memset`, an out-of-line byte loop.
+    let mut words = core::mem::MaybeUninit::<[u64; 8]>::uninit();
+    let p = words.as_mut_ptr() as *mut u64;
+    let mut i = 0;
+    while i < 8 {
+        // SAFETY: `i < 8` keeps the store inside `words`.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        i += 1;
+    }
+    const _: () = assert!(core::mem::size_of::<FibParams>() <= 64);
+    // SAFETY: `words` is 64 zeroed, 8-aligned bytes, enough for a
+    // bpf_fib_lookup (checked above), and all-zero is a valid value of it.
+    let fib = unsafe { &mut *(p as *mut FibParams) };
     fib.family = AF_INET;
     fib.l4_protocol = IPPROTO_TCP;
     fib.sport = u16::from_ne_bytes(tcp.source);
@@ -90,7 +102,7 @@ pub fn transmit(ctx: &XdpContext, pkt: &Packet, dir: Direction) -> (u32, Reason)
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
-            &mut fib,
+            fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )

@@ -25,6 +25,8 @@ pub trait Maps {
     fn write_ring(&mut self, vip_id: u32, slot: u32, ring: &[u32]) -> Result<()>;
     fn vip_counters(&self, vip_id: u32) -> Result<Counters>;
     fn backend_counters(&self, backend_id: u32) -> Result<Counters>;
+    /// Zeroes a backend's counters (its id is being given to a new backend).
+    fn reset_backend_counters(&mut self, backend_id: u32) -> Result<()>;
 }
 
 /// Sizes chosen at load time.
@@ -338,6 +340,14 @@ impl Maps for Dataplane {
 
     fn backend_counters(&self, backend_id: u32) -> Result<Counters> {
         Ok(sum(self.backend_stats.get(&backend_id, 0)?))
+    }
+
+    fn reset_backend_counters(&mut self, backend_id: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zeros = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])?;
+        self.backend_stats
+            .set(backend_id, zeros, 0)
+            .with_context(|| format!("resetting {}[{backend_id}]", map::BACKEND_STATS))
     }
 }
 
