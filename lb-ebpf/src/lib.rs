@@ -39,9 +39,12 @@ pub mod map {
     pub const BACKEND_STATS: &str = "LB_BE_STATS";
     /// `PERCPU_ARRAY` [`super::Reason`] -> [`super::Counters`]. Writer: XDP. Reader: lbd.
     pub const REASONS: &str = "LB_REASONS";
+    /// `ARRAY` backend id -> [`super::NextHop`]: the resolved next hop toward
+    /// each backend, shared by its new flows. Writer: XDP. Reader: XDP.
+    pub const BACKEND_HOPS: &str = "LB_BE_HOPS";
 
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         VIPS,
         BACKENDS,
         RINGS,
@@ -52,6 +55,7 @@ pub mod map {
         VIP_STATS,
         BACKEND_STATS,
         REASONS,
+        BACKEND_HOPS,
     ];
 }
 
@@ -145,6 +149,22 @@ pub struct FlowKey {
     pub _pad2: u16,
 }
 
+/// A next hop resolved by `bpf_fib_lookup`, cached in a flow's entries so
+/// that established packets skip the lookup. Re-resolved once older than
+/// [`NEXT_HOP_TTL_NS`]; `resolved_ns == 0` means not resolved yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub resolved_ns: u64,
+}
+
+/// How long a cached next hop is trusted: a neighbour's new MAC (or a route
+/// change) reaches established flows within this time.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
 /// Value of [`map::FLOWS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -157,6 +177,8 @@ pub struct Flow {
     pub flags: u32,
     /// `bpf_ktime_get_coarse_ns` of the last packet.
     pub last_seen_ns: u64,
+    /// Toward the backend.
+    pub hop: NextHop,
 }
 
 /// Value of [`map::NAT`]: how to turn a reply back into VIP -> client.
@@ -171,6 +193,8 @@ pub struct NatEntry {
     pub backend_id: u32,
     pub vip_id: u32,
     pub last_seen_ns: u64,
+    /// Toward the client.
+    pub hop: NextHop,
 }
 
 /// The client sent a FIN.
@@ -312,6 +336,7 @@ mod pod {
     unsafe impl aya::Pod for super::VipValue {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::NatEntry {}
     unsafe impl aya::Pod for super::Config {}
@@ -329,9 +354,10 @@ mod tests {
         assert_eq!(size_of::<VipValue>(), 16);
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
-        assert_eq!(size_of::<Flow>(), 24);
+        assert_eq!(size_of::<NextHop>(), 24);
+        assert_eq!(size_of::<Flow>(), 48);
         assert_eq!(align_of::<Flow>(), 8);
-        assert_eq!(size_of::<NatEntry>(), 32);
+        assert_eq!(size_of::<NatEntry>(), 56);
         assert_eq!(size_of::<Config>(), 40);
         assert_eq!(size_of::<Counters>(), 24);
     }

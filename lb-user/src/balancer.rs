@@ -2,7 +2,7 @@
 //! kernel: ids, Maglev rings and the double-buffered ring swap. No I/O of its
 //! own — everything goes through [`Maps`], so it is tested with a fake.
 
-use std::net::Ipv4Addr;
+use std::{collections::VecDeque, net::Ipv4Addr};
 
 use anyhow::Result;
 use lb_ebpf::{Backend, VipKey, VipValue, BACKEND_F_IN_USE, IPPROTO_TCP, MAX_BACKENDS, NO_BACKEND};
@@ -56,7 +56,10 @@ impl VipEntry {
 pub struct Balancer {
     ring_size: u32,
     vips: Vec<VipEntry>,
-    free_ids: Vec<u32>,
+    /// Unused backend ids, least recently freed first: a removed backend's id
+    /// is reused as late as possible, so replies still in flight from its
+    /// connections are not counted under a new backend.
+    free_ids: VecDeque<u32>,
 }
 
 impl Balancer {
@@ -65,8 +68,7 @@ impl Balancer {
         let mut b = Balancer {
             ring_size: cfg.dataplane.ring_size,
             vips: Vec::new(),
-            // Popped from the end: ids are handed out from 0 upwards.
-            free_ids: (0..MAX_BACKENDS).rev().collect(),
+            free_ids: (0..MAX_BACKENDS).collect(),
         };
         for (id, v) in cfg.vips.iter().enumerate() {
             let backends = v
@@ -75,7 +77,7 @@ impl Balancer {
                 .map(|bc| BackendEntry {
                     id: b
                         .free_ids
-                        .pop()
+                        .pop_front()
                         .expect("config validation bounds the backend count"),
                     address: bc.address,
                     port: bc.port,
@@ -175,7 +177,7 @@ impl Balancer {
                 self.ring_size
             )));
         }
-        let id = self.free_ids.pop().ok_or_else(|| {
+        let id = self.free_ids.pop_front().ok_or_else(|| {
             ApiError::invalid(format!("all {MAX_BACKENDS} backend slots are in use"))
         })?;
         let entry = BackendEntry {
@@ -195,7 +197,7 @@ impl Balancer {
         if let Err(e) = result {
             // Leave the model as the kernel has it: without the new backend.
             self.vips[i].backends.retain(|b| b.id != id);
-            self.free_ids.push(id);
+            self.free_ids.push_front(id);
             return Err(ApiError::internal(format!("{e:#}")));
         }
         Ok(entry)
@@ -234,7 +236,7 @@ impl Balancer {
             self.vips[i].backends.insert(pos, entry);
             return Err(ApiError::internal(format!("{e:#}")));
         }
-        self.free_ids.push(entry.id);
+        self.free_ids.push_back(entry.id);
         Ok(entry)
     }
 
@@ -431,18 +433,30 @@ mod tests {
         );
     }
 
+    /// The live ring as backend addresses (ids may differ between runs).
+    fn ring_addresses(maps: &FakeMaps, b: &Balancer) -> Vec<Ipv4Addr> {
+        let v = &b.vips()[0];
+        live_ring(maps, b)
+            .iter()
+            .map(|id| v.backends.iter().find(|x| x.id == *id).unwrap().address)
+            .collect()
+    }
+
     #[test]
-    fn removed_ids_are_reused_and_rings_stay_deterministic() {
+    fn ids_are_reused_last_and_rings_depend_only_on_backends() {
         let mut maps = FakeMaps::default();
         let mut b = Balancer::new(&config());
         b.install(&mut maps).unwrap();
-        let before = live_ring(&maps, &b);
+        let before = ring_addresses(&maps, &b);
         let addr: Ipv4Addr = "10.0.2.12".parse().unwrap();
         b.remove_backend(&mut maps, "web", addr, 80).unwrap();
         assert!(live_ring(&maps, &b).iter().all(|id| *id == 0));
         let again = b.add_backend(&mut maps, "web", addr, 80, 1).unwrap();
-        assert_eq!(again.id, 1);
-        assert_eq!(live_ring(&maps, &b), before);
+        assert_eq!(
+            again.id, 2,
+            "the next never-used id, not the one just freed"
+        );
+        assert_eq!(ring_addresses(&maps, &b), before);
     }
 
     #[test]

@@ -120,11 +120,18 @@ fn packet_costs_here(samples: usize) -> Result<Vec<PacketCost>> {
     let mut results = Vec::new();
 
     // New flows: a different client port (and address every 40,000) each time.
-    results.push(measure(&fx, samples, "new flow (SYN)", prog::LB, (XDP_REDIRECT, "XDP_REDIRECT"), |i| {
-        let addr = Ipv4Addr::from(u32::from(CLIENT) + (i / 40_000) as u32 * 256);
-        let port = 20_000 + (i % 40_000) as u16;
-        (Frame::tcp((addr, port), vip, SYN).build(), lbt0)
-    })?);
+    results.push(measure(
+        &fx,
+        samples,
+        "new flow (SYN)",
+        prog::LB,
+        (XDP_REDIRECT, "XDP_REDIRECT"),
+        |i| {
+            let addr = Ipv4Addr::from(u32::from(CLIENT) + (i / 40_000) as u32 * 256);
+            let port = 20_000 + (i % 40_000) as u16;
+            (Frame::tcp((addr, port), vip, SYN).build(), lbt0)
+        },
+    )?);
 
     // Established: one flow, its packets over and over.
     let client = (CLIENT, 19_999);
@@ -133,29 +140,53 @@ fn packet_costs_here(samples: usize) -> Result<Vec<PacketCost>> {
     let mut est = Frame::tcp(client, vip, ACK);
     est.payload = vec![0x55; 64];
     let est = est.build();
-    results.push(measure(&fx, samples, "established", prog::LB, (XDP_REDIRECT, "XDP_REDIRECT"), |_| {
-        (est.clone(), lbt0)
-    })?);
+    results.push(measure(
+        &fx,
+        samples,
+        "established",
+        prog::LB,
+        (XDP_REDIRECT, "XDP_REDIRECT"),
+        |_| (est.clone(), lbt0),
+    )?);
 
     // Replies of that flow from its backend.
-    let mut reply = Frame::tcp((rewritten.dst, rewritten.dport), (NAT, rewritten.sport), ACK);
+    let mut reply = Frame::tcp(
+        (rewritten.dst, rewritten.dport),
+        (NAT, rewritten.sport),
+        ACK,
+    );
     reply.payload = vec![0xaa; 64];
     let reply = reply.build();
-    results.push(measure(&fx, samples, "reply from backend", prog::LB, (XDP_REDIRECT, "XDP_REDIRECT"), |_| {
-        (reply.clone(), lbt1)
-    })?);
+    results.push(measure(
+        &fx,
+        samples,
+        "reply from backend",
+        prog::LB,
+        (XDP_REDIRECT, "XDP_REDIRECT"),
+        |_| (reply.clone(), lbt1),
+    )?);
 
     // Not for us.
     let other = Frame::tcp(client, (WEB, 8443), SYN).build();
-    results.push(measure(&fx, samples, "non-VIP (pass)", prog::LB, (XDP_PASS, "XDP_PASS"), |_| {
-        (other.clone(), lbt0)
-    })?);
+    results.push(measure(
+        &fx,
+        samples,
+        "non-VIP (pass)",
+        prog::LB,
+        (XDP_PASS, "XDP_PASS"),
+        |_| (other.clone(), lbt0),
+    )?);
 
     // The floor: parse, swap MACs, XDP_TX.
     let syn = Frame::tcp(client, vip, SYN).build();
-    results.push(measure(&fx, samples, "floor (parse, swap MACs, XDP_TX)", prog::FLOOR, (XDP_TX, "XDP_TX"), |_| {
-        (syn.clone(), lbt0)
-    })?);
+    results.push(measure(
+        &fx,
+        samples,
+        "floor (parse, swap MACs, XDP_TX)",
+        prog::FLOOR,
+        (XDP_TX, "XDP_TX"),
+        |_| (syn.clone(), lbt0),
+    )?);
     Ok(results)
 }
 
@@ -286,7 +317,9 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[(String, f64)]) -> String {
 }
 
 fn xml(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// A number with sensible precision for a report.

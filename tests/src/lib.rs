@@ -14,8 +14,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub mod bench;
 pub mod netns;
 pub mod packet;
+pub mod topology;
+pub mod xdp_fixture;
 
 pub use netns::{
     addr, disable_offloads, netns_exists, netns_list, route, run, unique_prefix, veth, wait_until,

@@ -243,6 +243,31 @@ impl Netns {
         full.extend_from_slice(args);
         Child::spawn("ip", &full)
     }
+
+    /// The namespace's handle, `/run/netns/NAME`.
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// Starts `args` with only the network namespace switched
+    /// (`nsenter --net=/run/netns/NAME -- args...`, which also execs in place).
+    ///
+    /// Unlike [`Netns::spawn`] (`ip netns exec`, which enters a private mount
+    /// namespace with its own `/sys`), the process shares the caller's
+    /// filesystem view, so BPF pins it makes under `/sys/fs/bpf` are visible
+    /// to the test. With `own_process_group`, the process leads a new process
+    /// group, so a Ctrl-C at the terminal reaches only the caller, which can
+    /// then stop it in order.
+    pub fn spawn_net(&self, args: &[&str], own_process_group: bool) -> Result<Child> {
+        let net = format!("--net={}", self.path().display());
+        let mut full = vec![net.as_str(), "--"];
+        full.extend_from_slice(args);
+        Child::spawn_with("nsenter", &full, |cmd| {
+            if own_process_group {
+                std::os::unix::process::CommandExt::process_group(cmd, 0);
+            }
+        })
+    }
 }
 
 impl Drop for Netns {
@@ -409,6 +434,16 @@ impl Child {
     /// Starts `program args...` with stdin from `/dev/null` and stdout/stderr
     /// redirected to files in a fresh temporary directory.
     pub fn spawn(program: &str, args: &[&str]) -> Result<Child> {
+        Child::spawn_with(program, args, |_| {})
+    }
+
+    /// Like [`Child::spawn`], letting `configure` adjust the [`Command`]
+    /// (environment, process group, ...) before it starts.
+    pub fn spawn_with(
+        program: &str,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Result<Child> {
         let cmd = describe(program, args);
         let dir = std::env::temp_dir().join(format!("lb-tests-{}", unique_token()));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -422,13 +457,14 @@ impl Child {
                 return Err(e);
             }
         };
-        let proc = match Command::new(program)
+        let mut command = Command::new(program);
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-        {
+            .stderr(stderr);
+        configure(&mut command);
+        let proc = match command.spawn() {
             Ok(p) => p,
             Err(e) => {
                 let _ = fs::remove_dir_all(&dir);

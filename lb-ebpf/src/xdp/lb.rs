@@ -7,18 +7,37 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_ebpf::{
-    flow_closed, hash::flow_hash, Config, Flow, FlowKey, NatEntry, Reason, VipKey, VipValue,
-    BACKEND_F_IN_USE, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_RST, IPPROTO_TCP,
-    NAT_PORT_PROBES, NO_BACKEND, SEED_NAT_PORT, SEED_RING,
+    flow_closed, hash::flow_hash, Config, Flow, FlowKey, NatEntry, NextHop, Reason, VipKey,
+    VipValue, BACKEND_F_IN_USE, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_RST, IPPROTO_TCP,
+    NAT_PORT_PROBES, NEXT_HOP_TTL_NS, NO_BACKEND, SEED_NAT_PORT, SEED_RING,
 };
 
 use super::{
     nat::{self, Direction},
     parse::{parse, NotTcp, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    stats, BACKENDS, CONFIG, FLOWS, NAT, RINGS, VIPS,
+    stats, BACKENDS, BACKEND_HOPS, CONFIG, FLOWS, NAT, RINGS, VIPS,
 };
 
 type Verdict = (u32, Reason);
+
+/// An unresolved next hop (`resolved_ns == 0`). The other fields are filled
+/// from the packet rather than zeroed: they are never read while unresolved,
+/// and constant zeroes would be merged by LLVM into a call to the eBPF
+/// `memset`, an out-of-line byte loop.
+#[inline(always)]
+fn unresolved_hop(ctx: &XdpContext, pkt: &Packet) -> NextHop {
+    // SAFETY: `eth` was bounds-checked by `parse`.
+    let eth = unsafe { &*pkt.eth };
+    let mut hop = NextHop {
+        ifindex: ctx.ingress_ifindex() as u32,
+        smac: [0; 6],
+        dmac: [0; 6],
+        resolved_ns: 0,
+    };
+    nat::copy_mac(&mut hop.smac, &eth.dst_addr);
+    nat::copy_mac(&mut hop.dmac, &eth.src_addr);
+    hop
+}
 
 #[inline(always)]
 fn pass(reason: Reason) -> Verdict {
@@ -66,7 +85,7 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     };
     // SAFETY: VIPS is a preallocated hash map whose values lbd only replaces
     // whole; a torn read at worst picks the other (complete) ring slot.
-    if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+    if let Some(vip) = unsafe { VIPS.get(vip_key) } {
         if let Some(reason) = unforwardable(&pkt) {
             return drop(reason);
         }
@@ -188,7 +207,6 @@ fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, vip: &VipValue, key: &F
     let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
 
-    let mut flow = None;
     if let Some(f) = FLOWS.get_ptr_mut(key) {
         // SAFETY: the pointer comes from a successful map lookup; racing
         // writers of the same flow only store equivalent values.
@@ -196,25 +214,31 @@ fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, vip: &VipValue, key: &F
         // A fresh SYN on a closed flow starts a new connection.
         let stale =
             expired(cfg, f.flags, f.last_seen_ns, now) || (fresh_syn && flow_closed(f.flags));
-        let reusable = !stale && backend_live(f, vip.id);
-        if reusable {
-            f.last_seen_ns = now;
+        if !stale && backend_live(f, vip.id) {
+            if f.last_seen_ns != now {
+                f.last_seen_ns = now;
+            }
             if close != 0 {
                 f.flags |= close;
                 mark_nat_closed(cfg, f, close);
             }
-            flow = Some(*f);
+            stats::count_flow(vip.id, f.backend_id, bytes, false);
+            nat::rewrite(
+                pkt,
+                cfg.nat_addr_be,
+                f.backend_addr_be,
+                f.nat_port_be,
+                f.backend_port_be,
+            );
+            return nat::transmit(ctx, pkt, Direction::Forward, &mut f.hop, now);
         }
     }
-    let new_flow = flow.is_none();
-    let f = match flow {
-        Some(f) => f,
-        None => match new_flow_for(cfg, vip, key, now, close) {
-            Ok(f) => f,
-            Err(reason) => return drop(reason),
-        },
+
+    let mut f = match new_flow_for(ctx, pkt, cfg, vip, key, now, close) {
+        Ok(f) => f,
+        Err(reason) => return drop(reason),
     };
-    stats::count_flow(vip.id, f.backend_id, bytes, new_flow);
+    stats::count_flow(vip.id, f.backend_id, bytes, true);
     nat::rewrite(
         pkt,
         cfg.nat_addr_be,
@@ -222,7 +246,29 @@ fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, vip: &VipValue, key: &F
         f.nat_port_be,
         f.backend_port_be,
     );
-    nat::transmit(ctx, pkt, Direction::Forward)
+    // The backend's shared next hop, if fresh, saves this flow a fib lookup;
+    // otherwise `transmit` resolves it and it is shared with the next flows.
+    let shared = BACKEND_HOPS.get_ptr_mut(f.backend_id);
+    if let Some(h) = shared {
+        // SAFETY: the pointer comes from a successful array lookup.
+        let h = unsafe { &*h };
+        if h.resolved_ns != 0 && now.saturating_sub(h.resolved_ns) <= NEXT_HOP_TTL_NS {
+            f.hop = *h;
+        }
+    }
+    let had_hop = f.hop.resolved_ns;
+    let verdict = nat::transmit(ctx, pkt, Direction::Forward, &mut f.hop, now);
+    if f.hop.resolved_ns != had_hop && f.hop.resolved_ns != 0 {
+        if let Some(h) = shared {
+            // SAFETY: as above; a racing writer stores an equivalent hop.
+            unsafe { *h = f.hop };
+        }
+    }
+    // Stored after `transmit`, so the flow keeps its resolved next hop.
+    if FLOWS.insert(key, f, BPF_ANY as u64).is_err() {
+        return drop(Reason::DropMapUpdate);
+    }
+    verdict
 }
 
 #[inline(always)]
@@ -233,9 +279,12 @@ fn mark_nat_closed(cfg: &Config, f: &Flow, close: u32) {
     }
 }
 
-/// Picks a backend from the VIP's live ring and a NAT port, and records the flow.
+/// Picks a backend from the VIP's live ring and claims a NAT port (recording
+/// the NAT entry); the caller stores the flow.
 #[inline(always)]
 fn new_flow_for(
+    ctx: &XdpContext,
+    pkt: &Packet,
     cfg: &Config,
     vip: &VipValue,
     key: &FlowKey,
@@ -262,6 +311,7 @@ fn new_flow_for(
         Some(b) if b.flags & BACKEND_F_IN_USE != 0 => b,
         _ => return Err(Reason::DropNoBackend),
     };
+    let hop = unresolved_hop(ctx, pkt);
     let mut flow = Flow {
         backend_id,
         backend_addr_be: backend.addr_be,
@@ -269,6 +319,7 @@ fn new_flow_for(
         nat_port_be: 0,
         flags: close,
         last_seen_ns: now,
+        hop,
     };
     let entry = NatEntry {
         client_addr_be: key.src_addr_be,
@@ -279,11 +330,9 @@ fn new_flow_for(
         backend_id,
         vip_id: vip.id,
         last_seen_ns: now,
+        hop,
     };
     flow.nat_port_be = claim_nat_port(cfg, &flow, key, &entry, now)?;
-    if FLOWS.insert(key, flow, BPF_ANY as u64).is_err() {
-        return Err(Reason::DropMapUpdate);
-    }
     Ok(flow)
 }
 
@@ -321,12 +370,13 @@ fn claim_nat_port(
     while i < NAT_PORT_PROBES {
         let port = cfg.nat_port_min as u32 + h.wrapping_add(i).checked_rem(range).unwrap_or(0);
         probe.dst_port_be = (port as u16).to_be();
+        // Insert first: on an unused port (the common case) that is the only
+        // map operation; only a taken port costs a lookup as well.
+        if NAT.insert(probe, entry, BPF_NOEXIST as u64).is_ok() {
+            return Ok(probe.dst_port_be);
+        }
         match NAT.get_ptr_mut(probe) {
-            None => {
-                if NAT.insert(probe, entry, BPF_NOEXIST as u64).is_ok() {
-                    return Ok(probe.dst_port_be);
-                }
-            }
+            None => {}
             Some(e) => {
                 // SAFETY: the pointer comes from a successful map lookup.
                 let e = unsafe { &mut *e };
@@ -361,16 +411,17 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
     if ttl_expires(pkt) {
         return pass(Reason::PassTtl);
     }
-    e.last_seen_ns = now;
+    if e.last_seen_ns != now {
+        e.last_seen_ns = now;
+    }
     let close = tcp_close_flags(pkt.tcp_flags, false);
-    let entry = *e;
     if close != 0 {
         e.flags |= close;
         let client = FlowKey {
-            src_addr_be: entry.client_addr_be,
-            dst_addr_be: entry.vip_addr_be,
-            src_port_be: entry.client_port_be,
-            dst_port_be: entry.vip_port_be,
+            src_addr_be: e.client_addr_be,
+            dst_addr_be: e.vip_addr_be,
+            src_port_be: e.client_port_be,
+            dst_port_be: e.vip_port_be,
             proto: IPPROTO_TCP,
             _pad1: 0,
             _pad2: 0,
@@ -381,17 +432,17 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
         }
     }
     stats::count_flow(
-        entry.vip_id,
-        entry.backend_id,
+        e.vip_id,
+        e.backend_id,
         (ctx.data_end() - ctx.data()) as u64,
         false,
     );
     nat::rewrite(
         pkt,
-        entry.vip_addr_be,
-        entry.client_addr_be,
-        entry.vip_port_be,
-        entry.client_port_be,
+        e.vip_addr_be,
+        e.client_addr_be,
+        e.vip_port_be,
+        e.client_port_be,
     );
-    nat::transmit(ctx, pkt, Direction::Reply)
+    nat::transmit(ctx, pkt, Direction::Reply, &mut e.hop, now)
 }

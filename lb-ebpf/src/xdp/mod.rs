@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_ebpf::{
-    Backend, Config, Counters, Flow, FlowKey, NatEntry, VipKey, VipValue, DEFAULT_MAX_FLOWS,
-    DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, REASON_COUNT,
+    Backend, Config, Counters, Flow, FlowKey, NatEntry, NextHop, VipKey, VipValue,
+    DEFAULT_MAX_FLOWS, DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, REASON_COUNT,
 };
 
 // Map names are spelled out because the attribute needs a literal; they must
@@ -63,6 +63,11 @@ static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_
 /// Per verdict reason counters. XDP writes, lbd reads.
 #[map(name = "LB_REASONS")]
 static REASONS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// Backend id -> next hop toward it, shared by the backend's new flows so a
+/// SYN needs no `bpf_fib_lookup` either. XDP writes and reads.
+#[map(name = "LB_BE_HOPS")]
+static BACKEND_HOPS: Array<NextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// The load balancer.
 #[xdp]

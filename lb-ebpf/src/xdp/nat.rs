@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use lb_ebpf::{
     csum::{replace16, replace32},
-    Reason, IPPROTO_TCP,
+    NextHop, Reason, IPPROTO_TCP, NEXT_HOP_TTL_NS,
 };
 
 use super::{parse::Packet, TX_PORTS};
@@ -66,14 +66,26 @@ fn decrement_ttl(pkt: &Packet) {
     ip.check = replace16(u16::from_ne_bytes(ip.check), old, new).to_ne_bytes();
 }
 
-/// Finds the next hop of the (rewritten) packet and sends it: `XDP_TX` out of
-/// the interface it came in on, `XDP_REDIRECT` to another one, or to the kernel
-/// when the route or the neighbour is not ready.
+/// Copies a MAC address as one 4-byte and one 2-byte store (a plain array
+/// assignment into packet memory becomes a call to the eBPF `memmove` loop).
 #[inline(always)]
-pub fn transmit(ctx: &XdpContext, pkt: &Packet, dir: Direction) -> (u32, Reason) {
-    // SAFETY: `ip`/`tcp`/`eth` were bounds-checked by `parse`.
-    let (ip, tcp, eth) = unsafe { (&*pkt.ip, &*pkt.tcp, &mut *pkt.eth) };
-    let ingress = ctx.ingress_ifindex() as u32;
+pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    // SAFETY: both arrays are 6 bytes long; the accesses are unaligned-safe.
+    unsafe {
+        core::ptr::write_unaligned(d as *mut u32, core::ptr::read_unaligned(s as *const u32));
+        core::ptr::write_unaligned(
+            d.add(4) as *mut u16,
+            core::ptr::read_unaligned(s.add(4) as *const u16),
+        );
+    }
+}
+
+/// Resolves the next hop of the rewritten packet with `bpf_fib_lookup`.
+#[inline(always)]
+fn resolve(ctx: &XdpContext, pkt: &Packet, hop: &mut NextHop, now: u64) -> Result<(), Reason> {
+    // SAFETY: `ip`/`tcp` were bounds-checked by `parse`.
+    let (ip, tcp) = unsafe { (&*pkt.ip, &*pkt.tcp) };
     // Zeroed word by word with volatile stores: LLVM would otherwise merge the
     // zeroing into a call to the eBPF `memset`, an out-of-line byte loop.
     let mut words = core::mem::MaybeUninit::<[u64; 8]>::uninit();
@@ -93,11 +105,10 @@ pub fn transmit(ctx: &XdpContext, pkt: &Packet, dir: Direction) -> (u32, Reason)
     fib.sport = u16::from_ne_bytes(tcp.source);
     fib.dport = u16::from_ne_bytes(tcp.dest);
     fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
-    fib.ifindex = ingress;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.__bindgen_anon_2.tos = ip.tos;
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
-
     // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the size passed.
     let rc = unsafe {
         bpf_fib_lookup(
@@ -108,16 +119,43 @@ pub fn transmit(ctx: &XdpContext, pkt: &Packet, dir: Direction) -> (u32, Reason)
         )
     };
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return (xdp_action::XDP_PASS, Reason::PassNoNeigh);
+        return Err(Reason::PassNoNeigh);
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        return (xdp_action::XDP_PASS, Reason::PassFibOther);
+        return Err(Reason::PassFibOther);
+    }
+    hop.ifindex = fib.ifindex;
+    copy_mac(&mut hop.smac, &fib.smac);
+    copy_mac(&mut hop.dmac, &fib.dmac);
+    hop.resolved_ns = if now == 0 { 1 } else { now };
+    Ok(())
+}
+
+/// Sends the rewritten packet to its next hop, resolving it first if `hop`
+/// is unresolved or older than `NEXT_HOP_TTL_NS`: `XDP_TX` out of the
+/// interface it came in on, `XDP_REDIRECT` to another one, or to the kernel
+/// when the route or the neighbour is not ready.
+#[inline(always)]
+pub fn transmit(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    dir: Direction,
+    hop: &mut NextHop,
+    now: u64,
+) -> (u32, Reason) {
+    if hop.resolved_ns == 0 || now.saturating_sub(hop.resolved_ns) > NEXT_HOP_TTL_NS {
+        if let Err(reason) = resolve(ctx, pkt, hop, now) {
+            hop.resolved_ns = 0;
+            return (xdp_action::XDP_PASS, reason);
+        }
     }
     decrement_ttl(pkt);
-    eth.dst_addr = fib.dmac;
-    eth.src_addr = fib.smac;
+    // SAFETY: `eth` was bounds-checked by `parse`.
+    let eth = unsafe { &mut *pkt.eth };
+    copy_mac(&mut eth.dst_addr, &hop.dmac);
+    copy_mac(&mut eth.src_addr, &hop.smac);
     let forward = dir == Direction::Forward;
-    if fib.ifindex == ingress {
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
         let reason = if forward {
             Reason::TxForward
         } else {
@@ -125,7 +163,7 @@ pub fn transmit(ctx: &XdpContext, pkt: &Packet, dir: Direction) -> (u32, Reason)
         };
         return (xdp_action::XDP_TX, reason);
     }
-    match TX_PORTS.redirect(fib.ifindex, 0) {
+    match TX_PORTS.redirect(hop.ifindex, 0) {
         Ok(action) => {
             let reason = if forward {
                 Reason::RedirectForward

@@ -133,6 +133,8 @@ impl Dataplane {
         let vip_stats = take(map::VIP_STATS)?.try_into()?;
         let backend_stats = take(map::BACKEND_STATS)?.try_into()?;
         let reasons = take(map::REASONS)?.try_into()?;
+        // Written and read by the program only; pinned for inspection.
+        let _backend_hops = take(map::BACKEND_HOPS)?;
         Ok(Dataplane {
             ebpf,
             vips,

@@ -1,0 +1,681 @@
+//! End-to-end tests: the real `lbd`, its XDP program attached natively to
+//! veths, between a client namespace and three backend namespaces (see
+//! `lb_tests::topology`). Needs root, and the binaries and XDP object built by
+//! `cargo xtask build` (found through `$LB_BIN_DIR` and `$LB_EBPF_OBJECT`);
+//! a missing binary fails the test, it never skips.
+//!
+//! Every test builds its own topology, so they may run in parallel, but the
+//! load and timing tests are meant for `--test-threads=1`.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    netns_exists, netns_list,
+    topology::{default_bin_dir, Topology, BACKENDS, BACKEND_PORT, VIP_NAME},
+    wait_until, Child, ClientReport,
+};
+use lb_user::api::VipStatus;
+
+/// Serialises the tests of this file even when the harness runs them in
+/// parallel (`cargo xtask test` does not pass `--test-threads=1`): they
+/// measure rates, shares and connect times, which concurrent load on a small
+/// machine would distort.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds [`SERIAL`] for the test's lifetime and prints how long the test took
+/// when it ends (passing or not).
+struct Timing {
+    name: &'static str,
+    start: Instant,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Timing {
+    fn start(name: &'static str) -> Timing {
+        // A failed test poisons the lock; the next one may still run.
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        eprintln!("=== {name}: starting");
+        Timing {
+            name,
+            start: Instant::now(),
+            _serial: serial,
+        }
+    }
+}
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        let outcome = if std::thread::panicking() {
+            "FAILED"
+        } else {
+            "passed"
+        };
+        eprintln!(
+            "=== {}: {outcome} in {:.1} s",
+            self.name,
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Asserts that all `n` connections of `r` succeeded and were answered by
+/// the topology's backends only.
+fn assert_all_ok(topo: &Topology, r: &ClientReport, n: u64) {
+    assert_eq!(r.attempted, n, "not every connection was attempted: {r:?}");
+    assert_eq!(r.failed, 0, "failed connections: {r:?}");
+    assert_eq!(r.ok, n, "{r:?}");
+    let names: Vec<String> = (0..BACKENDS).map(|i| topo.backend_name(i)).collect();
+    for name in r.by_backend.keys() {
+        assert!(
+            names.contains(name),
+            "answer from unknown backend {name:?}: {r:?}"
+        );
+    }
+    assert_eq!(r.by_backend.values().sum::<u64>(), n, "{r:?}");
+}
+
+/// Asserts that backend `i` answered a share of `r.ok` within `tolerance`
+/// (relative) of `expected[i]`.
+fn assert_shares(topo: &Topology, r: &ClientReport, expected: [f64; BACKENDS], tolerance: f64) {
+    for (i, want) in expected.iter().enumerate() {
+        let name = topo.backend_name(i);
+        let got = r.by_backend.get(&name).copied().unwrap_or(0) as f64 / r.ok as f64;
+        let err = (got - want).abs() / want;
+        eprintln!(
+            "  {name}: share {got:.4}, expected {want:.4} (off by {:.1}%)",
+            err * 100.0
+        );
+        assert!(
+            err <= tolerance,
+            "{name} got {got:.4} of the connections, expected {want:.4} ± {:.0}%: {r:?}",
+            tolerance * 100.0
+        );
+    }
+}
+
+/// The VIP `web` from a status list.
+fn web(vips: &[VipStatus]) -> &VipStatus {
+    vips.iter()
+        .find(|v| v.name == VIP_NAME)
+        .unwrap_or_else(|| panic!("no VIP {VIP_NAME} in {vips:?}"))
+}
+
+/// Bytes per backend (indexed like the topology's backends) from `lbctl --json`.
+fn backend_bytes(topo: &Topology) -> [u64; BACKENDS] {
+    let vips = topo.lbctl_backends();
+    let mut out = [0; BACKENDS];
+    for b in &web(&vips).backends {
+        let i = topo
+            .backend_index(b.address)
+            .unwrap_or_else(|| panic!("unknown backend {b:?}"));
+        out[i] = b.bytes;
+    }
+    out
+}
+
+/// The data rows of `lbctl backends` (table), by backend `ADDR:PORT`.
+fn table_rows(table: &str) -> BTreeMap<String, Vec<String>> {
+    table
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<String> = l.split_whitespace().map(str::to_owned).collect();
+            (cols.len() == 6 && cols[0].ends_with(&format!(":{BACKEND_PORT}")))
+                .then(|| (cols[0].clone(), cols))
+        })
+        .collect()
+}
+
+/// Asserts that no namespace starting with `prefix` is left.
+fn assert_no_namespaces(prefix: &str) {
+    let left: Vec<String> = netns_list()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+}
+
+/// Asserts that the topology's namespaces, pins and socket are gone.
+fn assert_cleaned_up(prefix: &str) {
+    assert_no_namespaces(prefix);
+    let pins = Path::new("/sys/fs/bpf").join(format!("lb-{prefix}"));
+    assert!(!pins.exists(), "{} left behind", pins.display());
+    let socket = Path::new("/tmp").join(format!("lb-{prefix}.sock"));
+    assert!(!socket.exists(), "{} left behind", socket.display());
+}
+
+#[test]
+fn short_connections_all_complete() {
+    let test = "short_connections_all_complete";
+    let _t = Timing::start(test);
+    let prefix = {
+        let mut topo = Topology::for_test(test);
+        topo.start_lbd([1, 1, 1]);
+        let r = topo.client(&["--count", "1000", "--concurrency", "16"]);
+        eprintln!("  client: {r:?}");
+        assert_all_ok(&topo, &r, 1000);
+        assert_eq!(
+            r.by_backend.len(),
+            BACKENDS,
+            "not every backend answered: {r:?}"
+        );
+        topo.prefix().to_owned()
+    };
+    assert_cleaned_up(&prefix);
+}
+
+#[test]
+fn equal_weights_share_evenly() {
+    let test = "equal_weights_share_evenly";
+    let _t = Timing::start(test);
+    let mut topo = Topology::for_test(test);
+    topo.start_lbd([1, 1, 1]);
+    let r = topo.client(&["--count", "3000", "--concurrency", "16"]);
+    eprintln!("  client: {r:?}");
+    assert_all_ok(&topo, &r, 3000);
+    assert_shares(&topo, &r, [1.0 / 3.0; 3], 0.15);
+}
+
+#[test]
+fn weights_are_proportional() {
+    let test = "weights_are_proportional";
+    let _t = Timing::start(test);
+    let mut topo = Topology::for_test(test);
+    topo.start_lbd([1, 2, 3]);
+    let r = topo.client(&["--count", "3000", "--concurrency", "16"]);
+    eprintln!("  client: {r:?}");
+    assert_all_ok(&topo, &r, 3000);
+    assert_shares(&topo, &r, [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0], 0.15);
+    // lbd's own counters agree with what the client saw.
+    let vips = topo.lbctl_backends();
+    for b in &web(&vips).backends {
+        let i = topo.backend_index(b.address).expect("known backend");
+        assert_eq!(b.weight, i as u32 + 1, "{b:?}");
+        let seen = r
+            .by_backend
+            .get(&topo.backend_name(i))
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(b.flows, seen, "lbd's flow count of {b:?} vs the client's");
+    }
+}
+
+#[test]
+fn long_transfer_survives_backend_churn() {
+    let test = "long_transfer_survives_backend_churn";
+    let _t = Timing::start(test);
+    let mut topo = Topology::for_test(test);
+    topo.start_lbd([1, 1, 1]);
+
+    // About 5 s: 610 chunks of 64 KiB, 8 ms apart.
+    const BYTES: u64 = 40_000_000;
+    let target = topo.vip_target();
+    let bytes = BYTES.to_string();
+    let mut transfer = topo
+        .spawn_testkit_in_client(&[
+            "transfer",
+            "--target",
+            &target,
+            "--bytes",
+            &bytes,
+            "--chunk",
+            "65536",
+            "--pace-ms",
+            "8",
+        ])
+        .expect("start the transfer");
+    std::thread::sleep(Duration::from_millis(1000));
+    let a = backend_bytes(&topo);
+    std::thread::sleep(Duration::from_millis(500));
+    let b = backend_bytes(&topo);
+    let growth: Vec<u64> = (0..BACKENDS).map(|i| b[i] - a[i]).collect();
+    let carrier = (0..BACKENDS)
+        .max_by_key(|&i| growth[i])
+        .expect("three backends");
+    eprintln!(
+        "  byte growth per backend over 0.5 s: {growth:?}; carrier b{}",
+        carrier + 1
+    );
+    assert!(
+        growth[carrier] > 1_000_000,
+        "the transfer does not seem to be flowing: {growth:?}\n{}",
+        transfer.output_so_far()
+    );
+    assert!(
+        transfer.is_running(),
+        "transfer ended early: {}",
+        transfer.output_so_far()
+    );
+
+    // Take another backend out, use the VIP, put it back.
+    let other = (carrier + 1) % BACKENDS;
+    let other_target = topo.backend_target(other);
+    let out = topo.lbctl(&["backends", "remove", VIP_NAME, &other_target]);
+    eprintln!("  removed {other_target}: {}", out.trim());
+    let vips = topo.lbctl_backends();
+    assert_eq!(web(&vips).backends.len(), BACKENDS - 1, "{vips:?}");
+
+    let r = topo.client(&["--count", "300", "--concurrency", "8"]);
+    eprintln!("  client while {other_target} is out: {r:?}");
+    assert_all_ok(&topo, &r, 300);
+    assert!(
+        !r.by_backend.contains_key(&topo.backend_name(other)),
+        "the removed backend still got connections: {r:?}"
+    );
+
+    let out = topo.lbctl(&["backends", "add", VIP_NAME, &other_target]);
+    eprintln!("  re-added {other_target}: {}", out.trim());
+    assert!(
+        transfer.is_running(),
+        "the transfer ended before the churn was over (make it longer): {}",
+        transfer.output_so_far()
+    );
+    let r = topo.client(&["--count", "300", "--concurrency", "8"]);
+    assert_all_ok(&topo, &r, 300);
+    assert!(
+        r.by_backend.contains_key(&topo.backend_name(other)),
+        "the re-added backend got no connections: {r:?}"
+    );
+
+    let status = transfer
+        .wait_timeout(Duration::from_secs(120))
+        .expect("wait for the transfer")
+        .unwrap_or_else(|| {
+            panic!(
+                "transfer still running after 120 s: {}",
+                transfer.output_so_far()
+            )
+        });
+    let out = transfer.stdout_so_far();
+    eprintln!("  transfer: {}", out.trim());
+    let t = lb_tests::parse_transfer_report(&out);
+    assert!(
+        status.success() && t.ok,
+        "transfer failed ({status}): {}",
+        transfer.output_so_far()
+    );
+    assert_eq!((t.sent, t.received), (BYTES, BYTES), "{t:?}");
+
+    let table = topo.lbctl(&["backends"]);
+    eprintln!("{table}");
+    let rows = table_rows(&table);
+    for i in 0..BACKENDS {
+        assert!(rows.contains_key(&topo.backend_target(i)), "{table}");
+    }
+}
+
+#[test]
+fn no_syn_retransmit_stalls_at_2000_per_second() {
+    let test = "no_syn_retransmit_stalls_at_2000_per_second";
+    let _t = Timing::start(test);
+    let mut topo = Topology::for_test(test);
+    topo.start_lbd([1, 1, 1]);
+    let r = topo.client(&[
+        "--rate",
+        "2000",
+        "--duration-secs",
+        "10",
+        "--count",
+        "20000",
+        "--concurrency",
+        "64",
+        "--timeout-ms",
+        "5000",
+    ]);
+    eprintln!("  client: {r:?}");
+    let stats = topo.lbctl(&["stats"]);
+    eprintln!("{stats}");
+    assert!(r.attempted >= 19_000, "the client could not keep up: {r:?}");
+    assert_eq!(r.failed, 0, "failed connections: {r:?}");
+    assert_eq!(
+        r.slow_connects, 0,
+        "connects that needed a SYN retransmit: {r:?}"
+    );
+    assert_eq!(
+        topo.reason_packets("drop_nat_exhausted").expect("stats"),
+        0,
+        "{stats}"
+    );
+}
+
+#[test]
+fn stopping_lbd_stops_forwarding_and_cleans_up() {
+    let test = "stopping_lbd_stops_forwarding_and_cleans_up";
+    let _t = Timing::start(test);
+    let prefix = {
+        let mut topo = Topology::for_test(test);
+        let sysctls = |topo: &Topology| -> Vec<String> {
+            let mut v = vec![topo.lb_reserved_ports().expect("reserved ports")];
+            for ifname in ["eth0", "eth1"] {
+                for key in ["forwarding", "accept_local"] {
+                    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/{key}");
+                    let value = topo.lb_ns().exec(&["cat", &path]).expect("sysctl");
+                    v.push(format!("{ifname}/{key}={}", value.trim()));
+                }
+            }
+            v
+        };
+        let before = sysctls(&topo);
+        topo.start_lbd([1, 1, 1]);
+        let during = sysctls(&topo);
+        eprintln!("  sysctls before: {before:?}; while lbd runs: {during:?}");
+        assert!(during[0].contains("20000-59999"), "{during:?}");
+        assert!(
+            during.iter().any(|s| s == "eth0/forwarding=1"),
+            "{during:?}"
+        );
+        for ifname in ["eth0", "eth1"] {
+            assert!(
+                topo.lb_xdp_attached(ifname).expect("ip link"),
+                "no XDP on {ifname}"
+            );
+        }
+        assert!(topo.pin_path().is_dir());
+
+        let r = topo.client(&["--count", "100", "--concurrency", "4"]);
+        assert_all_ok(&topo, &r, 100);
+
+        let lbd = topo.take_lbd().expect("lbd");
+        let status = lbd.stop().expect("lbd stops on SIGTERM");
+        assert!(status.success(), "lbd exited with {status}");
+
+        for ifname in ["eth0", "eth1"] {
+            let link = topo.lb_ns().ip(&["link", "show", ifname]).expect("ip link");
+            assert!(
+                !link.contains("xdp"),
+                "XDP still attached to {ifname}: {link}"
+            );
+        }
+        assert!(
+            !topo.pin_path().exists(),
+            "{} still exists",
+            topo.pin_path().display()
+        );
+        assert!(!topo.socket_path().exists(), "control socket still exists");
+        assert_eq!(sysctls(&topo), before, "sysctls were not restored");
+
+        // The VIP is still an address of the load balancer, which has no
+        // listener on port 80: connections are refused (or time out).
+        let r = topo.client(&["--count", "5", "--concurrency", "1", "--timeout-ms", "2000"]);
+        eprintln!("  client after lbd stopped: {r:?}");
+        assert_eq!((r.attempted, r.ok, r.failed), (5, 0, 5), "{r:?}");
+        for kind in r.errors.keys() {
+            assert!(
+                kind == "connect_refused" || kind == "connect_timeout",
+                "unexpected failure {kind}: {r:?}"
+            );
+        }
+        topo.prefix().to_owned()
+    };
+    assert_cleaned_up(&prefix);
+}
+
+#[test]
+fn lbctl_reports_counters() {
+    let test = "lbctl_reports_counters";
+    let _t = Timing::start(test);
+    let mut topo = Topology::for_test(test);
+    topo.start_lbd([1, 1, 1]);
+    let r = topo.client(&["--count", "300", "--concurrency", "8"]);
+    assert_all_ok(&topo, &r, 300);
+
+    let table = topo.lbctl(&["backends"]);
+    eprintln!("{table}");
+    let header = format!("VIP {VIP_NAME} {}/tcp", topo.vip_target());
+    assert!(table.contains(&header), "no line {header:?} in\n{table}");
+    let rows = table_rows(&table);
+    assert_eq!(rows.len(), BACKENDS, "{table}");
+    for i in 0..BACKENDS {
+        let row = rows
+            .get(&topo.backend_target(i))
+            .unwrap_or_else(|| panic!("no row for {}:\n{table}", topo.backend_target(i)));
+        // BACKEND WEIGHT STATE PACKETS BYTES FLOWS
+        assert_eq!(row[1], "1", "{row:?}");
+        assert_eq!(row[2], "active", "{row:?}");
+        for col in [3, 4, 5] {
+            assert_ne!(row[col], "0", "zero counter in {row:?}");
+        }
+    }
+
+    let out = topo.lbctl(&["--json", "backends"]);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("lbctl --json is JSON");
+    assert_eq!(json["ok"], true, "{json}");
+    let vips: Vec<VipStatus> =
+        serde_json::from_value(json["result"].clone()).expect("a list of VIPs");
+    let v = web(&vips);
+    assert_eq!(v.flows, 300, "{v:?}");
+    assert_eq!(
+        v.backends.iter().map(|b| b.flows).sum::<u64>(),
+        300,
+        "{v:?}"
+    );
+
+    let out = topo
+        .lbctl_output(&["backends", "remove", VIP_NAME, "10.9.9.9:1"])
+        .expect("run lbctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "removing an unknown backend succeeded"
+    );
+    assert!(stderr.contains("not_found"), "stderr: {stderr}");
+    assert!(stderr.contains("10.9.9.9:1"), "stderr: {stderr}");
+    // Nothing changed.
+    assert_eq!(web(&topo.lbctl_backends()).backends.len(), BACKENDS);
+
+    let stats = topo.lbctl(&["stats"]);
+    eprintln!("{stats}");
+    let reasons: BTreeMap<&str, &str> = stats
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() == 3).then(|| (cols[0], cols[1]))
+        })
+        .collect();
+    for reason in [
+        "tx_forward",
+        "tx_reply",
+        "redirect_forward",
+        "redirect_reply",
+        "drop_nat_miss",
+    ] {
+        assert!(reasons.contains_key(reason), "no {reason} in\n{stats}");
+    }
+    // Client and backends sit behind different interfaces: both directions
+    // are redirected.
+    for reason in ["redirect_forward", "redirect_reply"] {
+        assert_ne!(reasons[reason], "0", "{reason} is zero:\n{stats}");
+    }
+    assert!(stats.contains("flows "), "{stats}");
+}
+
+#[test]
+fn lbd_check_rejects_bad_config() {
+    let test = "lbd_check_rejects_bad_config";
+    let _t = Timing::start(test);
+    let prefix = {
+        let mut topo = Topology::for_test(test);
+        let lbd = topo.binaries().lbd.clone();
+        let good_text = topo.lbd_config([1, 1, 1]);
+        let good = topo.write_file("good.toml", &good_text).expect("write");
+        let out = std::process::Command::new(&lbd)
+            .arg("--check")
+            .arg("--config")
+            .arg(&good)
+            .output()
+            .expect("run lbd --check");
+        assert!(out.status.success(), "lbd --check on a good file: {out:?}");
+
+        let bad_addr = topo.backend_addr(0).to_string();
+        assert!(good_text.contains(&format!("address = \"{bad_addr}\"")));
+        let bad_text = good_text.replacen(
+            &format!("address = \"{bad_addr}\""),
+            "address = \"10.0.0.300\"",
+            1,
+        );
+        let bad = topo.write_file("bad.toml", &bad_text).expect("write");
+        let out = std::process::Command::new(&lbd)
+            .arg("--check")
+            .arg("--config")
+            .arg(&bad)
+            .output()
+            .expect("run lbd --check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "lbd --check on a bad file: {out:?}"
+        );
+        assert!(
+            stderr.contains("vip[0].backend[0].address"),
+            "stderr: {stderr}"
+        );
+        assert!(stderr.contains("10.0.0.300"), "stderr: {stderr}");
+
+        let nothing_left = |topo: &Topology, what: &str| {
+            for ifname in ["eth0", "eth1"] {
+                assert!(
+                    !topo.lb_xdp_attached(ifname).expect("ip link"),
+                    "{what}: XDP attached to {ifname}"
+                );
+            }
+            assert!(!topo.pin_path().exists(), "{what}: pin dir exists");
+            assert!(!topo.socket_path().exists(), "{what}: socket exists");
+            assert_eq!(topo.lb_reserved_ports().expect("sysctl"), "", "{what}");
+        };
+        let run = |topo: &mut Topology, config: &Path| -> (std::process::ExitStatus, Child) {
+            let mut child = topo.spawn_lbd(config).expect("spawn lbd");
+            let status = child
+                .wait_timeout(Duration::from_secs(30))
+                .expect("wait")
+                .unwrap_or_else(|| panic!("lbd kept running: {}", child.output_so_far()));
+            (status, child)
+        };
+
+        // Running (not checking) the bad file fails the same way, before
+        // touching anything.
+        let (status, child) = run(&mut topo, &bad);
+        eprintln!(
+            "  lbd with a bad address: {status}\n{}",
+            child.output_so_far()
+        );
+        assert!(!status.success(), "lbd ran with a bad config");
+        assert!(
+            child.stderr_so_far().contains("vip[0].backend[0].address"),
+            "{}",
+            child.output_so_far()
+        );
+        nothing_left(&topo, "bad address");
+
+        // Valid files that fail at start-up are rolled back completely: pins,
+        // socket and sysctls are undone. First an interface that does not
+        // exist (caught while applying host settings).
+        let missing_if = good_text.replace(
+            "interfaces = [\"eth0\", \"eth1\"]",
+            "interfaces = [\"eth0\", \"nosuch0\"]",
+        );
+        let path = topo
+            .write_file("missing-if.toml", &missing_if)
+            .expect("write");
+        let (status, child) = run(&mut topo, &path);
+        eprintln!(
+            "  lbd with a missing interface: {status}\n{}",
+            child.output_so_far()
+        );
+        assert!(!status.success(), "lbd ran without its interface");
+        assert!(
+            child.stderr_so_far().contains("nosuch0"),
+            "{}",
+            child.output_so_far()
+        );
+        nothing_left(&topo, "missing interface");
+
+        // Then an interface without native XDP (lo), listed after eth0: lbd
+        // has attached to eth0 when the second attach fails, and must
+        // detach again.
+        let no_native = good_text.replace(
+            "interfaces = [\"eth0\", \"eth1\"]",
+            "interfaces = [\"eth0\", \"lo\"]",
+        );
+        let path = topo
+            .write_file("no-native.toml", &no_native)
+            .expect("write");
+        let (status, child) = run(&mut topo, &path);
+        eprintln!(
+            "  lbd with lo in native mode: {status}\n{}",
+            child.output_so_far()
+        );
+        assert!(!status.success(), "lbd attached natively to lo?");
+        assert!(
+            child.stderr_so_far().contains("native mode to lo"),
+            "{}",
+            child.output_so_far()
+        );
+        nothing_left(&topo, "failed attach");
+        for key in ["forwarding", "accept_local"] {
+            let path = format!("/proc/sys/net/ipv4/conf/lo/{key}");
+            let value = topo.lb_ns().exec(&["cat", &path]).expect("sysctl");
+            assert_eq!(value.trim(), "0", "lo/{key} was not restored");
+        }
+        topo.prefix().to_owned()
+    };
+    assert_cleaned_up(&prefix);
+}
+
+#[test]
+fn sandbox_shows_balanced_traffic() {
+    let _t = Timing::start("sandbox_shows_balanced_traffic");
+    let bin_dir = default_bin_dir();
+    let sandbox = bin_dir.join("lb-sandbox");
+    assert!(
+        sandbox.is_file(),
+        "{} is missing: run `cargo xtask build`",
+        sandbox.display()
+    );
+    // Also fails fast if lbd & co. are missing.
+    let _ = lb_tests::topology::Binaries::from_env();
+    let bin_dir = bin_dir.display().to_string();
+    let mut child = Child::spawn(
+        &sandbox.display().to_string(),
+        &["--bin-dir", &bin_dir, "--duration", "6"],
+    )
+    .expect("start lb-sandbox");
+    let status = child
+        .wait_timeout(Duration::from_secs(180))
+        .expect("wait for lb-sandbox")
+        .unwrap_or_else(|| {
+            panic!(
+                "lb-sandbox still running after 180 s:\n{}",
+                child.output_so_far()
+            )
+        });
+    let out = child.stdout_so_far();
+    eprintln!("{}", child.output_so_far());
+    assert!(status.success(), "lb-sandbox exited with {status}");
+    for name in ["b1", "b2", "b3"] {
+        // Rows: NAME BACKEND WEIGHT PACKETS BYTES FLOWS FLOWS/S
+        let flows = out
+            .lines()
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                (cols.len() == 7 && cols[0] == name).then(|| cols[5].parse::<u64>().ok())?
+            })
+            .max();
+        assert!(
+            flows.is_some_and(|f| f > 0),
+            "no row for {name} with flows in the sandbox output"
+        );
+    }
+    assert!(out.contains("cleaned up"), "no cleanup message");
+    wait_until(Duration::from_secs(5), "sandbox namespaces to go", || {
+        !netns_exists("lbsbxc") && !netns_exists("lbsbxl")
+    })
+    .expect("namespaces removed");
+    assert_no_namespaces("lbsbx");
+    assert!(!Path::new("/sys/fs/bpf/lb-lbsbx").exists());
+}
