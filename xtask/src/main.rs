@@ -133,11 +133,35 @@ fn run(release: bool, args: Vec<String>) -> Result<()> {
         c.args(&args);
         c
     };
-    let st = status(&mut cmd)?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    forward_signals_to(child.id());
+    let st = child.wait()?;
     if !st.success() {
         bail!("{st}");
     }
     Ok(())
+}
+
+static CHILD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Passes SIGINT/SIGTERM on to `pid` instead of dying, so that the daemon or
+/// sandbox shuts down cleanly and `cargo xtask run` returns only after it has.
+fn forward_signals_to(pid: u32) {
+    CHILD.store(pid as i32, std::sync::atomic::Ordering::SeqCst);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `forward` only does async-signal-safe work.
+        unsafe { libc::signal(sig, forward as *const () as libc::sighandler_t) };
+    }
 }
 
 fn test(args: Vec<String>) -> Result<()> {
