@@ -116,22 +116,34 @@ pub struct VipValue {
     pub _pad: u32,
 }
 
-/// Value of [`map::BACKENDS`].
+/// Value of [`map::BACKENDS`]. Together with [`map::VIPS`] it records the
+/// whole backend set, so a restarted lbd can adopt the running state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
     pub addr_be: u32,
     pub port_be: u16,
-    pub _pad: u16,
+    /// Maglev weight (1..=65535), for adoption by a restarted lbd.
+    pub weight: u16,
     pub vip_id: u32,
     /// `BACKEND_F_*` bits.
     pub flags: u32,
 }
 
-/// The backend may receive new flows and keeps its old ones. A backend slot
-/// without it is unused (or removed): flows still pinned to it are re-hashed
-/// at their next packet.
+/// Flows pinned to the backend keep going to it. Without it (backend removed
+/// or down) they are re-hashed onto the VIP's ring at their next packet. The
+/// only flag the XDP program reads.
 pub const BACKEND_F_IN_USE: u32 = 1;
+/// Drained by the operator: out of the ring (no new flows), flows kept.
+pub const BACKEND_F_DRAINED: u32 = 2;
+/// Health checks say down: out of the ring, flows move.
+pub const BACKEND_F_DOWN: u32 = 4;
+/// The slot holds a configured backend (whatever its state).
+pub const BACKEND_F_PRESENT: u32 = 8;
+
+/// VIP flag: with no backend in the ring, answer new connections with a TCP
+/// RST instead of dropping them.
+pub const VIP_F_RESET_EMPTY: u32 = 1;
 
 /// Key of both flow tables. In [`map::FLOWS`]: client -> VIP as the client sent
 /// it. In [`map::NAT`]: backend -> NAT address as the backend replies.
@@ -318,13 +330,25 @@ reasons! {
     DropMapUpdate = 19, "drop_map_update";
     /// `bpf_redirect_map` refused the egress interface.
     DropRedirect = 20, "drop_redirect";
+    /// The VIP's ring is empty and it is set to refuse: a TCP RST was sent back.
+    TxReset = 21, "tx_reset";
 }
 
-pub const REASON_COUNT: u32 = 21;
+pub const REASON_COUNT: u32 = 22;
 
 impl Reason {
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= (Reason::DropMalformed as u32)
+        matches!(
+            self,
+            Reason::DropMalformed
+                | Reason::DropIpOptions
+                | Reason::DropFragment
+                | Reason::DropNoBackend
+                | Reason::DropNatExhausted
+                | Reason::DropNatMiss
+                | Reason::DropMapUpdate
+                | Reason::DropRedirect
+        )
     }
 }
 
@@ -379,8 +403,9 @@ mod tests {
             assert_eq!(*r as u32, i as u32);
             assert!(!r.label().is_empty());
         }
-        assert!(!Reason::PassNatOtherPort.is_drop());
-        assert!(Reason::DropMalformed.is_drop());
+        for r in Reason::ALL {
+            assert_eq!(r.is_drop(), r.label().starts_with("drop_"), "{r:?}");
+        }
     }
 
     #[test]

@@ -33,6 +33,31 @@ pub enum Request {
         address: String,
         port: u16,
     },
+    /// Stop sending new flows to a backend; its open flows stay.
+    BackendsDrain {
+        vip: String,
+        address: String,
+        port: u16,
+    },
+    /// Undo a drain.
+    BackendsEnable {
+        vip: String,
+        address: String,
+        port: u16,
+    },
+    /// Change a backend's weight.
+    BackendsWeight {
+        vip: String,
+        address: String,
+        port: u16,
+        weight: u32,
+    },
+    /// VIPs with their state.
+    Vips,
+    /// The daemon: version, uptime, config file, interfaces, reloads.
+    Status,
+    /// Re-read the configuration file and reconcile to it.
+    Reload,
     /// Per-reason counters and table occupancy.
     Stats,
 }
@@ -113,6 +138,9 @@ pub struct VipStatus {
     pub address: Ipv4Addr,
     pub port: u16,
     pub protocol: String,
+    /// `reset` or `drop`: what new connections get with no healthy backend.
+    pub on_empty: String,
+    pub healthy_backends: u32,
     pub packets: u64,
     pub bytes: u64,
     pub flows: u64,
@@ -134,6 +162,25 @@ pub struct Stats {
     pub flows: u64,
     pub nat_entries: u64,
     pub max_flows: u64,
+}
+
+/// Answer to [`Request::Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub config: String,
+    pub interfaces: Vec<String>,
+    pub xdp_mode: String,
+    /// The data plane was adopted from an earlier lbd (hitless restart).
+    pub adopted: bool,
+    pub vips: u32,
+    pub backends: u32,
+    pub backends_up: u32,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub last_reload_error: Option<String>,
 }
 
 /// Parses a request line; a failure is an error response, not a hang-up.
@@ -193,6 +240,25 @@ mod tests {
                 address: "10.0.0.1".into(),
                 port: 80,
             },
+            Request::BackendsDrain {
+                vip: "web".into(),
+                address: "10.0.0.1".into(),
+                port: 80,
+            },
+            Request::BackendsEnable {
+                vip: "web".into(),
+                address: "10.0.0.1".into(),
+                port: 80,
+            },
+            Request::BackendsWeight {
+                vip: "web".into(),
+                address: "10.0.0.1".into(),
+                port: 80,
+                weight: 5,
+            },
+            Request::Vips,
+            Request::Status,
+            Request::Reload,
         ] {
             let line = serde_json::to_string(&RequestEnvelope {
                 version: VERSION,

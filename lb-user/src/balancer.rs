@@ -1,31 +1,89 @@
 //! The control plane's model of VIPs and backends, and how it reaches the
 //! kernel: ids, Maglev rings and the double-buffered ring swap. No I/O of its
 //! own — everything goes through [`Maps`], so it is tested with a fake.
+//!
+//! A backend is in its VIP's ring when it is enabled (not drained) and healthy.
+//! Its slot in the kernel's backend table says whether flows already pinned to
+//! it may stay (`BACKEND_F_IN_USE`: healthy, possibly drained) or must move at
+//! their next packet (down or removed). The kernel tables hold the whole
+//! backend set, weights and states included, so a restarted lbd can adopt a
+//! running data plane exactly ([`Balancer::adopt`]).
 
-use std::{collections::VecDeque, net::Ipv4Addr};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::Ipv4Addr,
+};
 
 use anyhow::Result;
-use lb_ebpf::{Backend, VipKey, VipValue, BACKEND_F_IN_USE, IPPROTO_TCP, MAX_BACKENDS, NO_BACKEND};
+use lb_ebpf::{
+    Backend, VipKey, VipValue, BACKEND_F_DOWN, BACKEND_F_DRAINED, BACKEND_F_IN_USE,
+    BACKEND_F_PRESENT, IPPROTO_TCP, MAX_BACKENDS, NO_BACKEND, VIP_F_RESET_EMPTY,
+};
 
 use crate::{
     api::{ApiError, BackendStatus, VipStatus},
-    config::{self, Config},
-    dataplane::{addr_be, Maps},
+    config::{self, BackendConfig, Config, HealthCheck, OnEmpty},
+    dataplane::{addr_be, addr_from_be, Maps},
     maglev::{self, RingBackend},
 };
 
+/// Operator's choice for a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admin {
+    Enabled,
+    /// No new flows; existing flows stay until they end.
+    Drained,
+}
+
 /// One backend of a VIP.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BackendEntry {
     pub id: u32,
     pub address: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
+    pub admin: Admin,
+    /// Health verdict (true: up).
+    pub up: bool,
+    pub check: HealthCheck,
 }
 
 impl BackendEntry {
     fn identity(&self) -> String {
         format!("{}:{}", self.address, self.port)
+    }
+
+    /// Takes new flows.
+    pub fn in_ring(&self) -> bool {
+        self.admin == Admin::Enabled && self.up
+    }
+
+    /// `up`, `down` or `drained`, as lbctl and metrics show it.
+    pub fn state(&self) -> &'static str {
+        match (self.up, self.admin) {
+            (false, _) => "down",
+            (true, Admin::Drained) => "drained",
+            (true, Admin::Enabled) => "up",
+        }
+    }
+
+    fn kernel_value(&self, vip_id: u32) -> Backend {
+        let mut flags = BACKEND_F_PRESENT;
+        flags |= if self.up {
+            BACKEND_F_IN_USE
+        } else {
+            BACKEND_F_DOWN
+        };
+        if self.admin == Admin::Drained {
+            flags |= BACKEND_F_DRAINED;
+        }
+        Backend {
+            addr_be: addr_be(self.address),
+            port_be: self.port.to_be(),
+            weight: self.weight.min(u16::MAX as u32) as u16,
+            vip_id,
+            flags,
+        }
     }
 }
 
@@ -36,22 +94,70 @@ pub struct VipEntry {
     pub name: String,
     pub address: Ipv4Addr,
     pub port: u16,
+    pub on_empty: OnEmpty,
+    /// Check for backends added at run time.
+    pub default_check: HealthCheck,
     pub live_slot: u32,
     pub backends: Vec<BackendEntry>,
 }
 
 impl VipEntry {
-    fn key(&self) -> VipKey {
-        VipKey {
-            addr_be: addr_be(self.address),
-            port_be: self.port.to_be(),
-            proto: IPPROTO_TCP,
+    pub fn key(&self) -> VipKey {
+        vip_key(self.address, self.port)
+    }
+
+    fn value(&self, slot: u32) -> VipValue {
+        VipValue {
+            id: self.id,
+            ring_slot: slot,
+            flags: if self.on_empty == OnEmpty::Reset {
+                VIP_F_RESET_EMPTY
+            } else {
+                0
+            },
             _pad: 0,
         }
     }
+
+    fn find(&self, address: Ipv4Addr, port: u16) -> Option<usize> {
+        self.backends
+            .iter()
+            .position(|b| b.address == address && b.port == port)
+    }
+
+    pub fn healthy_backends(&self) -> usize {
+        self.backends.iter().filter(|b| b.in_ring()).count()
+    }
 }
 
-/// All VIPs, with backend id allocation.
+pub fn vip_key(address: Ipv4Addr, port: u16) -> VipKey {
+    VipKey {
+        addr_be: addr_be(address),
+        port_be: port.to_be(),
+        proto: IPPROTO_TCP,
+        _pad: 0,
+    }
+}
+
+/// What the kernel tables hold, read back for adoption.
+#[derive(Clone, Debug, Default)]
+pub struct KernelState {
+    pub vips: Vec<(VipKey, VipValue)>,
+    /// Backend slots with `BACKEND_F_PRESENT`.
+    pub backends: Vec<(u32, Backend)>,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadSummary {
+    pub vips_added: Vec<String>,
+    pub vips_removed: Vec<String>,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    pub backends_changed: usize,
+}
+
+/// All VIPs, with backend and VIP id allocation.
 #[derive(Debug)]
 pub struct Balancer {
     ring_size: u32,
@@ -60,38 +166,143 @@ pub struct Balancer {
     /// is reused as late as possible, so replies still in flight from its
     /// connections are not counted under a new backend.
     free_ids: VecDeque<u32>,
+    free_vip_ids: VecDeque<u32>,
+}
+
+fn entry_from_config(id: u32, b: &BackendConfig) -> BackendEntry {
+    BackendEntry {
+        id,
+        address: b.address,
+        port: b.port,
+        weight: b.weight,
+        admin: Admin::Enabled,
+        up: b.health.initial_up || b.health.kind == config::CheckKind::None,
+        check: b.health.clone(),
+    }
 }
 
 impl Balancer {
-    /// The model of a validated configuration; nothing is written yet.
-    pub fn new(cfg: &Config) -> Balancer {
-        let mut b = Balancer {
+    fn empty(cfg: &Config) -> Balancer {
+        Balancer {
             ring_size: cfg.dataplane.ring_size,
             vips: Vec::new(),
             free_ids: (0..MAX_BACKENDS).collect(),
-        };
-        for (id, v) in cfg.vips.iter().enumerate() {
-            let backends = v
+            free_vip_ids: (0..cfg.dataplane.max_vips).collect(),
+        }
+    }
+
+    fn vip_from_config(&mut self, v: &config::Vip) -> VipEntry {
+        let id = self
+            .free_vip_ids
+            .pop_front()
+            .expect("config validation bounds the VIP count");
+        let backends = v
+            .backends
+            .iter()
+            .map(|b| {
+                let id = self
+                    .free_ids
+                    .pop_front()
+                    .expect("config validation bounds the backend count");
+                entry_from_config(id, b)
+            })
+            .collect();
+        VipEntry {
+            id,
+            name: v.name.clone(),
+            address: v.address,
+            port: v.port,
+            on_empty: v.on_empty,
+            default_check: v.health.clone(),
+            live_slot: 0,
+            backends,
+        }
+    }
+
+    /// The model of a validated configuration; nothing is written yet.
+    pub fn new(cfg: &Config) -> Balancer {
+        let mut b = Balancer::empty(cfg);
+        for v in &cfg.vips {
+            let entry = b.vip_from_config(v);
+            b.vips.push(entry);
+        }
+        b
+    }
+
+    /// The model of a data plane left running by an earlier lbd: VIPs keep
+    /// their ids and live ring slots, and backends their ids, weights and
+    /// states as the kernel has them (run-time changes included), so nothing
+    /// that forwards changes. VIPs of `cfg` the kernel lacks are added and
+    /// kernel VIPs `cfg` lacks are removed by the `install` that follows.
+    pub fn adopt(cfg: &Config, kernel: &KernelState) -> Balancer {
+        let mut b = Balancer::empty(cfg);
+        let mut used_ids = Vec::new();
+        let mut used_vip_ids = Vec::new();
+        for v in &cfg.vips {
+            let key = vip_key(v.address, v.port);
+            let Some((_, value)) = kernel.vips.iter().find(|(k, _)| *k == key) else {
+                continue;
+            };
+            used_vip_ids.push(value.id);
+            let backends = kernel
                 .backends
                 .iter()
-                .map(|bc| BackendEntry {
-                    id: b
-                        .free_ids
-                        .pop_front()
-                        .expect("config validation bounds the backend count"),
-                    address: bc.address,
-                    port: bc.port,
-                    weight: bc.weight,
+                .filter(|(_, kb)| kb.vip_id == value.id && kb.flags & BACKEND_F_PRESENT != 0)
+                .map(|(id, kb)| {
+                    used_ids.push(*id);
+                    let address = addr_from_be(kb.addr_be);
+                    let port = u16::from_be(kb.port_be);
+                    let check = v
+                        .backends
+                        .iter()
+                        .find(|c| c.address == address && c.port == port)
+                        .map(|c| c.health.clone())
+                        .unwrap_or_else(|| v.health.clone());
+                    BackendEntry {
+                        id: *id,
+                        address,
+                        port,
+                        weight: u32::from(kb.weight.max(1)),
+                        admin: if kb.flags & BACKEND_F_DRAINED != 0 {
+                            Admin::Drained
+                        } else {
+                            Admin::Enabled
+                        },
+                        up: kb.flags & BACKEND_F_DOWN == 0,
+                        check,
+                    }
                 })
                 .collect();
             b.vips.push(VipEntry {
-                id: id as u32,
+                id: value.id,
                 name: v.name.clone(),
                 address: v.address,
                 port: v.port,
-                live_slot: 0,
+                on_empty: v.on_empty,
+                default_check: v.health.clone(),
+                live_slot: value.ring_slot & 1,
                 backends,
             });
+        }
+        // Slots the kernel has but the new model does not use (a VIP the file
+        // dropped) are released by `install`; reuse them last.
+        let kernel_ids: Vec<u32> = kernel.backends.iter().map(|(id, _)| *id).collect();
+        b.free_ids.retain(|id| !kernel_ids.contains(id));
+        b.free_ids
+            .extend(kernel_ids.iter().filter(|id| !used_ids.contains(id)));
+        let kernel_vip_ids: Vec<u32> = kernel.vips.iter().map(|(_, v)| v.id).collect();
+        b.free_vip_ids.retain(|id| !kernel_vip_ids.contains(id));
+        b.free_vip_ids.extend(
+            kernel_vip_ids
+                .iter()
+                .filter(|id| !used_vip_ids.contains(id)),
+        );
+        // VIPs the kernel did not have are created fresh.
+        for v in &cfg.vips {
+            if !b.vips.iter().any(|e| e.name == v.name) {
+                let entry = b.vip_from_config(v);
+                b.vips.push(entry);
+            }
         }
         b
     }
@@ -100,13 +311,28 @@ impl Balancer {
         &self.vips
     }
 
-    /// Writes every backend, ring and VIP to the kernel.
-    pub fn install(&mut self, maps: &mut impl Maps) -> Result<()> {
+    /// Writes every backend, ring and VIP to the kernel, and removes kernel
+    /// VIPs and backend slots the model does not have (left by an earlier run).
+    pub fn install(&mut self, maps: &mut impl Maps, kernel: &KernelState) -> Result<()> {
         for i in 0..self.vips.len() {
             for b in &self.vips[i].backends {
-                maps.set_backend(b.id, backend_value(b, self.vips[i].id))?;
+                maps.set_backend(b.id, b.kernel_value(self.vips[i].id))?;
             }
             self.publish_ring(maps, i)?;
+        }
+        for (key, _) in &kernel.vips {
+            if !self.vips.iter().any(|v| v.key() == *key) {
+                maps.remove_vip(*key)?;
+            }
+        }
+        for (id, kb) in &kernel.backends {
+            let known = self
+                .vips
+                .iter()
+                .any(|v| v.backends.iter().any(|b| b.id == *id));
+            if !known {
+                maps.set_backend(*id, Backend { flags: 0, ..*kb })?;
+            }
         }
         Ok(())
     }
@@ -118,17 +344,8 @@ impl Balancer {
         let ring = ring_for(&vip.backends, self.ring_size)?;
         let slot = vip.live_slot ^ 1;
         maps.write_ring(vip.id, slot, &ring)?;
-        maps.set_vip(
-            vip.key(),
-            VipValue {
-                id: vip.id,
-                ring_slot: slot,
-                flags: 0,
-                _pad: 0,
-            },
-        )?;
-        let vip = &mut self.vips[vip_index];
-        vip.live_slot = slot;
+        maps.set_vip(vip.key(), vip.value(slot))?;
+        self.vips[vip_index].live_slot = slot;
         Ok(())
     }
 
@@ -139,7 +356,61 @@ impl Balancer {
             .ok_or_else(|| ApiError::not_found(format!("no VIP named {name:?}")))
     }
 
-    /// Adds a backend to a VIP and publishes the new ring.
+    fn backend_index(
+        &self,
+        vip: &str,
+        address: Ipv4Addr,
+        port: u16,
+    ) -> Result<(usize, usize), ApiError> {
+        let i = self.vip_index(vip)?;
+        let j = self.vips[i].find(address, port).ok_or_else(|| {
+            ApiError::not_found(format!("{address}:{port} is not a backend of {vip}"))
+        })?;
+        Ok((i, j))
+    }
+
+    /// Applies a change to one backend: the slot first when the backend is
+    /// joining the ring (so it exists before packets can reach it), the ring
+    /// first when it is leaving (so no new flow picks it after its slot says
+    /// its flows must move).
+    fn update_backend(
+        &mut self,
+        maps: &mut impl Maps,
+        i: usize,
+        j: usize,
+        change: impl FnOnce(&mut BackendEntry),
+    ) -> Result<(), ApiError> {
+        let before = self.vips[i].backends[j].clone();
+        change(&mut self.vips[i].backends[j]);
+        let after = self.vips[i].backends[j].clone();
+        let vip_id = self.vips[i].id;
+        let ring_changes = before.in_ring() != after.in_ring() || before.weight != after.weight;
+        let result = if after.in_ring() {
+            maps.set_backend(after.id, after.kernel_value(vip_id))
+                .and_then(|()| {
+                    if ring_changes {
+                        self.publish_ring(maps, i)
+                    } else {
+                        Ok(())
+                    }
+                })
+        } else {
+            (if ring_changes {
+                self.publish_ring(maps, i)
+            } else {
+                Ok(())
+            })
+            .and_then(|()| maps.set_backend(after.id, after.kernel_value(vip_id)))
+        };
+        if let Err(e) = result {
+            self.vips[i].backends[j] = before;
+            return Err(ApiError::internal(format!("{e:#}")));
+        }
+        Ok(())
+    }
+
+    /// Adds a backend to a VIP (health: the VIP's check, starting in its
+    /// initial state) and publishes the new ring.
     pub fn add_backend(
         &mut self,
         maps: &mut impl Maps,
@@ -157,16 +428,9 @@ impl Balancer {
         if port == 0 {
             return Err(ApiError::invalid("port 0 is not a valid backend port"));
         }
-        if weight == 0 || weight > 65_535 {
-            return Err(ApiError::invalid(format!(
-                "weight {weight} is out of range 1..=65535"
-            )));
-        }
+        check_weight(weight)?;
         let v = &self.vips[i];
-        if v.backends
-            .iter()
-            .any(|b| b.address == address && b.port == port)
-        {
+        if v.find(address, port).is_some() {
             return Err(ApiError::conflict(format!(
                 "{address}:{port} is already a backend of {vip}"
             )));
@@ -180,16 +444,20 @@ impl Balancer {
         let id = self.free_ids.pop_front().ok_or_else(|| {
             ApiError::invalid(format!("all {MAX_BACKENDS} backend slots are in use"))
         })?;
+        let check = v.default_check.clone();
         let entry = BackendEntry {
             id,
             address,
             port,
             weight,
+            admin: Admin::Enabled,
+            up: check.initial_up || check.kind == config::CheckKind::None,
+            check,
         };
         let vip_id = v.id;
         let result = maps
             .reset_backend_counters(id)
-            .and_then(|()| maps.set_backend(id, backend_value(&entry, vip_id)))
+            .and_then(|()| maps.set_backend(id, entry.kernel_value(vip_id)))
             .and_then(|()| {
                 self.vips[i].backends.push(entry.clone());
                 self.publish_ring(maps, i)
@@ -212,32 +480,190 @@ impl Balancer {
         address: Ipv4Addr,
         port: u16,
     ) -> Result<BackendEntry, ApiError> {
-        let i = self.vip_index(vip)?;
-        let Some(pos) = self.vips[i]
-            .backends
-            .iter()
-            .position(|b| b.address == address && b.port == port)
-        else {
-            return Err(ApiError::not_found(format!(
-                "{address}:{port} is not a backend of {vip}"
-            )));
-        };
-        let entry = self.vips[i].backends.remove(pos);
+        let (i, j) = self.backend_index(vip, address, port)?;
+        let entry = self.vips[i].backends.remove(j);
+        let vip_id = self.vips[i].id;
         let result = self.publish_ring(maps, i).and_then(|()| {
             maps.set_backend(
                 entry.id,
                 Backend {
                     flags: 0,
-                    ..backend_value(&entry, self.vips[i].id)
+                    ..entry.kernel_value(vip_id)
                 },
             )
         });
         if let Err(e) = result {
-            self.vips[i].backends.insert(pos, entry);
+            self.vips[i].backends.insert(j, entry);
             return Err(ApiError::internal(format!("{e:#}")));
         }
         self.free_ids.push_back(entry.id);
         Ok(entry)
+    }
+
+    /// Drains (no new flows, existing ones stay) or re-enables a backend.
+    pub fn set_admin(
+        &mut self,
+        maps: &mut impl Maps,
+        vip: &str,
+        address: Ipv4Addr,
+        port: u16,
+        admin: Admin,
+    ) -> Result<BackendEntry, ApiError> {
+        let (i, j) = self.backend_index(vip, address, port)?;
+        self.update_backend(maps, i, j, |b| b.admin = admin)?;
+        Ok(self.vips[i].backends[j].clone())
+    }
+
+    pub fn set_weight(
+        &mut self,
+        maps: &mut impl Maps,
+        vip: &str,
+        address: Ipv4Addr,
+        port: u16,
+        weight: u32,
+    ) -> Result<BackendEntry, ApiError> {
+        check_weight(weight)?;
+        let (i, j) = self.backend_index(vip, address, port)?;
+        self.update_backend(maps, i, j, |b| b.weight = weight)?;
+        Ok(self.vips[i].backends[j].clone())
+    }
+
+    /// Records a health verdict. Returns whether anything changed.
+    pub fn set_health(
+        &mut self,
+        maps: &mut impl Maps,
+        vip: &str,
+        address: Ipv4Addr,
+        port: u16,
+        up: bool,
+    ) -> Result<bool, ApiError> {
+        let (i, j) = self.backend_index(vip, address, port)?;
+        if self.vips[i].backends[j].up == up {
+            return Ok(false);
+        }
+        self.update_backend(maps, i, j, |b| b.up = up)?;
+        Ok(true)
+    }
+
+    /// Reconciles to a new configuration: VIPs are matched by name and
+    /// backends by address and port. Kept backends keep their health state and
+    /// ids (so their flows stay); admin state and weights are reset to the file.
+    /// Settings that need a restart are refused before anything changes.
+    pub fn reload(
+        &mut self,
+        maps: &mut impl Maps,
+        old: &Config,
+        new: &Config,
+    ) -> Result<ReloadSummary, ApiError> {
+        restart_only_changes(old, new)?;
+        let mut summary = ReloadSummary::default();
+        // VIPs that are gone.
+        let gone: Vec<usize> = (0..self.vips.len())
+            .filter(|&i| !new.vips.iter().any(|v| v.name == self.vips[i].name))
+            .collect();
+        for &i in gone.iter().rev() {
+            let v = self.vips.remove(i);
+            maps.remove_vip(v.key()).map_err(internal)?;
+            for b in &v.backends {
+                maps.set_backend(
+                    b.id,
+                    Backend {
+                        flags: 0,
+                        ..b.kernel_value(v.id)
+                    },
+                )
+                .map_err(internal)?;
+                self.free_ids.push_back(b.id);
+            }
+            self.free_vip_ids.push_back(v.id);
+            summary.vips_removed.push(v.name);
+        }
+        for nv in &new.vips {
+            let Some(i) = self.vips.iter().position(|v| v.name == nv.name) else {
+                let entry = self.vip_from_config(nv);
+                maps.reset_vip_counters(entry.id).map_err(internal)?;
+                self.vips.push(entry);
+                let i = self.vips.len() - 1;
+                for b in &self.vips[i].backends {
+                    maps.reset_backend_counters(b.id).map_err(internal)?;
+                    maps.set_backend(b.id, b.kernel_value(self.vips[i].id))
+                        .map_err(internal)?;
+                }
+                self.publish_ring(maps, i).map_err(internal)?;
+                summary.vips_added.push(nv.name.clone());
+                continue;
+            };
+            let old_key = self.vips[i].key();
+            {
+                let v = &mut self.vips[i];
+                v.address = nv.address;
+                v.port = nv.port;
+                v.on_empty = nv.on_empty;
+                v.default_check = nv.health.clone();
+            }
+            // Backends that are gone leave the ring first, then their slots.
+            let mut removed = Vec::new();
+            self.vips[i].backends.retain(|b| {
+                let keep = nv
+                    .backends
+                    .iter()
+                    .any(|c| c.address == b.address && c.port == b.port);
+                if !keep {
+                    removed.push(b.clone());
+                }
+                keep
+            });
+            for nb in &nv.backends {
+                match self.vips[i].find(nb.address, nb.port) {
+                    Some(j) => {
+                        let b = &mut self.vips[i].backends[j];
+                        let before = b.clone();
+                        b.weight = nb.weight;
+                        b.admin = Admin::Enabled;
+                        if b.check != nb.health {
+                            b.check = nb.health.clone();
+                        }
+                        if *b != before {
+                            summary.backends_changed += 1;
+                        }
+                    }
+                    None => {
+                        let id = self
+                            .free_ids
+                            .pop_front()
+                            .ok_or_else(|| ApiError::invalid("no free backend slots"))?;
+                        maps.reset_backend_counters(id).map_err(internal)?;
+                        self.vips[i].backends.push(entry_from_config(id, nb));
+                        summary.backends_added += 1;
+                    }
+                }
+            }
+            let vip_id = self.vips[i].id;
+            for b in &self.vips[i].backends {
+                maps.set_backend(b.id, b.kernel_value(vip_id))
+                    .map_err(internal)?;
+            }
+            self.publish_ring(maps, i).map_err(internal)?;
+            if old_key != self.vips[i].key() {
+                maps.remove_vip(old_key).map_err(internal)?;
+            }
+            for b in removed {
+                maps.set_backend(
+                    b.id,
+                    Backend {
+                        flags: 0,
+                        ..b.kernel_value(vip_id)
+                    },
+                )
+                .map_err(internal)?;
+                self.free_ids.push_back(b.id);
+                summary.backends_removed += 1;
+            }
+        }
+        // Keep the configuration's order (lbctl lists VIPs as the file does).
+        self.vips
+            .sort_by_key(|v| new.vips.iter().position(|n| n.name == v.name));
+        Ok(summary)
     }
 
     /// Every VIP with its backends and counters.
@@ -255,7 +681,7 @@ impl Balancer {
                             address: b.address,
                             port: b.port,
                             weight: b.weight,
-                            state: "active".into(),
+                            state: b.state().into(),
                             packets: bc.packets,
                             bytes: bc.bytes,
                             flows: bc.flows,
@@ -267,6 +693,8 @@ impl Balancer {
                     address: v.address,
                     port: v.port,
                     protocol: "tcp".into(),
+                    on_empty: v.on_empty.as_str().into(),
+                    healthy_backends: v.healthy_backends() as u32,
                     packets: c.packets,
                     bytes: c.bytes,
                     flows: c.flows,
@@ -275,21 +703,89 @@ impl Balancer {
             })
             .collect()
     }
-}
 
-fn backend_value(b: &BackendEntry, vip_id: u32) -> Backend {
-    Backend {
-        addr_be: addr_be(b.address),
-        port_be: b.port.to_be(),
-        _pad: 0,
-        vip_id,
-        flags: BACKEND_F_IN_USE,
+    /// Health-check targets with their current state.
+    pub fn health_targets(&self) -> Vec<(crate::health::Target, bool)> {
+        self.vips
+            .iter()
+            .flat_map(|v| {
+                v.backends.iter().map(|b| {
+                    (
+                        crate::health::Target {
+                            vip: v.name.clone(),
+                            address: b.address,
+                            port: b.port,
+                            check: b.check.clone(),
+                        },
+                        b.up,
+                    )
+                })
+            })
+            .collect()
     }
 }
 
-/// The Maglev ring of backend ids for a set of backends.
+fn internal(e: anyhow::Error) -> ApiError {
+    ApiError::internal(format!("{e:#}"))
+}
+
+fn check_weight(weight: u32) -> Result<(), ApiError> {
+    if weight == 0 || weight > 65_535 {
+        return Err(ApiError::invalid(format!(
+            "weight {weight} is out of range 1..=65535"
+        )));
+    }
+    Ok(())
+}
+
+/// Settings a running lbd cannot change: they size or place the kernel
+/// objects, or bind sockets.
+fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ApiError> {
+    let mut changed = Vec::new();
+    let (o, n) = (&old.dataplane, &new.dataplane);
+    if o.interfaces != n.interfaces {
+        changed.push("dataplane.interfaces");
+    }
+    if o.xdp_mode != n.xdp_mode {
+        changed.push("dataplane.xdp_mode");
+    }
+    if o.ring_size != n.ring_size {
+        changed.push("dataplane.ring_size");
+    }
+    if o.max_flows != n.max_flows {
+        changed.push("dataplane.max_flows");
+    }
+    if o.max_vips != n.max_vips {
+        changed.push("dataplane.max_vips");
+    }
+    if o.pin_path != n.pin_path {
+        changed.push("dataplane.pin_path");
+    }
+    if old.control != new.control {
+        changed.push("control.socket");
+    }
+    if old.metrics != new.metrics {
+        changed.push("metrics.listen");
+    }
+    if old.nat.reserve_ports != new.nat.reserve_ports
+        || old.nat.port_min != new.nat.port_min
+        || old.nat.port_max != new.nat.port_max
+    {
+        changed.push("nat.ports/nat.reserve_ports");
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::invalid(format!(
+        "{} changed: restart lbd to apply (nothing was changed)",
+        changed.join(", ")
+    )))
+}
+
+/// The Maglev ring of backend ids for the backends of a VIP that take new flows.
 pub fn ring_for(backends: &[BackendEntry], ring_size: u32) -> Result<Vec<u32>> {
-    let input: Vec<RingBackend> = backends
+    let live: Vec<&BackendEntry> = backends.iter().filter(|b| b.in_ring()).collect();
+    let input: Vec<RingBackend> = live
         .iter()
         .map(|b| RingBackend {
             identity: b.identity(),
@@ -303,17 +799,25 @@ pub fn ring_for(backends: &[BackendEntry], ring_size: u32) -> Result<Vec<u32>> {
             if i == NO_BACKEND {
                 NO_BACKEND
             } else {
-                backends[i as usize].id
+                live[i as usize].id
             }
         })
         .collect())
+}
+
+/// Counts of ring entries per backend id (tests and diagnostics).
+pub fn ring_shares(ring: &[u32]) -> HashMap<u32, usize> {
+    let mut m = HashMap::new();
+    for id in ring {
+        *m.entry(*id).or_insert(0) += 1;
+    }
+    m
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use lb_ebpf::Counters;
-    use std::collections::HashMap;
 
     /// Maps kept in memory, recording the order of writes.
     #[derive(Default)]
@@ -325,6 +829,20 @@ mod tests {
         fail_rings: bool,
     }
 
+    impl FakeMaps {
+        fn kernel(&self) -> KernelState {
+            KernelState {
+                vips: self.vips.iter().map(|(k, v)| (*k, *v)).collect(),
+                backends: self
+                    .backends
+                    .iter()
+                    .filter(|(_, b)| b.flags & BACKEND_F_PRESENT != 0)
+                    .map(|(i, b)| (*i, *b))
+                    .collect(),
+            }
+        }
+    }
+
     impl Maps for FakeMaps {
         fn set_vip(&mut self, key: VipKey, value: VipValue) -> Result<()> {
             self.log
@@ -333,6 +851,7 @@ mod tests {
             Ok(())
         }
         fn remove_vip(&mut self, key: VipKey) -> Result<()> {
+            self.log.push("remove vip".into());
             self.vips.remove(&key);
             Ok(())
         }
@@ -360,28 +879,35 @@ mod tests {
             self.log.push(format!("reset {id}"));
             Ok(())
         }
+        fn reset_vip_counters(&mut self, id: u32) -> Result<()> {
+            self.log.push(format!("reset vip {id}"));
+            Ok(())
+        }
     }
 
+    const BASE: &str = r#"
+        [dataplane]
+        interfaces = ["eth0"]
+        ring_size = 1009
+        [nat]
+        source = "10.0.2.10"
+        [[vip]]
+        name = "web"
+        address = "10.0.0.100"
+        port = 80
+        [vip.health]
+        initial = "up"
+        [[vip.backend]]
+        address = "10.0.2.11"
+        [[vip.backend]]
+        address = "10.0.2.12"
+        "#;
+
     fn config() -> Config {
-        Config::from_toml_str(
-            r#"
-            [dataplane]
-            interfaces = ["eth0"]
-            ring_size = 1009
-            [nat]
-            source = "10.0.2.10"
-            [[vip]]
-            name = "web"
-            address = "10.0.0.100"
-            port = 80
-            [[vip.backend]]
-            address = "10.0.2.11"
-            [[vip.backend]]
-            address = "10.0.2.12"
-            "#,
-        )
-        .unwrap()
+        Config::from_toml_str(BASE).unwrap()
     }
+
+    const UP: u32 = BACKEND_F_PRESENT | BACKEND_F_IN_USE;
 
     fn live_ring(maps: &FakeMaps, b: &Balancer) -> Vec<u32> {
         let v = &b.vips()[0];
@@ -389,18 +915,36 @@ mod tests {
         maps.rings[&(value.id, value.ring_slot)].clone()
     }
 
-    #[test]
-    fn install_writes_backends_before_the_ring_and_the_ring_before_the_vip() {
+    /// The live ring as backend addresses (ids may differ between runs).
+    fn ring_addresses(maps: &FakeMaps, b: &Balancer) -> Vec<Option<Ipv4Addr>> {
+        let v = &b.vips()[0];
+        live_ring(maps, b)
+            .iter()
+            .map(|id| v.backends.iter().find(|x| x.id == *id).map(|b| b.address))
+            .collect()
+    }
+
+    fn installed() -> (FakeMaps, Balancer) {
         let mut maps = FakeMaps::default();
         let mut b = Balancer::new(&config());
-        b.install(&mut maps).unwrap();
+        b.install(&mut maps, &KernelState::default()).unwrap();
+        (maps, b)
+    }
+
+    fn addr(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn install_writes_backends_before_the_ring_and_the_ring_before_the_vip() {
+        let (maps, b) = installed();
         assert_eq!(
             maps.log,
             [
-                "backend 0 flags 1",
-                "backend 1 flags 1",
-                "ring 0 slot 1",
-                "vip 0 slot 1"
+                format!("backend 0 flags {UP}"),
+                format!("backend 1 flags {UP}"),
+                "ring 0 slot 1".into(),
+                "vip 0 slot 1".into()
             ]
         );
         let ring = live_ring(&maps, &b);
@@ -409,21 +953,19 @@ mod tests {
 
     #[test]
     fn each_change_fills_the_other_slot_then_flips() {
-        let mut maps = FakeMaps::default();
-        let mut b = Balancer::new(&config());
-        b.install(&mut maps).unwrap();
+        let (mut maps, mut b) = installed();
         let first = b.vips()[0].live_slot;
-        b.add_backend(&mut maps, "web", "10.0.2.13".parse().unwrap(), 80, 1)
+        b.add_backend(&mut maps, "web", addr("10.0.2.13"), 80, 1)
             .unwrap();
         assert_ne!(b.vips()[0].live_slot, first);
         assert!(live_ring(&maps, &b).contains(&2));
-        b.remove_backend(&mut maps, "web", "10.0.2.13".parse().unwrap(), 80)
+        b.remove_backend(&mut maps, "web", addr("10.0.2.13"), 80)
             .unwrap();
         assert_eq!(b.vips()[0].live_slot, first);
         assert!(!live_ring(&maps, &b).contains(&2));
         assert!(
             maps.log.contains(&"reset 2".to_string()),
-            "a reused id starts from zero"
+            "a new backend starts from zero"
         );
         // The backend slot is cleared only after the ring without it is live.
         let n = maps.log.len();
@@ -433,25 +975,16 @@ mod tests {
         );
     }
 
-    /// The live ring as backend addresses (ids may differ between runs).
-    fn ring_addresses(maps: &FakeMaps, b: &Balancer) -> Vec<Ipv4Addr> {
-        let v = &b.vips()[0];
-        live_ring(maps, b)
-            .iter()
-            .map(|id| v.backends.iter().find(|x| x.id == *id).unwrap().address)
-            .collect()
-    }
-
     #[test]
     fn ids_are_reused_last_and_rings_depend_only_on_backends() {
-        let mut maps = FakeMaps::default();
-        let mut b = Balancer::new(&config());
-        b.install(&mut maps).unwrap();
+        let (mut maps, mut b) = installed();
         let before = ring_addresses(&maps, &b);
-        let addr: Ipv4Addr = "10.0.2.12".parse().unwrap();
-        b.remove_backend(&mut maps, "web", addr, 80).unwrap();
+        b.remove_backend(&mut maps, "web", addr("10.0.2.12"), 80)
+            .unwrap();
         assert!(live_ring(&maps, &b).iter().all(|id| *id == 0));
-        let again = b.add_backend(&mut maps, "web", addr, 80, 1).unwrap();
+        let again = b
+            .add_backend(&mut maps, "web", addr("10.0.2.12"), 80, 1)
+            .unwrap();
         assert_eq!(
             again.id, 2,
             "the next never-used id, not the one just freed"
@@ -461,11 +994,9 @@ mod tests {
 
     #[test]
     fn bad_requests_change_nothing() {
-        let mut maps = FakeMaps::default();
-        let mut b = Balancer::new(&config());
-        b.install(&mut maps).unwrap();
+        let (mut maps, mut b) = installed();
         let log = maps.log.len();
-        let a: Ipv4Addr = "10.0.2.11".parse().unwrap();
+        let a = addr("10.0.2.11");
         assert_eq!(
             b.add_backend(&mut maps, "nope", a, 80, 1).unwrap_err().code,
             "not_found"
@@ -479,7 +1010,7 @@ mod tests {
             "invalid"
         );
         assert_eq!(
-            b.add_backend(&mut maps, "web", "0.0.0.0".parse().unwrap(), 81, 1)
+            b.add_backend(&mut maps, "web", addr("0.0.0.0"), 81, 1)
                 .unwrap_err()
                 .code,
             "invalid"
@@ -488,26 +1019,41 @@ mod tests {
             b.remove_backend(&mut maps, "web", a, 99).unwrap_err().code,
             "not_found"
         );
+        assert_eq!(
+            b.set_weight(&mut maps, "web", a, 80, 70_000)
+                .unwrap_err()
+                .code,
+            "invalid"
+        );
+        assert_eq!(
+            b.set_admin(&mut maps, "web", a, 99, Admin::Drained)
+                .unwrap_err()
+                .code,
+            "not_found"
+        );
         assert_eq!(maps.log.len(), log);
         assert_eq!(b.vips()[0].backends.len(), 2);
     }
 
     #[test]
     fn a_failed_kernel_write_leaves_the_model_as_the_kernel_has_it() {
-        let mut maps = FakeMaps::default();
-        let mut b = Balancer::new(&config());
-        b.install(&mut maps).unwrap();
+        let (mut maps, mut b) = installed();
         maps.fail_rings = true;
         let err = b
-            .add_backend(&mut maps, "web", "10.0.2.13".parse().unwrap(), 80, 1)
+            .add_backend(&mut maps, "web", addr("10.0.2.13"), 80, 1)
             .unwrap_err();
         assert_eq!(err.code, "internal");
         assert_eq!(b.vips()[0].backends.len(), 2);
         let err = b
-            .remove_backend(&mut maps, "web", "10.0.2.11".parse().unwrap(), 80)
+            .remove_backend(&mut maps, "web", addr("10.0.2.11"), 80)
             .unwrap_err();
         assert_eq!(err.code, "internal");
         assert_eq!(b.vips()[0].backends.len(), 2);
+        let err = b
+            .set_health(&mut maps, "web", addr("10.0.2.11"), 80, false)
+            .unwrap_err();
+        assert_eq!(err.code, "internal");
+        assert!(b.vips()[0].backends[0].up);
     }
 
     #[test]
@@ -516,7 +1062,175 @@ mod tests {
         cfg.vips[0].backends.clear();
         let mut maps = FakeMaps::default();
         let mut b = Balancer::new(&cfg);
-        b.install(&mut maps).unwrap();
+        b.install(&mut maps, &KernelState::default()).unwrap();
         assert!(live_ring(&maps, &b).iter().all(|id| *id == NO_BACKEND));
+        assert_eq!(maps.vips[&b.vips()[0].key()].flags, VIP_F_RESET_EMPTY);
+    }
+
+    #[test]
+    fn backends_start_down_until_proven_up_by_default() {
+        let cfg =
+            Config::from_toml_str(&BASE.replace("initial = \"up\"", "initial = \"down\"")).unwrap();
+        let mut maps = FakeMaps::default();
+        let mut b = Balancer::new(&cfg);
+        b.install(&mut maps, &KernelState::default()).unwrap();
+        assert!(live_ring(&maps, &b).iter().all(|id| *id == NO_BACKEND));
+        assert_eq!(maps.backends[&0].flags, BACKEND_F_PRESENT | BACKEND_F_DOWN);
+        assert!(b
+            .set_health(&mut maps, "web", addr("10.0.2.11"), 80, true)
+            .unwrap());
+        assert!(live_ring(&maps, &b).iter().all(|id| *id == 0));
+        assert!(!b
+            .set_health(&mut maps, "web", addr("10.0.2.11"), 80, true)
+            .unwrap());
+    }
+
+    #[test]
+    fn down_moves_flows_but_drain_keeps_them() {
+        let (mut maps, mut b) = installed();
+        let a = addr("10.0.2.11");
+        // Drain: out of the ring, slot still in use (flows stay).
+        b.set_admin(&mut maps, "web", a, 80, Admin::Drained)
+            .unwrap();
+        assert!(live_ring(&maps, &b).iter().all(|id| *id == 1));
+        assert_eq!(maps.backends[&0].flags, UP | BACKEND_F_DRAINED);
+        assert_eq!(b.vips()[0].backends[0].state(), "drained");
+        // Enable: back in the ring, slot written before the ring.
+        maps.log.clear();
+        b.set_admin(&mut maps, "web", a, 80, Admin::Enabled)
+            .unwrap();
+        assert!(maps.log[0].starts_with("backend 0"), "{:?}", maps.log);
+        assert!(live_ring(&maps, &b).contains(&0));
+        // Down: out of the ring first, then flows told to move.
+        maps.log.clear();
+        b.set_health(&mut maps, "web", a, 80, false).unwrap();
+        assert_eq!(
+            maps.log.last().unwrap(),
+            &format!("backend 0 flags {}", BACKEND_F_PRESENT | BACKEND_F_DOWN)
+        );
+        assert!(live_ring(&maps, &b).iter().all(|id| *id == 1));
+        assert_eq!(b.vips()[0].backends[0].state(), "down");
+    }
+
+    #[test]
+    fn weights_move_ring_shares() {
+        let (mut maps, mut b) = installed();
+        b.set_weight(&mut maps, "web", addr("10.0.2.12"), 80, 3)
+            .unwrap();
+        let shares = ring_shares(&live_ring(&maps, &b));
+        let (s0, s1) = (shares[&0] as f64, shares[&1] as f64);
+        assert!((s1 / s0 - 3.0).abs() < 0.15, "{s0} {s1}");
+        assert_eq!(maps.backends[&1].weight, 3);
+    }
+
+    #[test]
+    fn adopting_the_kernel_state_changes_nothing_that_forwards() {
+        let (mut maps, mut b) = installed();
+        // Run-time changes the config file does not know about.
+        b.add_backend(&mut maps, "web", addr("10.0.2.13"), 80, 2)
+            .unwrap();
+        b.set_admin(&mut maps, "web", addr("10.0.2.11"), 80, Admin::Drained)
+            .unwrap();
+        let ring = live_ring(&maps, &b);
+        let slot = b.vips()[0].live_slot;
+
+        let kernel = maps.kernel();
+        let adopted = Balancer::adopt(&config(), &kernel);
+        let v = &adopted.vips()[0];
+        assert_eq!(v.live_slot, slot);
+        assert_eq!(v.backends.len(), 3);
+        let drained = v
+            .backends
+            .iter()
+            .find(|x| x.address == addr("10.0.2.11"))
+            .unwrap();
+        assert_eq!((drained.id, drained.admin), (0, Admin::Drained));
+        let added = v
+            .backends
+            .iter()
+            .find(|x| x.address == addr("10.0.2.13"))
+            .unwrap();
+        assert_eq!((added.id, added.weight), (2, 2));
+        // Installing the adopted model writes the same ring again.
+        let mut adopted = adopted;
+        adopted.install(&mut maps, &kernel).unwrap();
+        assert_eq!(live_ring(&maps, &adopted), ring);
+        // New ids never collide with adopted ones.
+        let e = adopted
+            .add_backend(&mut maps, "web", addr("10.0.2.14"), 80, 1)
+            .unwrap();
+        assert!(e.id > 2);
+    }
+
+    #[test]
+    fn adoption_drops_vips_the_file_no_longer_has() {
+        let (maps, _) = installed();
+        let kernel = maps.kernel();
+        let mut cfg = config();
+        cfg.vips[0].name = "other".into();
+        cfg.vips[0].port = 81;
+        let mut maps2 = FakeMaps {
+            vips: maps.vips.clone(),
+            backends: maps.backends.clone(),
+            ..Default::default()
+        };
+        let mut b = Balancer::adopt(&cfg, &kernel);
+        b.install(&mut maps2, &kernel).unwrap();
+        assert_eq!(maps2.vips.len(), 1);
+        assert!(maps2.vips.contains_key(&b.vips()[0].key()));
+        assert_eq!(
+            maps2.backends[&0].flags, 0,
+            "the old VIP's backends are released"
+        );
+    }
+
+    #[test]
+    fn reload_reconciles_and_keeps_what_stays() {
+        let (mut maps, mut b) = installed();
+        b.set_health(&mut maps, "web", addr("10.0.2.12"), 80, false)
+            .unwrap();
+        let old = config();
+        let new = Config::from_toml_str(&format!(
+            "{}\n[[vip.backend]]\naddress = \"10.0.2.13\"\n[[vip]]\nname = \"api\"\naddress = \"10.0.0.101\"\nport = 443\n[[vip.backend]]\naddress = \"10.0.3.1\"\n",
+            BASE.replace("[[vip.backend]]\n        address = \"10.0.2.11\"\n", "")
+        ))
+        .unwrap();
+        let summary = b.reload(&mut maps, &old, &new).unwrap();
+        assert_eq!(summary.vips_added, ["api"]);
+        assert_eq!((summary.backends_added, summary.backends_removed), (1, 1));
+        let web = &b.vips()[0];
+        let kept = web
+            .backends
+            .iter()
+            .find(|x| x.address == addr("10.0.2.12"))
+            .unwrap();
+        assert_eq!(
+            (kept.id, kept.up),
+            (1, false),
+            "kept backends keep id and health"
+        );
+        assert_eq!(
+            maps.backends[&0].flags, 0,
+            "the removed backend's slot is released"
+        );
+        assert_eq!(b.vips().len(), 2);
+        assert_eq!(maps.vips.len(), 2);
+        // Removing the VIP again.
+        let summary = b.reload(&mut maps, &new, &old).unwrap();
+        assert_eq!(summary.vips_removed, ["api"]);
+        assert_eq!(maps.vips.len(), 1);
+    }
+
+    #[test]
+    fn reload_refuses_restart_only_changes_without_touching_anything() {
+        let (mut maps, mut b) = installed();
+        let log = maps.log.len();
+        let mut new = config();
+        new.dataplane.ring_size = 65_537;
+        new.vips[0].backends.clear();
+        let e = b.reload(&mut maps, &config(), &new).unwrap_err();
+        assert!(e.message.contains("dataplane.ring_size"), "{e}");
+        assert_eq!(maps.log.len(), log);
+        assert_eq!(b.vips()[0].backends.len(), 2);
     }
 }

@@ -18,9 +18,10 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -60,6 +61,25 @@ const VIP_NAME_MAX: usize = 32;
 const WEIGHT_MAX: u32 = 65_535;
 const DEFAULT_WEIGHT: u32 = 1;
 
+const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9650));
+
+const DEFAULT_CHECK_INTERVAL_MS: u64 = 2_000;
+const CHECK_INTERVAL_MS_MIN: u64 = 100;
+const CHECK_INTERVAL_MS_MAX: u64 = 3_600_000;
+/// The default timeout, or `interval_ms` when that is smaller.
+const DEFAULT_CHECK_TIMEOUT_MS: u64 = 1_000;
+const CHECK_TIMEOUT_MS_MIN: u64 = 10;
+const DEFAULT_RISE: u32 = 2;
+const DEFAULT_FALL: u32 = 3;
+const RISE_FALL_MAX: u32 = 100;
+const DEFAULT_JITTER_PCT: u32 = 10;
+const JITTER_PCT_MAX: u32 = 50;
+const DEFAULT_HTTP_PATH: &str = "/";
+const DEFAULT_EXPECT_STATUS: u16 = 200;
+const HTTP_STATUS_MIN: u16 = 100;
+const HTTP_STATUS_MAX: u16 = 599;
+
 // ---------------------------------------------------------------------------
 // Public types
 // ---------------------------------------------------------------------------
@@ -71,6 +91,7 @@ pub struct Config {
     pub nat: Nat,
     pub flows: Flows,
     pub control: Control,
+    pub metrics: Metrics,
     /// The `[[vip]]` tables, in file order.
     pub vips: Vec<Vip>,
 }
@@ -175,6 +196,22 @@ impl Default for Control {
     }
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// Where lbd serves `/metrics` over HTTP; `None` (`listen = "off"`)
+    /// disables the endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: Some(DEFAULT_METRICS_LISTEN),
+        }
+    }
+}
+
 /// One `[[vip]]`: a virtual service and its backends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vip {
@@ -183,12 +220,31 @@ pub struct Vip {
     pub address: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
-    /// The `[[vip.backend]]` tables, in file order. May be empty: the VIP's
-    /// traffic is then dropped (and counted).
+    /// What a new connection gets while the VIP has no healthy backend.
+    pub on_empty: OnEmpty,
+    /// The VIP's `[vip.health]`: the check of its backends that do not
+    /// override it, and the one to use for backends added at run time.
+    /// Each backend's own, resolved check is [`BackendConfig::health`].
+    pub health: HealthCheck,
+    /// The `[[vip.backend]]` tables, in file order. May be empty: new
+    /// connections are then refused as `on_empty` says.
     pub backends: Vec<BackendConfig>,
 }
 
 impl Vip {
+    /// A VIP with defaults for everything but its identity, and no backends.
+    pub fn new(name: impl Into<String>, address: Ipv4Addr, port: u16) -> Vip {
+        Vip {
+            name: name.into(),
+            address,
+            port,
+            protocol: Protocol::Tcp,
+            on_empty: OnEmpty::default(),
+            health: default_health(),
+            backends: Vec::new(),
+        }
+    }
+
     /// The port traffic is sent to on backend `b`: its own port, or the VIP's
     /// port when `b.port` is 0 (possible only in a `Config` built in code; the
     /// file parser fills in the VIP's port itself).
@@ -230,6 +286,32 @@ impl std::fmt::Display for Protocol {
     }
 }
 
+/// What a VIP does with a new connection while it has no healthy backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnEmpty {
+    /// Answer the SYN with a TCP RST: clients fail fast.
+    #[default]
+    Reset,
+    /// Drop the packet: clients retransmit and time out.
+    Drop,
+}
+
+impl OnEmpty {
+    /// The spelling used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnEmpty::Reset => "reset",
+            OnEmpty::Drop => "drop",
+        }
+    }
+}
+
+impl std::fmt::Display for OnEmpty {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One `[[vip.backend]]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
@@ -238,6 +320,109 @@ pub struct BackendConfig {
     pub port: u16,
     /// Relative share of new flows, 1..=65535.
     pub weight: u32,
+    /// The backend's health check: its `health` table merged over the VIP's
+    /// `[vip.health]`.
+    pub health: HealthCheck,
+}
+
+impl BackendConfig {
+    /// A backend with the default health check ([`default_health`]).
+    pub fn new(address: Ipv4Addr, port: u16, weight: u32) -> BackendConfig {
+        BackendConfig {
+            address,
+            port,
+            weight,
+            health: default_health(),
+        }
+    }
+}
+
+/// A resolved health check: how and how often a backend is probed, and how
+/// many results in a row change its state. See `docs/health-checks.md`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// Time between the starts of two checks (before jitter), 100 ms..=1 h.
+    pub interval: Duration,
+    /// How long one check may take, 10 ms..=`interval`.
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend up, 1..=100.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down, 1..=100.
+    pub fall: u32,
+    /// Each wait is `interval` ± this percentage, chosen at random, 0..=50.
+    pub jitter_pct: u32,
+    /// The state before the first verdict.
+    pub initial_up: bool,
+    /// The port to probe; `None` means the backend's service port.
+    pub port: Option<u16>,
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// No check: the backend is always up.
+    None,
+    /// A TCP connection must be established.
+    Tcp,
+    /// An HTTP/1.1 `GET` must be answered with an expected status (and body).
+    Http {
+        /// Request target; starts with `/`.
+        path: String,
+        /// `Host` header; `None` means the backend's address (with `:port`
+        /// unless the port is 80).
+        host: Option<String>,
+        /// Accepted status codes, non-empty, each 100..=599.
+        expect_status: Vec<u16>,
+        /// A substring the body must contain.
+        expect_body: Option<String>,
+    },
+    /// A command must exit with status 0.
+    Exec {
+        /// argv; the first element is an absolute path. `{address}`, `{port}`
+        /// and `{vip}` are replaced in every element.
+        command: Vec<String>,
+    },
+}
+
+impl CheckKind {
+    /// The spelling of the kind in the configuration file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CheckKind::None => "none",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http { .. } => "http",
+            CheckKind::Exec { .. } => "exec",
+        }
+    }
+}
+
+/// The check used when none is configured: TCP connect every 2 s (± 10 %),
+/// 1 s timeout, up after 2 successes, down after 3 failures, down at first.
+pub fn default_health() -> HealthCheck {
+    HealthCheck {
+        kind: CheckKind::Tcp,
+        interval: Duration::from_millis(DEFAULT_CHECK_INTERVAL_MS),
+        timeout: Duration::from_millis(DEFAULT_CHECK_TIMEOUT_MS),
+        rise: DEFAULT_RISE,
+        fall: DEFAULT_FALL,
+        jitter_pct: DEFAULT_JITTER_PCT,
+        initial_up: false,
+        port: None,
+    }
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        default_health()
+    }
+}
+
+impl HealthCheck {
+    /// The port probed on a backend whose service port is `backend_port`.
+    pub fn check_port(&self, backend_port: u16) -> u16 {
+        self.port.unwrap_or(backend_port)
+    }
 }
 
 /// Why a configuration was refused.
@@ -343,6 +528,7 @@ impl Config {
         self.nat.check()?;
         self.flows.check()?;
         self.control.check()?;
+        self.metrics.check()?;
         self.check_vips()
     }
 
@@ -553,12 +739,190 @@ impl Control {
     }
 }
 
+impl Metrics {
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Some(addr) = self.listen {
+            check_metrics_listen("metrics.listen", addr)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_metrics_listen(key: &str, addr: SocketAddr) -> Result<(), ConfigError> {
+    if addr.port() == 0 {
+        return Err(invalid(
+            key,
+            format!("{addr}: port 0 is not allowed; Prometheus needs a fixed port"),
+        ));
+    }
+    Ok(())
+}
+
+impl HealthCheck {
+    /// Checks every range and rule; `key` is the table (`vip[0].health`,
+    /// `vip[0].backend[1].health`), errors name `key.<field>`.
+    pub fn check(&self, key: &str) -> Result<(), ConfigError> {
+        let ms = |d: Duration| d.as_millis().min(i128::MAX as u128) as i128;
+        check_range(
+            &format!("{key}.interval_ms"),
+            ms(self.interval),
+            CHECK_INTERVAL_MS_MIN.into(),
+            CHECK_INTERVAL_MS_MAX.into(),
+        )?;
+        check_range(
+            &format!("{key}.timeout_ms"),
+            ms(self.timeout),
+            CHECK_TIMEOUT_MS_MIN.into(),
+            CHECK_INTERVAL_MS_MAX.into(),
+        )?;
+        if self.timeout > self.interval {
+            return Err(invalid(
+                format!("{key}.timeout_ms"),
+                format!(
+                    "{} is greater than interval_ms ({})",
+                    ms(self.timeout),
+                    ms(self.interval)
+                ),
+            ));
+        }
+        check_range(
+            &format!("{key}.rise"),
+            self.rise.into(),
+            1,
+            RISE_FALL_MAX.into(),
+        )?;
+        check_range(
+            &format!("{key}.fall"),
+            self.fall.into(),
+            1,
+            RISE_FALL_MAX.into(),
+        )?;
+        check_range(
+            &format!("{key}.jitter_pct"),
+            self.jitter_pct.into(),
+            0,
+            JITTER_PCT_MAX.into(),
+        )?;
+        if let Some(port) = self.port {
+            check_range(&format!("{key}.port"), port.into(), 1, 65_535)?;
+        }
+        match &self.kind {
+            CheckKind::None | CheckKind::Tcp => Ok(()),
+            CheckKind::Http {
+                path,
+                host,
+                expect_status,
+                expect_body,
+            } => {
+                check_http_path(&format!("{key}.path"), path)?;
+                if let Some(host) = host {
+                    check_http_host(&format!("{key}.host"), host)?;
+                }
+                if expect_status.is_empty() {
+                    return Err(invalid(
+                        format!("{key}.expect_status"),
+                        "must list at least one status code",
+                    ));
+                }
+                for (i, code) in expect_status.iter().enumerate() {
+                    check_range(
+                        &format!("{key}.expect_status[{i}]"),
+                        (*code).into(),
+                        HTTP_STATUS_MIN.into(),
+                        HTTP_STATUS_MAX.into(),
+                    )?;
+                }
+                if let Some(body) = expect_body {
+                    check_expect_body(&format!("{key}.expect_body"), body)?;
+                }
+                Ok(())
+            }
+            CheckKind::Exec { command } => check_command(&format!("{key}.command"), command),
+        }
+    }
+}
+
+/// A request target: sent verbatim in the request line.
+fn check_http_path(key: &str, path: &str) -> Result<(), ConfigError> {
+    if !path.starts_with('/') {
+        return Err(invalid(key, format!("{path:?} must start with '/'")));
+    }
+    if let Some(c) = path
+        .chars()
+        .find(|c| !c.is_ascii() || c.is_ascii_control() || *c == ' ')
+    {
+        return Err(invalid(
+            key,
+            format!(
+                "{path:?} contains {c:?}; spaces, control and non-ASCII characters \
+                 must be percent-encoded"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A `Host` header value.
+fn check_http_host(key: &str, host: &str) -> Result<(), ConfigError> {
+    if host.is_empty() {
+        return Err(invalid(
+            key,
+            "is empty; leave the key out to send the backend's address",
+        ));
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| !c.is_ascii() || c.is_ascii_control() || c.is_ascii_whitespace())
+    {
+        return Err(invalid(
+            key,
+            format!("{host:?} contains {c:?}, which a Host header cannot carry"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_expect_body(key: &str, body: &str) -> Result<(), ConfigError> {
+    if body.is_empty() {
+        return Err(invalid(
+            key,
+            "is empty; leave the key out to accept any body",
+        ));
+    }
+    Ok(())
+}
+
+fn check_command(key: &str, command: &[String]) -> Result<(), ConfigError> {
+    let Some(program) = command.first() else {
+        return Err(invalid(
+            key,
+            "is empty; it must list the program and its arguments",
+        ));
+    };
+    if !Path::new(program).is_absolute() {
+        return Err(invalid(
+            format!("{key}[0]"),
+            format!("{program:?} is not an absolute path (commands are not searched in PATH)"),
+        ));
+    }
+    for (i, arg) in command.iter().enumerate() {
+        if arg.contains('\0') {
+            return Err(invalid(
+                format!("{key}[{i}]"),
+                format!("{arg:?} contains a NUL byte"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Vip {
     /// Checks the VIP's own keys and its backends; `key` is `vip[i]`.
     fn check(&self, key: &str) -> Result<(), ConfigError> {
         check_vip_name(&format!("{key}.name"), &self.name)?;
         check_unicast(&format!("{key}.address"), self.address)?;
         check_range(&format!("{key}.port"), self.port.into(), 1, 65_535)?;
+        self.health.check(&format!("{key}.health"))?;
 
         let mut seen: HashMap<(Ipv4Addr, u16), usize> = HashMap::new();
         for (j, b) in self.backends.iter().enumerate() {
@@ -570,6 +934,7 @@ impl Vip {
                 1,
                 WEIGHT_MAX.into(),
             )?;
+            b.health.check(&format!("{bkey}.health"))?;
             let port = self.backend_port(b);
             if let Some(first) = seen.insert((b.address, port), j) {
                 return Err(invalid(
@@ -775,6 +1140,12 @@ fn table_at(src: &str, offset: usize) -> Option<String> {
                 backend = Some(j);
                 format!("vip[{}].backend[{j}]", vip.unwrap_or(0))
             }
+            ("vip.health", false) => format!("vip[{}].health", vip.unwrap_or(0)),
+            ("vip.backend.health", false) => format!(
+                "vip[{}].backend[{}].health",
+                vip.unwrap_or(0),
+                backend.unwrap_or(0)
+            ),
             _ => name,
         });
     }
@@ -809,6 +1180,8 @@ struct RawConfig {
     flows: RawFlows,
     #[serde(default)]
     control: RawControl,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default)]
     vip: Vec<RawVip>,
 }
@@ -846,6 +1219,12 @@ struct RawControl {
     socket: Option<String>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawVip {
@@ -853,6 +1232,8 @@ struct RawVip {
     address: Option<String>,
     port: Option<i64>,
     protocol: Option<String>,
+    on_empty: Option<String>,
+    health: Option<RawHealth>,
     #[serde(default)]
     backend: Vec<RawBackend>,
 }
@@ -863,6 +1244,29 @@ struct RawBackend {
     address: Option<String>,
     port: Option<i64>,
     weight: Option<i64>,
+    health: Option<RawHealth>,
+}
+
+/// A `[vip.health]` table or a backend's `health` table: every key optional,
+/// since a backend's table only overrides what it names.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    kind: Option<String>,
+    interval_ms: Option<i64>,
+    timeout_ms: Option<i64>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    jitter_pct: Option<i64>,
+    initial: Option<String>,
+    port: Option<i64>,
+    // kind = "http"
+    path: Option<String>,
+    host: Option<String>,
+    expect_status: Option<Vec<i64>>,
+    expect_body: Option<String>,
+    // kind = "exec"
+    command: Option<Vec<String>>,
 }
 
 fn required<T>(key: &str, value: Option<T>) -> Result<T, ConfigError> {
@@ -911,6 +1315,7 @@ impl RawConfig {
         let nat = required("nat", self.nat)?.into_nat()?;
         let flows = self.flows.into_flows()?;
         let control = self.control.into_control();
+        let metrics = self.metrics.into_metrics()?;
         let vips = self
             .vip
             .into_iter()
@@ -922,6 +1327,7 @@ impl RawConfig {
             nat,
             flows,
             control,
+            metrics,
             vips,
         })
     }
@@ -1020,6 +1426,302 @@ impl RawControl {
     }
 }
 
+impl RawMetrics {
+    fn into_metrics(self) -> Result<Metrics, ConfigError> {
+        let key = "metrics.listen";
+        let listen = match self.listen.as_deref() {
+            None => Some(DEFAULT_METRICS_LISTEN),
+            Some("off") => None,
+            Some(s) => {
+                let addr: SocketAddr = s.parse().map_err(|_| {
+                    invalid(
+                        key,
+                        format!(
+                            "{s:?} is neither \"ADDRESS:PORT\" (e.g. \"127.0.0.1:9650\", \
+                             \"[::1]:9650\") nor \"off\""
+                        ),
+                    )
+                })?;
+                check_metrics_listen(key, addr)?;
+                Some(addr)
+            }
+        };
+        Ok(Metrics { listen })
+    }
+}
+
+/// The kinds of check, as read from a table (before their keys are gathered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawKind {
+    None,
+    Tcp,
+    Http,
+    Exec,
+}
+
+impl RawKind {
+    fn parse(key: &str, s: &str) -> Result<RawKind, ConfigError> {
+        Ok(match s {
+            "none" => RawKind::None,
+            "tcp" => RawKind::Tcp,
+            "http" => RawKind::Http,
+            "exec" => RawKind::Exec,
+            other => {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{other:?} is not a kind of check; use \"tcp\", \"http\", \"exec\" \
+                         or \"none\""
+                    ),
+                ))
+            }
+        })
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RawKind::None => "none",
+            RawKind::Tcp => "tcp",
+            RawKind::Http => "http",
+            RawKind::Exec => "exec",
+        }
+    }
+}
+
+/// One health table and its key path (`vip[0].health`).
+struct HealthLayer<'a> {
+    key: String,
+    raw: &'a RawHealth,
+}
+
+/// Resolves health tables into one check. `layers` go from the most specific
+/// (a backend's `health`) to the least (the VIP's `[vip.health]`); a key is
+/// taken from the first layer that sets it. Keys of one kind (`path`,
+/// `command`, ...) are only inherited from a layer of the resolved kind: a
+/// backend that switches its VIP's `http` check to `tcp` drops the `path`.
+fn resolve_health(layers: &[HealthLayer<'_>]) -> Result<HealthCheck, ConfigError> {
+    let field = |i: usize, name: &str| format!("{}.{name}", layers[i].key);
+
+    // The kind each layer is read as: its own, or the one it inherits.
+    let mut kinds = vec![RawKind::Tcp; layers.len()];
+    let mut inherited = RawKind::Tcp;
+    for i in (0..layers.len()).rev() {
+        if let Some(k) = &layers[i].raw.kind {
+            inherited = RawKind::parse(&field(i, "kind"), k)?;
+        }
+        kinds[i] = inherited;
+    }
+    let kind = kinds.first().copied().unwrap_or(RawKind::Tcp);
+
+    // Keys that the layer's kind does not use are errors.
+    for (i, (layer, k)) in layers.iter().zip(&kinds).enumerate() {
+        let r = layer.raw;
+        let misplaced = [
+            ("path", r.path.is_some(), RawKind::Http),
+            ("host", r.host.is_some(), RawKind::Http),
+            ("expect_status", r.expect_status.is_some(), RawKind::Http),
+            ("expect_body", r.expect_body.is_some(), RawKind::Http),
+            ("command", r.command.is_some(), RawKind::Exec),
+        ]
+        .into_iter()
+        .find(|(_, set, wants)| *set && wants != k);
+        if let Some((name, _, wants)) = misplaced {
+            return Err(invalid(
+                field(i, name),
+                format!(
+                    "is only used when kind is \"{}\", and the kind here is \"{}\"",
+                    wants.as_str(),
+                    k.as_str()
+                ),
+            ));
+        }
+    }
+
+    /// The first layer (index, value) that sets a key.
+    fn pick<'a, T: ?Sized>(
+        layers: &[HealthLayer<'a>],
+        get: impl Fn(&'a RawHealth) -> Option<&'a T>,
+    ) -> Option<(usize, &'a T)> {
+        layers
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| get(l.raw).map(|v| (i, v)))
+    }
+    // The same, among the layers of the resolved kind.
+    let pick_kind = |get: &dyn Fn(&RawHealth) -> bool| -> Option<usize> {
+        (0..layers.len()).find(|&i| kinds[i] == kind && get(layers[i].raw))
+    };
+
+    let interval_ms: u64 = match pick(layers, |r| r.interval_ms.as_ref()) {
+        None => DEFAULT_CHECK_INTERVAL_MS,
+        Some((i, &v)) => int(
+            &field(i, "interval_ms"),
+            v,
+            CHECK_INTERVAL_MS_MIN as i64,
+            CHECK_INTERVAL_MS_MAX as i64,
+        )?,
+    };
+    let timeout_ms: u64 = match pick(layers, |r| r.timeout_ms.as_ref()) {
+        None => DEFAULT_CHECK_TIMEOUT_MS.min(interval_ms),
+        Some((t, &v)) => {
+            let timeout: u64 = int(
+                &field(t, "timeout_ms"),
+                v,
+                CHECK_TIMEOUT_MS_MIN as i64,
+                CHECK_INTERVAL_MS_MAX as i64,
+            )?;
+            if timeout > interval_ms {
+                // Blame the key of the more specific table: that is where the
+                // two stopped fitting together.
+                let interval_at = pick(layers, |r| r.interval_ms.as_ref()).map(|(i, _)| i);
+                return Err(match interval_at {
+                    Some(i) if i < t => invalid(
+                        field(i, "interval_ms"),
+                        format!(
+                            "{interval_ms} is less than timeout_ms ({timeout}, from {})",
+                            field(t, "timeout_ms")
+                        ),
+                    ),
+                    Some(_) => invalid(
+                        field(t, "timeout_ms"),
+                        format!("{timeout} is greater than interval_ms ({interval_ms})"),
+                    ),
+                    None => invalid(
+                        field(t, "timeout_ms"),
+                        format!(
+                            "{timeout} is greater than interval_ms ({interval_ms}, the default)"
+                        ),
+                    ),
+                });
+            }
+            timeout
+        }
+    };
+    let count =
+        |name: &str, get: fn(&RawHealth) -> Option<&i64>, default: u32, min: i64, max: i64| {
+            match pick(layers, get) {
+                None => Ok(default),
+                Some((i, &v)) => int::<u32>(&field(i, name), v, min, max),
+            }
+        };
+    let rise = count(
+        "rise",
+        |r| r.rise.as_ref(),
+        DEFAULT_RISE,
+        1,
+        RISE_FALL_MAX.into(),
+    )?;
+    let fall = count(
+        "fall",
+        |r| r.fall.as_ref(),
+        DEFAULT_FALL,
+        1,
+        RISE_FALL_MAX.into(),
+    )?;
+    let jitter_pct = count(
+        "jitter_pct",
+        |r| r.jitter_pct.as_ref(),
+        DEFAULT_JITTER_PCT,
+        0,
+        JITTER_PCT_MAX.into(),
+    )?;
+    let initial_up = match pick(layers, |r| r.initial.as_deref()) {
+        None | Some((_, "down")) => false,
+        Some((_, "up")) => true,
+        Some((i, other)) => {
+            return Err(invalid(
+                field(i, "initial"),
+                format!("{other:?} is not a state; use \"down\" or \"up\""),
+            ))
+        }
+    };
+    let port = match pick(layers, |r| r.port.as_ref()) {
+        None => None,
+        Some((i, &v)) => Some(int::<u16>(&field(i, "port"), v, 1, 65_535)?),
+    };
+
+    let kind = match kind {
+        RawKind::None => CheckKind::None,
+        RawKind::Tcp => CheckKind::Tcp,
+        RawKind::Http => {
+            let path = match pick_kind(&|r| r.path.is_some()) {
+                None => DEFAULT_HTTP_PATH.to_string(),
+                Some(i) => {
+                    let path = layers[i].raw.path.clone().unwrap_or_default();
+                    check_http_path(&field(i, "path"), &path)?;
+                    path
+                }
+            };
+            let host = match pick_kind(&|r| r.host.is_some()) {
+                None => None,
+                Some(i) => {
+                    let host = layers[i].raw.host.clone().unwrap_or_default();
+                    check_http_host(&field(i, "host"), &host)?;
+                    Some(host)
+                }
+            };
+            let expect_status = match pick_kind(&|r| r.expect_status.is_some()) {
+                None => vec![DEFAULT_EXPECT_STATUS],
+                Some(i) => {
+                    let key = field(i, "expect_status");
+                    let codes = layers[i].raw.expect_status.as_deref().unwrap_or_default();
+                    if codes.is_empty() {
+                        return Err(invalid(key, "must list at least one status code"));
+                    }
+                    codes
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &c)| {
+                            int::<u16>(
+                                &format!("{key}[{j}]"),
+                                c,
+                                HTTP_STATUS_MIN.into(),
+                                HTTP_STATUS_MAX.into(),
+                            )
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                }
+            };
+            let expect_body = match pick_kind(&|r| r.expect_body.is_some()) {
+                None => None,
+                Some(i) => {
+                    let body = layers[i].raw.expect_body.clone().unwrap_or_default();
+                    check_expect_body(&field(i, "expect_body"), &body)?;
+                    Some(body)
+                }
+            };
+            CheckKind::Http {
+                path,
+                host,
+                expect_status,
+                expect_body,
+            }
+        }
+        RawKind::Exec => {
+            let Some(i) = pick_kind(&|r| r.command.is_some()) else {
+                return Err(invalid(
+                    field(0, "command"),
+                    "is required when kind is \"exec\"",
+                ));
+            };
+            let command = layers[i].raw.command.clone().unwrap_or_default();
+            check_command(&field(i, "command"), &command)?;
+            CheckKind::Exec { command }
+        }
+    };
+
+    Ok(HealthCheck {
+        kind,
+        interval: Duration::from_millis(interval_ms),
+        timeout: Duration::from_millis(timeout_ms),
+        rise,
+        fall,
+        jitter_pct,
+        initial_up,
+        port,
+    })
+}
+
 impl RawVip {
     fn into_vip(self, i: usize) -> Result<Vip, ConfigError> {
         let key = format!("vip[{i}]");
@@ -1037,24 +1739,47 @@ impl RawVip {
                 ))
             }
         };
+        let on_empty = match self.on_empty.as_deref() {
+            None | Some("reset") => OnEmpty::Reset,
+            Some("drop") => OnEmpty::Drop,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{key}.on_empty"),
+                    format!("{other:?} is not an action; use \"reset\" or \"drop\""),
+                ))
+            }
+        };
+        let vip_health_raw = self.health.unwrap_or_default();
+        let vip_layer = HealthLayer {
+            key: format!("{key}.health"),
+            raw: &vip_health_raw,
+        };
+        let health = resolve_health(std::slice::from_ref(&vip_layer))?;
         let backends = self
             .backend
             .into_iter()
             .enumerate()
-            .map(|(j, b)| b.into_backend(&format!("{key}.backend[{j}]"), port))
+            .map(|(j, b)| b.into_backend(&format!("{key}.backend[{j}]"), port, &vip_layer))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Vip {
             name,
             address,
             port,
             protocol,
+            on_empty,
+            health,
             backends,
         })
     }
 }
 
 impl RawBackend {
-    fn into_backend(self, key: &str, vip_port: u16) -> Result<BackendConfig, ConfigError> {
+    fn into_backend(
+        self,
+        key: &str,
+        vip_port: u16,
+        vip_health: &HealthLayer<'_>,
+    ) -> Result<BackendConfig, ConfigError> {
         let address = required(&format!("{key}.address"), self.address)?;
         let address = ipv4(&format!("{key}.address"), &address)?;
         let port = match self.port {
@@ -1065,10 +1790,22 @@ impl RawBackend {
             None => DEFAULT_WEIGHT,
             Some(v) => int(&format!("{key}.weight"), v, 1, WEIGHT_MAX.into())?,
         };
+        let own = self.health.unwrap_or_default();
+        let health = resolve_health(&[
+            HealthLayer {
+                key: format!("{key}.health"),
+                raw: &own,
+            },
+            HealthLayer {
+                key: vip_health.key.clone(),
+                raw: vip_health.raw,
+            },
+        ])?;
         Ok(BackendConfig {
             address,
             port,
             weight,
+            health,
         })
     }
 }
@@ -1103,11 +1840,24 @@ closed_timeout_secs = 5
 [control]
 socket = "/run/lb-test/lbd.sock"
 
+[metrics]
+listen = "10.0.1.10:9100"
+
 [[vip]]
 name = "web"
 address = "10.0.0.100"
 port = 80
 protocol = "tcp"
+on_empty = "drop"
+
+  [vip.health]
+  kind = "tcp"
+  interval_ms = 5000
+  timeout_ms = 500
+  rise = 3
+  fall = 4
+  jitter_pct = 20
+  initial = "up"
 
   [[vip.backend]]
   address = "10.0.2.11"
@@ -1116,6 +1866,7 @@ protocol = "tcp"
 
   [[vip.backend]]
   address = "10.0.2.12"
+  health = { kind = "http", path = "/healthz", host = "web.example", expect_status = [200, 204], expect_body = "ok", port = 9000 }
 
 [[vip]]
 name = "api.v2"
@@ -1168,6 +1919,16 @@ port = 443
     #[test]
     fn full_file_parses_every_value() {
         let c = Config::from_toml_str(FULL).unwrap();
+        let web_check = HealthCheck {
+            kind: CheckKind::Tcp,
+            interval: Duration::from_millis(5000),
+            timeout: Duration::from_millis(500),
+            rise: 3,
+            fall: 4,
+            jitter_pct: 20,
+            initial_up: true,
+            port: None,
+        };
         assert_eq!(
             c,
             Config {
@@ -1193,22 +1954,38 @@ port = 443
                 control: Control {
                     socket: "/run/lb-test/lbd.sock".into(),
                 },
+                metrics: Metrics {
+                    listen: Some("10.0.1.10:9100".parse().unwrap()),
+                },
                 vips: vec![
                     Vip {
                         name: "web".into(),
                         address: Ipv4Addr::new(10, 0, 0, 100),
                         port: 80,
                         protocol: Protocol::Tcp,
+                        on_empty: OnEmpty::Drop,
+                        health: web_check.clone(),
                         backends: vec![
                             BackendConfig {
                                 address: Ipv4Addr::new(10, 0, 2, 11),
                                 port: 8080,
                                 weight: 3,
+                                health: web_check.clone(),
                             },
                             BackendConfig {
                                 address: Ipv4Addr::new(10, 0, 2, 12),
                                 port: 80,
                                 weight: 1,
+                                health: HealthCheck {
+                                    kind: CheckKind::Http {
+                                        path: "/healthz".into(),
+                                        host: Some("web.example".into()),
+                                        expect_status: vec![200, 204],
+                                        expect_body: Some("ok".into()),
+                                    },
+                                    port: Some(9000),
+                                    ..web_check.clone()
+                                },
                             },
                         ],
                     },
@@ -1217,6 +1994,8 @@ port = 443
                         address: Ipv4Addr::new(10, 0, 0, 101),
                         port: 443,
                         protocol: Protocol::Tcp,
+                        on_empty: OnEmpty::Reset,
+                        health: default_health(),
                         backends: vec![],
                     },
                 ],
@@ -1253,11 +2032,15 @@ port = 443
                 control: Control {
                     socket: "/run/lb/lbd.sock".into(),
                 },
+                metrics: Metrics {
+                    listen: Some("127.0.0.1:9650".parse().unwrap()),
+                },
                 vips: vec![],
             }
         );
         assert_eq!(c.flows, Flows::default());
         assert_eq!(c.control, Control::default());
+        assert_eq!(c.metrics, Metrics::default());
         assert_eq!(c.nat.port_count(), 40000);
     }
 
@@ -1295,6 +2078,25 @@ port = 443
         assert_eq!(c.nat.port_hold_secs, m.nat.port_hold_secs);
         assert_eq!(c.flows, m.flows);
         assert_eq!(c.control, m.control);
+        assert_eq!(c.metrics, m.metrics);
+        assert_eq!(web.on_empty, OnEmpty::Reset);
+        assert_eq!(web.health, default_health());
+        // A TCP default, and one backend overriding it with an HTTP check.
+        let checks: Vec<_> = web.backends.iter().map(|b| &b.health).collect();
+        assert_eq!(checks[0], &default_health());
+        assert_eq!(checks[2], &default_health());
+        assert_eq!(
+            checks[1],
+            &HealthCheck {
+                kind: CheckKind::Http {
+                    path: "/healthz".into(),
+                    host: None,
+                    expect_status: vec![200],
+                    expect_body: Some("ok".into()),
+                },
+                ..default_health()
+            }
+        );
     }
 
     #[test]
@@ -1366,7 +2168,11 @@ port = 443
         );
         assert_err(
             &doc("", "", "[metrics]\nport = 1\n"),
-            &["unknown field `metrics`"],
+            &["unknown field `port`", "in [metrics]"],
+        );
+        assert_err(
+            &doc("", "", "[metric]\nlisten = \"off\"\n"),
+            &["unknown field `metric`"],
         );
         assert_err(
             &doc("", "", "[[vips]]\nname = \"x\"\n"),
@@ -1876,18 +2682,11 @@ port = 443
         let per_vip = 1000u32;
         for v in 0..5u32 {
             let backends = (0..per_vip)
-                .map(|b| BackendConfig {
-                    address: Ipv4Addr::from(0x0a01_0000 + b + 1),
-                    port: 8080,
-                    weight: 1,
-                })
+                .map(|b| BackendConfig::new(Ipv4Addr::from(0x0a01_0000 + b + 1), 8080, 1))
                 .collect();
             c.vips.push(Vip {
-                name: format!("v{v}"),
-                address: Ipv4Addr::from(0x0a00_0000 + v + 1),
-                port: 80,
-                protocol: Protocol::Tcp,
                 backends,
+                ..Vip::new(format!("v{v}"), Ipv4Addr::from(0x0a00_0000 + v + 1), 80)
             });
         }
         let e = c.validate().unwrap_err();
@@ -1895,6 +2694,558 @@ port = 443
         assert!(e.to_string().contains("5000 backends in total"), "{e}");
         c.vips[4].backends.truncate(96);
         c.validate().unwrap();
+    }
+
+    // --- [metrics] ---
+
+    #[test]
+    fn metrics_listen_rules() {
+        let listen = |v: &str| doc("", "", &format!("[metrics]\nlisten = \"{v}\"\n"));
+        let c = Config::from_toml_str(&listen("off")).unwrap();
+        assert_eq!(c.metrics.listen, None);
+        let c = Config::from_toml_str(&listen("0.0.0.0:9100")).unwrap();
+        assert_eq!(c.metrics.listen, Some("0.0.0.0:9100".parse().unwrap()));
+        let c = Config::from_toml_str(&listen("[::1]:9650")).unwrap();
+        assert_eq!(c.metrics.listen, Some("[::1]:9650".parse().unwrap()));
+        let c = Config::from_toml_str(&doc("", "", "[metrics]\n")).unwrap();
+        assert_eq!(c.metrics, Metrics::default());
+        assert_err(
+            &listen("localhost:9650"),
+            &["metrics.listen: \"localhost:9650\" is neither"],
+        );
+        assert_err(&listen("127.0.0.1"), &["metrics.listen: \"127.0.0.1\""]);
+        assert_err(&listen("Off"), &["metrics.listen:"]);
+        assert_err(&listen("127.0.0.1:0"), &["metrics.listen:", "port 0"]);
+        assert_err(
+            &doc("", "", "[metrics]\nlisten = 9650\n"),
+            &["in [metrics]", "invalid type"],
+        );
+
+        let mut c = minimal();
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.validate().unwrap_err().key(), Some("metrics.listen"));
+        c.metrics.listen = None;
+        c.validate().unwrap();
+    }
+
+    // --- on_empty ---
+
+    #[test]
+    fn on_empty_rules() {
+        let c = Config::from_toml_str(&one_vip("", "")).unwrap();
+        assert_eq!(c.vips[0].on_empty, OnEmpty::Reset);
+        let c = Config::from_toml_str(&one_vip("on_empty = \"drop\"", "")).unwrap();
+        assert_eq!(c.vips[0].on_empty, OnEmpty::Drop);
+        assert_eq!(c.vips[0].on_empty.to_string(), "drop");
+        let c = Config::from_toml_str(&one_vip("on_empty = \"reset\"", "")).unwrap();
+        assert_eq!(c.vips[0].on_empty, OnEmpty::Reset);
+        assert_err(
+            &one_vip("on_empty = \"rst\"", ""),
+            &["vip[0].on_empty: \"rst\" is not an action; use \"reset\" or \"drop\""],
+        );
+    }
+
+    // --- health checks ---
+
+    /// One VIP with `[vip.health]` holding `vip_health` (no table if empty)
+    /// and one backend whose `health` inline table holds `backend_health`
+    /// (none if empty).
+    fn with_health(vip_health: &str, backend_health: &str) -> String {
+        let vip = if vip_health.is_empty() {
+            String::new()
+        } else {
+            format!("[vip.health]\n{vip_health}\n")
+        };
+        let backend = if backend_health.is_empty() {
+            String::new()
+        } else {
+            format!("health = {{ {backend_health} }}\n")
+        };
+        doc(
+            "",
+            "",
+            &format!(
+                "[[vip]]\nname = \"web\"\naddress = \"10.0.0.100\"\nport = 80\n{vip}\
+                 [[vip.backend]]\naddress = \"10.0.2.11\"\n{backend}"
+            ),
+        )
+    }
+
+    /// The VIP's check and its backend's.
+    fn checks(vip_health: &str, backend_health: &str) -> (HealthCheck, HealthCheck) {
+        let s = with_health(vip_health, backend_health);
+        let c = Config::from_toml_str(&s).unwrap_or_else(|e| panic!("{e}\n--- input ---\n{s}"));
+        (
+            c.vips[0].health.clone(),
+            c.vips[0].backends[0].health.clone(),
+        )
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn default_health_values() {
+        let d = default_health();
+        assert_eq!(
+            d,
+            HealthCheck {
+                kind: CheckKind::Tcp,
+                interval: ms(2000),
+                timeout: ms(1000),
+                rise: 2,
+                fall: 3,
+                jitter_pct: 10,
+                initial_up: false,
+                port: None,
+            }
+        );
+        assert_eq!(HealthCheck::default(), d);
+        assert_eq!(d.check_port(8080), 8080);
+        assert_eq!(
+            HealthCheck {
+                port: Some(9000),
+                ..d.clone()
+            }
+            .check_port(8080),
+            9000
+        );
+        d.check("x").unwrap();
+
+        let b = BackendConfig::new(Ipv4Addr::new(10, 0, 2, 11), 8080, 2);
+        assert_eq!((b.port, b.weight, &b.health), (8080, 2, &d));
+        let v = Vip::new("web", Ipv4Addr::new(10, 0, 0, 100), 80);
+        assert_eq!(v.on_empty, OnEmpty::Reset);
+        assert_eq!(v.protocol, Protocol::Tcp);
+        assert_eq!(v.health, d);
+        assert!(v.backends.is_empty());
+    }
+
+    #[test]
+    fn no_health_table_means_the_default_tcp_check() {
+        let (vip, backend) = checks("", "");
+        assert_eq!(vip, default_health());
+        assert_eq!(backend, default_health());
+        // An empty table is the same.
+        let s = with_health("", "").replace("port = 80\n", "port = 80\n[vip.health]\n");
+        let c = Config::from_toml_str(&s).unwrap();
+        assert_eq!(c.vips[0].backends[0].health, default_health());
+    }
+
+    #[test]
+    fn health_table_sets_every_general_key() {
+        let (vip, backend) = checks(
+            "kind = \"tcp\"\ninterval_ms = 100\ntimeout_ms = 10\nrise = 100\nfall = 1\n\
+             jitter_pct = 50\ninitial = \"up\"\nport = 65535",
+            "",
+        );
+        let expected = HealthCheck {
+            kind: CheckKind::Tcp,
+            interval: ms(100),
+            timeout: ms(10),
+            rise: 100,
+            fall: 1,
+            jitter_pct: 50,
+            initial_up: true,
+            port: Some(65535),
+        };
+        assert_eq!(vip, expected);
+        assert_eq!(backend, expected);
+        let (vip, _) = checks(
+            "interval_ms = 3600000\ntimeout_ms = 3600000\njitter_pct = 0",
+            "",
+        );
+        assert_eq!(
+            (vip.interval, vip.timeout, vip.jitter_pct),
+            (ms(3_600_000), ms(3_600_000), 0)
+        );
+        let (vip, _) = checks("initial = \"down\"", "");
+        assert!(!vip.initial_up);
+    }
+
+    #[test]
+    fn default_timeout_is_capped_by_the_interval() {
+        let (vip, _) = checks("interval_ms = 500", "");
+        assert_eq!((vip.interval, vip.timeout), (ms(500), ms(500)));
+        let (vip, _) = checks("interval_ms = 5000", "");
+        assert_eq!(vip.timeout, ms(1000));
+        // An inherited interval caps the backend's default timeout too.
+        let (_, b) = checks("interval_ms = 300", "rise = 1");
+        assert_eq!((b.interval, b.timeout, b.rise), (ms(300), ms(300), 1));
+    }
+
+    #[test]
+    fn health_ranges() {
+        let bad = |vip_health: &str, expected: &str| {
+            assert_err(&with_health(vip_health, ""), &[expected]);
+        };
+        bad(
+            "interval_ms = 99",
+            "vip[0].health.interval_ms: 99 is out of range (allowed: 100..=3600000)",
+        );
+        bad(
+            "interval_ms = 3600001",
+            "vip[0].health.interval_ms: 3600001 is out of range",
+        );
+        bad(
+            "timeout_ms = 9",
+            "vip[0].health.timeout_ms: 9 is out of range (allowed: 10..=",
+        );
+        bad(
+            "interval_ms = 1000\ntimeout_ms = 1001",
+            "vip[0].health.timeout_ms: 1001 is greater than interval_ms (1000)",
+        );
+        bad(
+            "timeout_ms = 3000",
+            "vip[0].health.timeout_ms: 3000 is greater than interval_ms (2000, the default)",
+        );
+        bad(
+            "rise = 0",
+            "vip[0].health.rise: 0 is out of range (allowed: 1..=100)",
+        );
+        bad("rise = 101", "vip[0].health.rise: 101 is out of range");
+        bad(
+            "fall = 0",
+            "vip[0].health.fall: 0 is out of range (allowed: 1..=100)",
+        );
+        bad("fall = -3", "vip[0].health.fall: -3 is out of range");
+        bad(
+            "jitter_pct = 51",
+            "vip[0].health.jitter_pct: 51 is out of range (allowed: 0..=50)",
+        );
+        bad(
+            "jitter_pct = -1",
+            "vip[0].health.jitter_pct: -1 is out of range",
+        );
+        bad(
+            "port = 0",
+            "vip[0].health.port: 0 is out of range (allowed: 1..=65535)",
+        );
+        bad("port = 65536", "vip[0].health.port: 65536 is out of range");
+        bad(
+            "initial = \"maybe\"",
+            "vip[0].health.initial: \"maybe\" is not a state; use \"down\" or \"up\"",
+        );
+        bad(
+            "kind = \"icmp\"",
+            "vip[0].health.kind: \"icmp\" is not a kind of check; use \"tcp\", \"http\", \"exec\" or \"none\"",
+        );
+    }
+
+    #[test]
+    fn health_parse_errors_name_the_table() {
+        assert_err(
+            &with_health("intervl_ms = 100", ""),
+            &["unknown field `intervl_ms`", "in [vip[0].health]"],
+        );
+        assert_err(
+            &with_health("rise = \"2\"", ""),
+            &["in [vip[0].health]", "invalid type"],
+        );
+        assert_err(
+            &with_health("", "rize = 2"),
+            &["unknown field `rize`", "in [vip[0].backend[0]]"],
+        );
+        let s = one_vip("", "") + "[vip.backend.health]\nkind = \"tcp\"\nfal = 3\n";
+        assert_err(
+            &s,
+            &["unknown field `fal`", "in [vip[0].backend[0].health]"],
+        );
+        // The sub-table form works like the inline one.
+        let s = one_vip("", "") + "[vip.backend.health]\nkind = \"none\"\n";
+        let c = Config::from_toml_str(&s).unwrap();
+        assert_eq!(c.vips[0].backends[0].health.kind, CheckKind::None);
+    }
+
+    #[test]
+    fn keys_of_another_kind_are_errors() {
+        let cases = [
+            ("path = \"/\"", "vip[0].health.path: is only used when kind is \"http\", and the kind here is \"tcp\""),
+            ("kind = \"tcp\"\nhost = \"x\"", "vip[0].health.host: is only used when kind is \"http\""),
+            ("kind = \"none\"\nexpect_status = [200]", "vip[0].health.expect_status: is only used when kind is \"http\", and the kind here is \"none\""),
+            ("kind = \"exec\"\ncommand = [\"/bin/true\"]\nexpect_body = \"ok\"", "vip[0].health.expect_body: is only used when kind is \"http\", and the kind here is \"exec\""),
+            ("kind = \"http\"\ncommand = [\"/bin/true\"]", "vip[0].health.command: is only used when kind is \"exec\", and the kind here is \"http\""),
+        ];
+        for (vip_health, expected) in cases {
+            assert_err(&with_health(vip_health, ""), &[expected]);
+        }
+        // In a backend's table, against the kind it inherits or sets.
+        assert_err(
+            &with_health("", "path = \"/x\""),
+            &["vip[0].backend[0].health.path: is only used when kind is \"http\", and the kind here is \"tcp\""],
+        );
+        assert_err(
+            &with_health("kind = \"http\"", "kind = \"tcp\", path = \"/x\""),
+            &["vip[0].backend[0].health.path: is only used when kind is \"http\""],
+        );
+        assert_err(
+            &with_health(
+                "kind = \"exec\"\ncommand = [\"/bin/true\"]",
+                "kind = \"http\", command = [\"/bin/true\"]",
+            ),
+            &["vip[0].backend[0].health.command: is only used when kind is \"exec\""],
+        );
+    }
+
+    #[test]
+    fn http_check_keys() {
+        let (vip, backend) = checks("kind = \"http\"", "");
+        let defaults = CheckKind::Http {
+            path: "/".into(),
+            host: None,
+            expect_status: vec![200],
+            expect_body: None,
+        };
+        assert_eq!(vip.kind, defaults);
+        assert_eq!(backend.kind, defaults);
+        assert_eq!(vip.kind.name(), "http");
+
+        let (vip, _) = checks(
+            "kind = \"http\"\npath = \"/health?x=1&y=%20\"\nhost = \"www.example:8080\"\n\
+             expect_status = [200, 301, 599, 100]\nexpect_body = \"UP\"",
+            "",
+        );
+        assert_eq!(
+            vip.kind,
+            CheckKind::Http {
+                path: "/health?x=1&y=%20".into(),
+                host: Some("www.example:8080".into()),
+                expect_status: vec![200, 301, 599, 100],
+                expect_body: Some("UP".into()),
+            }
+        );
+
+        let bad = |vip_health: &str, expected: &str| {
+            assert_err(
+                &with_health(&format!("kind = \"http\"\n{vip_health}"), ""),
+                &[expected],
+            );
+        };
+        bad(
+            "path = \"healthz\"",
+            "vip[0].health.path: \"healthz\" must start with '/'",
+        );
+        bad(
+            "path = \"\"",
+            "vip[0].health.path: \"\" must start with '/'",
+        );
+        bad(
+            "path = \"/a b\"",
+            "vip[0].health.path: \"/a b\" contains ' '",
+        );
+        bad("path = \"/a\\r\\nX: y\"", "vip[0].health.path:");
+        bad("path = \"/é\"", "vip[0].health.path:");
+        bad("host = \"\"", "vip[0].health.host: is empty");
+        bad("host = \"a b\"", "vip[0].health.host: \"a b\" contains ' '");
+        bad("host = \"a\\nb\"", "vip[0].health.host:");
+        bad(
+            "expect_status = []",
+            "vip[0].health.expect_status: must list at least one status code",
+        );
+        bad(
+            "expect_status = [99]",
+            "vip[0].health.expect_status[0]: 99 is out of range (allowed: 100..=599)",
+        );
+        bad(
+            "expect_status = [200, 600]",
+            "vip[0].health.expect_status[1]: 600 is out of range",
+        );
+        bad("expect_status = 200", "invalid type");
+        bad("expect_body = \"\"", "vip[0].health.expect_body: is empty");
+    }
+
+    #[test]
+    fn exec_check_keys() {
+        let (vip, backend) = checks(
+            "kind = \"exec\"\ncommand = [\"/usr/lib/lb/check\", \"{address}\", \"{port}\", \"{vip}\"]",
+            "",
+        );
+        let expected = CheckKind::Exec {
+            command: vec![
+                "/usr/lib/lb/check".into(),
+                "{address}".into(),
+                "{port}".into(),
+                "{vip}".into(),
+            ],
+        };
+        assert_eq!(vip.kind, expected);
+        assert_eq!(backend.kind, expected);
+
+        assert_err(
+            &with_health("kind = \"exec\"", ""),
+            &["vip[0].health.command: is required when kind is \"exec\""],
+        );
+        assert_err(
+            &with_health("", "kind = \"exec\""),
+            &["vip[0].backend[0].health.command: is required when kind is \"exec\""],
+        );
+        assert_err(
+            &with_health("kind = \"exec\"\ncommand = []", ""),
+            &["vip[0].health.command: is empty"],
+        );
+        assert_err(
+            &with_health("kind = \"exec\"\ncommand = [\"check.sh\"]", ""),
+            &["vip[0].health.command[0]: \"check.sh\" is not an absolute path"],
+        );
+        assert_err(
+            &with_health(
+                "kind = \"exec\"\ncommand = [\"/bin/check\", \"a\\u0000b\"]",
+                "",
+            ),
+            &["vip[0].health.command[1]:", "NUL"],
+        );
+    }
+
+    #[test]
+    fn backend_overrides_merge_over_the_vip_check() {
+        let vip_http =
+            "kind = \"http\"\npath = \"/a\"\nexpect_status = [204]\ninterval_ms = 1000\n\
+                        timeout_ms = 300\nrise = 4";
+        // Only a general key: the rest, kind-specific keys included, inherited.
+        let (vip, b) = checks(vip_http, "rise = 5, port = 9000");
+        assert_eq!(b.kind, vip.kind);
+        assert_eq!(
+            (b.rise, b.port, b.interval, b.timeout),
+            (5, Some(9000), ms(1000), ms(300))
+        );
+        assert_eq!(vip.port, None);
+
+        // A kind-specific key of the same kind: replaced, the others kept.
+        let (_, b) = checks(vip_http, "path = \"/b\"");
+        assert_eq!(
+            b.kind,
+            CheckKind::Http {
+                path: "/b".into(),
+                host: None,
+                expect_status: vec![204],
+                expect_body: None,
+            }
+        );
+        let (_, b) = checks(vip_http, "kind = \"http\", expect_body = \"ok\"");
+        assert_eq!(
+            b.kind,
+            CheckKind::Http {
+                path: "/a".into(),
+                host: None,
+                expect_status: vec![204],
+                expect_body: Some("ok".into()),
+            }
+        );
+
+        // Another kind: the VIP's http keys are not inherited, timing is.
+        let (_, b) = checks(vip_http, "kind = \"tcp\"");
+        assert_eq!((b.kind, b.rise, b.interval), (CheckKind::Tcp, 4, ms(1000)));
+        let (_, b) = checks(vip_http, "kind = \"none\"");
+        assert_eq!(b.kind, CheckKind::None);
+
+        // http over a tcp VIP: http defaults, VIP timing.
+        let (_, b) = checks("interval_ms = 700", "kind = \"http\", path = \"/h\"");
+        assert_eq!(
+            b.kind,
+            CheckKind::Http {
+                path: "/h".into(),
+                host: None,
+                expect_status: vec![200],
+                expect_body: None,
+            }
+        );
+        assert_eq!((b.interval, b.timeout), (ms(700), ms(700)));
+
+        // exec over an exec VIP inherits the command.
+        let (vip, b) = checks(
+            "kind = \"exec\"\ncommand = [\"/bin/true\"]",
+            "timeout_ms = 50",
+        );
+        assert_eq!((&b.kind, b.timeout), (&vip.kind, ms(50)));
+    }
+
+    #[test]
+    fn backend_override_errors_name_the_backend_key() {
+        assert_err(
+            &with_health("", "rise = 0"),
+            &["vip[0].backend[0].health.rise: 0 is out of range"],
+        );
+        assert_err(
+            &with_health("", "initial = \"on\""),
+            &["vip[0].backend[0].health.initial: \"on\" is not a state"],
+        );
+        // The table that made interval and timeout disagree is blamed.
+        assert_err(
+            &with_health("timeout_ms = 1000", "interval_ms = 500"),
+            &["vip[0].backend[0].health.interval_ms: 500 is less than timeout_ms (1000, from vip[0].health.timeout_ms)"],
+        );
+        assert_err(
+            &with_health("interval_ms = 500", "timeout_ms = 600"),
+            &["vip[0].backend[0].health.timeout_ms: 600 is greater than interval_ms (500)"],
+        );
+        // The second backend, in a second VIP.
+        let s = one_vip("", "")
+            + "[[vip]]\nname = \"b\"\naddress = \"10.0.0.101\"\nport = 80\n\
+               [[vip.backend]]\naddress = \"10.0.2.11\"\n\
+               [[vip.backend]]\naddress = \"10.0.2.12\"\nhealth = { jitter_pct = 60 }\n";
+        assert_err(
+            &s,
+            &["vip[1].backend[1].health.jitter_pct: 60 is out of range"],
+        );
+    }
+
+    #[test]
+    fn validate_health_built_in_code() {
+        let mut c = minimal();
+        c.vips.push(Vip {
+            backends: vec![BackendConfig::new(Ipv4Addr::new(10, 0, 2, 11), 80, 1)],
+            ..Vip::new("web", Ipv4Addr::new(10, 0, 0, 100), 80)
+        });
+        c.validate().unwrap();
+
+        let set = |f: &dyn Fn(&mut HealthCheck)| {
+            let mut c = c.clone();
+            f(&mut c.vips[0].backends[0].health);
+            c.validate().unwrap_err().to_string()
+        };
+        assert_eq!(
+            set(&|h| h.interval = ms(50)),
+            "vip[0].backend[0].health.interval_ms: 50 is out of range (allowed: 100..=3600000)"
+        );
+        assert_eq!(
+            set(&|h| h.timeout = ms(2500)),
+            "vip[0].backend[0].health.timeout_ms: 2500 is greater than interval_ms (2000)"
+        );
+        assert_eq!(
+            set(&|h| h.timeout = Duration::ZERO),
+            "vip[0].backend[0].health.timeout_ms: 0 is out of range (allowed: 10..=3600000)"
+        );
+        assert!(set(&|h| h.rise = 0).starts_with("vip[0].backend[0].health.rise:"));
+        assert!(set(&|h| h.fall = 101).starts_with("vip[0].backend[0].health.fall:"));
+        assert!(set(&|h| h.jitter_pct = 51).starts_with("vip[0].backend[0].health.jitter_pct:"));
+        assert!(set(&|h| h.port = Some(0)).starts_with("vip[0].backend[0].health.port:"));
+        assert!(set(&|h| {
+            h.kind = CheckKind::Exec {
+                command: vec!["check".into()],
+            }
+        })
+        .starts_with("vip[0].backend[0].health.command[0]: \"check\" is not an absolute path"));
+        assert!(set(&|h| h.kind = CheckKind::Exec { command: vec![] })
+            .starts_with("vip[0].backend[0].health.command: is empty"));
+        let http = |path: &str, status: Vec<u16>| CheckKind::Http {
+            path: path.into(),
+            host: None,
+            expect_status: status,
+            expect_body: None,
+        };
+        assert!(
+            set(&|h| h.kind = http("x", vec![200])).starts_with("vip[0].backend[0].health.path:")
+        );
+        assert!(set(&|h| h.kind = http("/", vec![]))
+            .starts_with("vip[0].backend[0].health.expect_status: must list"));
+        assert!(set(&|h| h.kind = http("/", vec![200, 1000]))
+            .starts_with("vip[0].backend[0].health.expect_status[1]: 1000 is out of range"));
+
+        // The VIP's own (default) check is validated too.
+        let mut c2 = c.clone();
+        c2.vips[0].health.rise = 0;
+        assert_eq!(c2.validate().unwrap_err().key(), Some("vip[0].health.rise"));
     }
 
     // --- validate() on a Config built in code ---
@@ -1914,22 +3265,11 @@ port = 443
 
         let mut c = minimal();
         c.vips.push(Vip {
-            name: "web".into(),
-            address: Ipv4Addr::new(10, 0, 0, 100),
-            port: 80,
-            protocol: Protocol::Tcp,
             backends: vec![
-                BackendConfig {
-                    address: Ipv4Addr::new(10, 0, 2, 11),
-                    port: 0,
-                    weight: 1,
-                },
-                BackendConfig {
-                    address: Ipv4Addr::new(10, 0, 2, 11),
-                    port: 80,
-                    weight: 1,
-                },
+                BackendConfig::new(Ipv4Addr::new(10, 0, 2, 11), 0, 1),
+                BackendConfig::new(Ipv4Addr::new(10, 0, 2, 11), 80, 1),
             ],
+            ..Vip::new("web", Ipv4Addr::new(10, 0, 0, 100), 80)
         });
         // Port 0 means the VIP's port, so both backends are 10.0.2.11:80.
         assert_eq!(c.vips[0].backend_port(&c.vips[0].backends[0]), 80);
@@ -1954,13 +3294,7 @@ port = 443
             Some("dataplane.interfaces")
         );
         let mut c = minimal();
-        c.vips.push(Vip {
-            name: "v".into(),
-            address: Ipv4Addr::new(10, 0, 0, 1),
-            port: 0,
-            protocol: Protocol::Tcp,
-            backends: vec![],
-        });
+        c.vips.push(Vip::new("v", Ipv4Addr::new(10, 0, 0, 1), 0));
         assert_eq!(c.validate().unwrap_err().key(), Some("vip[0].port"));
     }
 }

@@ -1,16 +1,26 @@
-//! The whole daemon in one place: bring-up order, the control socket, shutdown.
+//! The whole daemon in one place: bring-up, the tasks it runs, shutdown.
 //!
-//! Bring-up: load (and pin) the object, apply host settings, write the global
-//! config, backends, rings and VIPs, then attach to the interfaces — the
-//! program only sees traffic once its tables are complete. Any failure undoes
-//! what was done so far. Shutdown undoes all of it in reverse.
+//! Bring-up: load the object (reopening the maps an earlier lbd left pinned,
+//! if any), apply host settings, write the global config, backends, rings and
+//! VIPs, then attach to the interfaces — the program only sees traffic once
+//! its tables are complete. Any failure undoes what this run did.
+//!
+//! Then, until told to stop: the control socket, health checks feeding the
+//! balancer, SIGHUP reloads, and the metrics endpoint.
+//!
+//! Stopping: SIGTERM or SIGINT is a clean stop (detach, unpin, restore host
+//! settings); SIGQUIT exits leaving the data plane forwarding, for a restart
+//! or upgrade that the next lbd adopts without disturbing a flow.
 
 use std::{
+    collections::HashMap,
     future::Future,
     io::ErrorKind,
+    net::Ipv4Addr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
@@ -18,15 +28,17 @@ use lb_ebpf::Reason;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::watch,
+    sync::{mpsc, watch},
 };
 
 use crate::{
-    api::{self, ApiError, ReasonCount, Request, Stats},
-    balancer::Balancer,
+    api::{self, ApiError, DaemonStatus, ReasonCount, Request, Stats},
+    balancer::{Admin, Balancer, KernelState, ReloadSummary},
     config::{Config, XdpMode},
     dataplane::{addr_be, Dataplane, LoadOptions},
+    health::{HealthEvent, HealthMonitor},
     host::{self, HostSettings},
+    metrics,
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -53,59 +65,130 @@ pub fn load_options(cfg: &Config) -> LoadOptions {
     }
 }
 
-/// What the control socket operates on.
+/// How lbd should leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Detach, unpin, restore host settings.
+    Clean,
+    /// Leave the data plane forwarding for the next lbd to adopt.
+    KeepForwarding,
+}
+
+/// Health-check results per backend, for metrics and lbctl.
+#[derive(Clone, Debug, Default)]
+pub struct CheckStats {
+    pub ok: u64,
+    pub failed: u64,
+    pub last_latency: Option<Duration>,
+    pub last_detail: String,
+}
+
+/// Everything the control socket, health events and metrics operate on.
 pub struct State {
     pub cfg: Config,
+    pub config_path: PathBuf,
     pub balancer: Balancer,
     pub dataplane: Dataplane,
+    pub monitor: HealthMonitor,
+    pub checks: HashMap<(String, Ipv4Addr, u16), CheckStats>,
+    pub started: Instant,
+    pub started_unix: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    pub last_reload_error: Option<String>,
 }
 
 /// A running load balancer: tables installed, program attached.
 pub struct Running {
     state: Arc<Mutex<State>>,
     host: HostSettings,
+    health_rx: Option<mpsc::UnboundedReceiver<HealthEvent>>,
 }
 
-/// Brings the data plane up as configured.
-pub fn start(cfg: Config, object: &[u8]) -> Result<Running> {
+/// Brings the data plane up as configured (adopting a running one if the
+/// pins of an earlier lbd are there). Must run inside a tokio runtime (health
+/// checks are spawned).
+pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running> {
     let native = cfg.dataplane.xdp_mode == XdpMode::Native;
     if native {
         for ifname in &cfg.dataplane.interfaces {
             host::check_native_xdp(ifname)?;
         }
     }
+    host::ensure_bpffs()?;
     let mut dataplane =
         Dataplane::load(object, &load_options(&cfg), Some(&cfg.dataplane.pin_path))?;
+    let adopted = dataplane.adopted();
     let mut host = match HostSettings::apply(&cfg) {
         Ok(h) => h,
         Err(e) => {
-            let _ = dataplane.unpin();
+            abandon(dataplane, adopted);
             return Err(e);
         }
     };
-    let mut balancer = Balancer::new(&cfg);
+    let mut balancer = None;
     let up = (|| -> Result<()> {
         dataplane.set_config(&kernel_config(&cfg))?;
-        balancer.install(&mut dataplane)?;
+        let kernel = if adopted {
+            dataplane.kernel_state()?
+        } else {
+            KernelState::default()
+        };
+        let mut b = if adopted {
+            Balancer::adopt(&cfg, &kernel)
+        } else {
+            Balancer::new(&cfg)
+        };
+        b.install(&mut dataplane, &kernel)?;
+        balancer = Some(b);
         for ifname in &cfg.dataplane.interfaces {
             dataplane.attach(ifname, !native)?;
         }
         Ok(())
     })();
     if let Err(e) = up {
-        let _ = dataplane.detach_all();
         host.restore();
-        let _ = dataplane.unpin();
+        abandon(dataplane, adopted);
         return Err(e);
     }
+    let balancer = balancer.expect("set when bring-up succeeds");
+    if adopted {
+        tracing::info!("adopted the running data plane: flows, rings and counters carry on");
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut monitor = HealthMonitor::new(tx);
+    monitor.set_targets(balancer.health_targets());
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     Ok(Running {
         state: Arc::new(Mutex::new(State {
             cfg,
+            config_path,
             balancer,
             dataplane,
+            monitor,
+            checks: HashMap::new(),
+            started: Instant::now(),
+            started_unix,
+            reloads: 0,
+            reload_failures: 0,
+            last_reload_error: None,
         })),
         host,
+        health_rx: Some(rx),
     })
+}
+
+/// Undoes a failed bring-up: a fresh data plane is removed; an adopted one
+/// is left as it was found, still forwarding.
+fn abandon(dataplane: Dataplane, adopted: bool) {
+    if adopted {
+        dataplane.release();
+    } else if let Err(e) = dataplane.shutdown() {
+        tracing::warn!(error = %format!("{e:#}"), "cleaning up after a failed start");
+    }
 }
 
 impl Running {
@@ -113,22 +196,53 @@ impl Running {
         self.state.clone()
     }
 
-    /// Detaches, restores host settings and removes the pins.
-    pub fn stop(mut self) -> Result<()> {
-        let mut st = self.state.lock().expect("state lock");
-        let detached = st.dataplane.detach_all();
-        self.host.restore();
-        let unpinned = st.dataplane.unpin();
-        detached?;
-        unpinned
+    /// Stops as asked. The state must not be shared any more.
+    pub fn stop(mut self, exit: Exit) -> Result<()> {
+        let state = Arc::try_unwrap(self.state)
+            .map_err(|_| anyhow::anyhow!("state still in use at shutdown"))?
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
+        let State {
+            mut monitor,
+            dataplane,
+            ..
+        } = state;
+        monitor.shutdown();
+        match exit {
+            Exit::Clean => {
+                let result = dataplane.shutdown();
+                self.host.restore();
+                result
+            }
+            Exit::KeepForwarding => {
+                // Host settings stay too: the data plane still needs them.
+                self.host.forget();
+                dataplane.release();
+                Ok(())
+            }
+        }
     }
 }
 
-/// Runs until `shutdown` resolves: serves the control socket, then stops.
-pub async fn run(cfg: Config, object: &[u8], shutdown: impl Future<Output = ()>) -> Result<()> {
+/// Runs until `shutdown` resolves: serves the control socket, health checks,
+/// reloads and metrics, then stops as `shutdown` says.
+pub async fn run(
+    cfg: Config,
+    config_path: PathBuf,
+    object: &[u8],
+    shutdown: impl Future<Output = Exit>,
+    mut reload_signal: mpsc::UnboundedReceiver<()>,
+) -> Result<()> {
     let socket = cfg.control.socket.clone();
     let listener = bind_control(&socket)?;
-    let running = match start(cfg, object) {
+    let metrics_listener =
+        match cfg.metrics.listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("binding the metrics endpoint {addr} (metrics.listen)")
+            })?),
+            None => None,
+        };
+    let mut running = match start(cfg, config_path, object) {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
@@ -137,24 +251,210 @@ pub async fn run(cfg: Config, object: &[u8], shutdown: impl Future<Output = ()>)
     };
     {
         let st = running.state.lock().expect("state lock");
-        let vips = st.balancer.vips().len();
         tracing::info!(
-            vips,
+            vips = st.balancer.vips().len(),
             interfaces = ?st.dataplane.attached(),
             mode = %st.cfg.dataplane.xdp_mode,
+            adopted = st.dataplane.adopted(),
             socket = %socket.display(),
+            metrics = ?st.cfg.metrics.listen,
             "lbd ready"
         );
     }
     println!("lbd: ready");
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(serve_control(listener, running.state(), stop_rx));
-    shutdown.await;
-    tracing::info!("shutting down: detaching and removing pins");
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(serve_control(
+        listener,
+        running.state(),
+        stop_rx.clone(),
+    )));
+    let health_rx = running.health_rx.take().expect("taken once");
+    tasks.push(tokio::spawn(apply_health(health_rx, running.state())));
+    if let Some(l) = metrics_listener {
+        let state = running.state();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(metrics::serve(
+            l,
+            move || snapshot(&state.lock().expect("state lock")),
+            async move {
+                let _ = stop.changed().await;
+            },
+        )));
+    }
+    let reload_state = running.state();
+    let reloads = tokio::spawn(async move {
+        while reload_signal.recv().await.is_some() {
+            let state = reload_state.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut st = state.lock().expect("state lock");
+                match reload(&mut st) {
+                    Ok(s) => tracing::info!(summary = ?s, "reloaded on SIGHUP"),
+                    Err(e) => tracing::error!(error = %e, "reload on SIGHUP refused; running state unchanged"),
+                }
+            })
+            .await;
+        }
+    });
+    let exit = shutdown.await;
+    match exit {
+        Exit::Clean => tracing::info!("stopping: detaching and removing pins"),
+        Exit::KeepForwarding => {
+            tracing::info!("exiting, leaving the data plane forwarding for the next lbd")
+        }
+    }
     let _ = stop_tx.send(true);
-    let _ = server.await;
+    reloads.abort();
+    let _ = reloads.await;
+    for t in tasks {
+        t.abort();
+        let _ = t.await;
+    }
     let _ = std::fs::remove_file(&socket);
-    running.stop()
+    running.stop(exit)
+}
+
+/// Applies health verdicts to the balancer as they arrive.
+async fn apply_health(mut rx: mpsc::UnboundedReceiver<HealthEvent>, state: Arc<Mutex<State>>) {
+    while let Some(event) = rx.recv().await {
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut st = state.lock().expect("state lock");
+            let st = &mut *st;
+            match event {
+                HealthEvent::Checked {
+                    vip,
+                    address,
+                    port,
+                    outcome,
+                } => {
+                    let c = st.checks.entry((vip, address, port)).or_default();
+                    if outcome.ok {
+                        c.ok += 1;
+                    } else {
+                        c.failed += 1;
+                    }
+                    c.last_latency = Some(outcome.latency);
+                    c.last_detail = outcome.detail;
+                }
+                // A verdict from a task a reload has since replaced: the
+                // monitor's current state for the target is what counts.
+                HealthEvent::Changed {
+                    vip,
+                    address,
+                    port,
+                    up,
+                    ..
+                } if st.monitor.state(&vip, address, port) != Some(up) => {}
+                HealthEvent::Changed {
+                    vip,
+                    address,
+                    port,
+                    up,
+                    detail,
+                } => match st
+                    .balancer
+                    .set_health(&mut st.dataplane, &vip, address, port, up)
+                {
+                    Ok(true) => tracing::info!(
+                        vip,
+                        backend = %format!("{address}:{port}"),
+                        state = if up { "up" } else { "down" },
+                        detail,
+                        "backend health changed"
+                    ),
+                    Ok(false) => {}
+                    // A target removed by a reload racing its last verdict.
+                    Err(e) if e.code == "not_found" => {}
+                    Err(e) => tracing::error!(error = %e, "applying a health verdict failed"),
+                },
+            }
+        })
+        .await;
+    }
+}
+
+/// Re-reads the configuration file and reconciles to it. An invalid file or
+/// a change that needs a restart is refused with nothing changed.
+pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
+    let result = (|| -> Result<ReloadSummary, ApiError> {
+        let new = Config::from_file(&st.config_path)
+            .map_err(|e| ApiError::invalid(format!("invalid configuration: {e}")))?;
+        let summary = st.balancer.reload(&mut st.dataplane, &st.cfg, &new)?;
+        st.dataplane
+            .set_config(&kernel_config(&new))
+            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        st.monitor.set_targets(st.balancer.health_targets());
+        st.cfg = new;
+        Ok(summary)
+    })();
+    match &result {
+        Ok(_) => {
+            st.reloads += 1;
+            st.last_reload_error = None;
+        }
+        Err(e) => {
+            st.reload_failures += 1;
+            st.last_reload_error = Some(e.message.clone());
+        }
+    }
+    result
+}
+
+/// The numbers the metrics endpoint shows.
+pub fn snapshot(st: &State) -> metrics::Snapshot {
+    let counters = st.dataplane.reason_counters().unwrap_or_default();
+    let reasons = Reason::ALL
+        .iter()
+        .zip(counters.iter())
+        .map(|(r, c)| (r.label(), c.packets, c.bytes, r.is_drop()))
+        .collect();
+    let vips = st
+        .balancer
+        .status(&st.dataplane)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| metrics::VipMetrics {
+            name: v.name.clone(),
+            address: format!("{}:{}", v.address, v.port),
+            healthy_backends: v.healthy_backends,
+            packets: v.packets,
+            bytes: v.bytes,
+            flows: v.flows,
+            backends: v
+                .backends
+                .iter()
+                .map(|b| {
+                    let c = st
+                        .checks
+                        .get(&(v.name.clone(), b.address, b.port))
+                        .cloned()
+                        .unwrap_or_default();
+                    metrics::BackendMetrics {
+                        address: format!("{}:{}", b.address, b.port),
+                        weight: b.weight,
+                        state: b.state.clone(),
+                        packets: b.packets,
+                        bytes: b.bytes,
+                        flows: b.flows,
+                        check_latency_seconds: c.last_latency.map(|d| d.as_secs_f64()),
+                        checks_ok: c.ok,
+                        checks_failed: c.failed,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    metrics::Snapshot {
+        vips,
+        reasons,
+        flows: st.dataplane.flow_count() as u64,
+        nat_entries: st.dataplane.nat_count() as u64,
+        max_flows: st.cfg.dataplane.max_flows as u64,
+        up_since_unix: st.started_unix,
+        reloads: st.reloads,
+        reload_failures: st.reload_failures,
+    }
 }
 
 /// Binds the control socket, root-only. A live daemon already on it is an error;
@@ -222,41 +522,83 @@ fn to_value<T: serde::Serialize>(v: T) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
 }
 
-fn parse_addr(s: &str) -> Result<std::net::Ipv4Addr, ApiError> {
+fn parse_addr(s: &str) -> Result<Ipv4Addr, ApiError> {
     s.parse()
         .map_err(|_| ApiError::invalid(format!("{s:?} is not an IPv4 address")))
+}
+
+fn backend_json(vip: &str, b: &crate::balancer::BackendEntry) -> serde_json::Value {
+    serde_json::json!({
+        "vip": vip, "address": b.address, "port": b.port,
+        "weight": b.weight, "state": b.state(),
+    })
 }
 
 /// Executes one control request.
 pub fn handle(st: &mut State, request: Request) -> Result<serde_json::Value, ApiError> {
     let internal = |e: anyhow::Error| ApiError::internal(format!("{e:#}"));
     match request {
-        Request::BackendsList => to_value(st.balancer.status(&st.dataplane).map_err(internal)?),
+        Request::Status => return status(st),
+        Request::Reload => {
+            let summary = reload(st)?;
+            tracing::info!(summary = ?summary, "reloaded on request");
+            return to_value(summary);
+        }
+        _ => {}
+    }
+    let State {
+        balancer,
+        dataplane,
+        monitor,
+        cfg,
+        ..
+    } = st;
+    match request {
+        Request::Status | Request::Reload => unreachable!("handled above"),
+        Request::BackendsList | Request::Vips => {
+            to_value(balancer.status(dataplane).map_err(internal)?)
+        }
         Request::BackendsAdd {
             vip,
             address,
             port,
             weight,
         } => {
-            let addr = parse_addr(&address)?;
-            let b = st
-                .balancer
-                .add_backend(&mut st.dataplane, &vip, addr, port, weight)?;
+            let b = balancer.add_backend(dataplane, &vip, parse_addr(&address)?, port, weight)?;
+            monitor.set_targets(balancer.health_targets());
             tracing::info!(vip, backend = %format!("{}:{}", b.address, b.port), weight, "backend added");
-            to_value(
-                serde_json::json!({"vip": vip, "address": b.address, "port": b.port, "weight": b.weight}),
-            )
+            Ok(backend_json(&vip, &b))
         }
         Request::BackendsRemove { vip, address, port } => {
-            let addr = parse_addr(&address)?;
-            let b = st
-                .balancer
-                .remove_backend(&mut st.dataplane, &vip, addr, port)?;
+            let b = balancer.remove_backend(dataplane, &vip, parse_addr(&address)?, port)?;
+            monitor.set_targets(balancer.health_targets());
             tracing::info!(vip, backend = %format!("{}:{}", b.address, b.port), "backend removed");
-            to_value(serde_json::json!({"vip": vip, "address": b.address, "port": b.port}))
+            Ok(backend_json(&vip, &b))
+        }
+        Request::BackendsDrain { vip, address, port } => {
+            let b =
+                balancer.set_admin(dataplane, &vip, parse_addr(&address)?, port, Admin::Drained)?;
+            tracing::info!(vip, backend = %format!("{}:{}", b.address, b.port), "backend drained");
+            Ok(backend_json(&vip, &b))
+        }
+        Request::BackendsEnable { vip, address, port } => {
+            let b =
+                balancer.set_admin(dataplane, &vip, parse_addr(&address)?, port, Admin::Enabled)?;
+            tracing::info!(vip, backend = %format!("{}:{}", b.address, b.port), "backend enabled");
+            Ok(backend_json(&vip, &b))
+        }
+        Request::BackendsWeight {
+            vip,
+            address,
+            port,
+            weight,
+        } => {
+            let b = balancer.set_weight(dataplane, &vip, parse_addr(&address)?, port, weight)?;
+            tracing::info!(vip, backend = %format!("{}:{}", b.address, b.port), weight, "backend weight changed");
+            Ok(backend_json(&vip, &b))
         }
         Request::Stats => {
-            let counters = st.dataplane.reason_counters().map_err(internal)?;
+            let counters = dataplane.reason_counters().map_err(internal)?;
             let reasons = Reason::ALL
                 .iter()
                 .zip(counters)
@@ -268,15 +610,34 @@ pub fn handle(st: &mut State, request: Request) -> Result<serde_json::Value, Api
                 .collect();
             to_value(Stats {
                 reasons,
-                flows: st.dataplane.flow_count() as u64,
-                nat_entries: st.dataplane.nat_count() as u64,
-                max_flows: st.cfg.dataplane.max_flows as u64,
+                flows: dataplane.flow_count() as u64,
+                nat_entries: dataplane.nat_count() as u64,
+                max_flows: cfg.dataplane.max_flows as u64,
             })
         }
     }
 }
 
-/// Where lbd finds the XDP object when none is embedded.
-pub fn default_object_path() -> Option<PathBuf> {
-    std::env::var_os("LB_EBPF_OBJECT").map(PathBuf::from)
+fn status(st: &State) -> Result<serde_json::Value, ApiError> {
+    let backends: Vec<_> = st
+        .balancer
+        .vips()
+        .iter()
+        .flat_map(|v| v.backends.iter())
+        .collect();
+    to_value(DaemonStatus {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        uptime_secs: st.started.elapsed().as_secs(),
+        config: st.config_path.display().to_string(),
+        interfaces: st.dataplane.attached(),
+        xdp_mode: st.cfg.dataplane.xdp_mode.to_string(),
+        adopted: st.dataplane.adopted(),
+        vips: st.balancer.vips().len() as u32,
+        backends: backends.len() as u32,
+        backends_up: backends.iter().filter(|b| b.in_ring()).count() as u32,
+        reloads: st.reloads,
+        reload_failures: st.reload_failures,
+        last_reload_error: st.last_reload_error.clone(),
+    })
 }

@@ -13,10 +13,14 @@ use anyhow::{bail, Context, Result};
 
 use crate::config::Config;
 
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
 /// Values lbd changed, with what they were before.
 #[derive(Debug, Default)]
 pub struct HostSettings {
     saved: Vec<(PathBuf, String)>,
+    /// The NAT range lbd reserved (removed again on restore).
+    reserved: Option<String>,
 }
 
 fn read(path: &PathBuf) -> Result<String> {
@@ -75,8 +79,28 @@ impl HostSettings {
         Ok(())
     }
 
-    /// Puts back every value changed, newest first.
+    /// Leaves every setting as it is (the data plane keeps running).
+    pub fn forget(&mut self) {
+        self.saved.clear();
+        self.reserved = None;
+    }
+
+    /// Puts back every value changed, newest first, and takes the NAT range
+    /// out of the reserved ports (leaving other entries alone).
     pub fn restore(&mut self) {
+        if let Some(range) = self.reserved.take() {
+            let result = read(&PathBuf::from(RESERVED_PORTS)).and_then(|now| {
+                let rest: Vec<&str> = now
+                    .split(',')
+                    .filter(|r| *r != range && !r.is_empty())
+                    .collect();
+                fs::write(RESERVED_PORTS, format!("{}\n", rest.join(",")))
+                    .context("writing ip_local_reserved_ports")
+            });
+            if let Err(e) = result {
+                tracing::warn!(error = %format!("{e:#}"), "could not release the NAT port range");
+            }
+        }
         while let Some((path, old)) = self.saved.pop() {
             // A newline, so that an empty value (say, no reserved ports) is
             // written at all: procfs ignores a zero-length write.

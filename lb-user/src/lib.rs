@@ -11,8 +11,10 @@ pub mod balancer;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod host;
 pub mod maglev;
+pub mod metrics;
 
 /// The XDP object built into this binary by `cargo xtask build`, if any.
 pub fn embedded_object() -> Option<&'static [u8]> {

@@ -56,6 +56,8 @@ pub const BACKEND_PORT: u16 = 8080;
 pub const NAT_PORTS: &str = "20000-59999";
 
 /// How long lbd may take to print `lbd: ready`.
+/// Health-check interval of the topology's main VIP (fast, for tests).
+pub const HEALTH_INTERVAL_MS: u64 = 200;
 const LBD_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long helpers (servers, xdp-pass) may take to print `ready`.
 const HELPER_READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -196,6 +198,33 @@ pub fn control_request(socket: &Path, request: Request) -> Result<serde_json::Va
     env.result.context("lbd's answer has no result")
 }
 
+/// What [`Topology::with_options`] builds besides the network itself.
+#[derive(Clone, Debug)]
+pub struct TopologyOptions {
+    /// Run `lb-testkit serve` on port [`BACKEND_PORT`] in every backend (the
+    /// default). Without it the port is free for another server, e.g. the
+    /// nginx instances of the end-to-end benchmark.
+    pub testkit_servers: bool,
+}
+
+impl Default for TopologyOptions {
+    fn default() -> Self {
+        TopologyOptions {
+            testkit_servers: true,
+        }
+    }
+}
+
+/// A VIP besides [`VIP_NAME`], for [`Topology::lbd_config_with`]: on the same
+/// address, with its own port and backends.
+#[derive(Clone, Debug)]
+pub struct ExtraVip {
+    pub name: String,
+    pub port: u16,
+    /// `(backend index (0-based), port, weight)` of each backend.
+    pub backends: Vec<(usize, u16, u32)>,
+}
+
 /// The network of the test, see the module documentation.
 pub struct Topology {
     prefix: String,
@@ -225,6 +254,16 @@ impl Topology {
     /// run with the same prefix are replaced, and its pin directory and
     /// control socket removed. lbd is not started: see [`Topology::start_lbd`].
     pub fn new(prefix: &str, net: u8, bins: Binaries) -> Result<Topology> {
+        Topology::with_options(prefix, net, bins, TopologyOptions::default())
+    }
+
+    /// [`Topology::new`] with [`TopologyOptions`].
+    pub fn with_options(
+        prefix: &str,
+        net: u8,
+        bins: Binaries,
+        options: TopologyOptions,
+    ) -> Result<Topology> {
         if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphanumeric()) {
             bail!("prefix {prefix:?} must be non-empty and alphanumeric");
         }
@@ -245,7 +284,7 @@ impl Topology {
             procs: Vec::new(),
             namespaces: Vec::new(),
         };
-        t.build()
+        t.build(&options)
             .with_context(|| format!("building topology {prefix} (10.{net}.0.0/16)"))?;
         Ok(t)
     }
@@ -260,7 +299,7 @@ impl Topology {
             .unwrap_or_else(|e| panic!("topology for {test}: {e:#}"))
     }
 
-    fn build(&mut self) -> Result<()> {
+    fn build(&mut self, options: &TopologyOptions) -> Result<()> {
         let p = self.prefix.clone();
         for suffix in ["c", "l", "s", "b1", "b2", "b3"] {
             self.namespaces.push(Netns::new(&format!("{p}{suffix}"))?);
@@ -303,7 +342,7 @@ impl Topology {
                     .spawn_net(&[&testkit, "xdp-pass", "--object", &object, ifname], true)?,
             );
         }
-        for i in 0..BACKENDS {
+        for i in (0..BACKENDS).filter(|_| options.testkit_servers) {
             let listen = format!("0.0.0.0:{BACKEND_PORT}");
             let name = self.backend_name(i);
             started.push(self.namespaces[NS_BACKEND0 + i].spawn_net(
@@ -415,6 +454,11 @@ impl Topology {
 
     /// lbd's configuration for this topology, the backends weighted `weights`.
     pub fn lbd_config(&self, weights: [u32; BACKENDS]) -> String {
+        self.lbd_config_with(weights, &[])
+    }
+
+    /// [`Topology::lbd_config`] plus the VIPs `extra` (at most 3).
+    pub fn lbd_config_with(&self, weights: [u32; BACKENDS], extra: &[ExtraVip]) -> String {
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -433,7 +477,13 @@ impl Topology {
              name = \"{VIP_NAME}\"\n\
              address = \"{}\"\n\
              port = {VIP_PORT}\n\
-             protocol = \"tcp\"",
+             protocol = \"tcp\"\n\
+             \x20 [vip.health]\n\
+             \x20 kind = \"tcp\"\n\
+             \x20 interval_ms = {HEALTH_INTERVAL_MS}\n\
+             \x20 timeout_ms = 100\n\
+             \x20 rise = 1\n\
+             \x20 fall = 2",
             self.prefix,
             toml_str(&self.pin_path().display().to_string()),
             self.nat_source(),
@@ -447,7 +497,28 @@ impl Topology {
                 self.backend_addr(i)
             );
         }
+        for vip in extra {
+            let _ = writeln!(
+                s,
+                "\n[[vip]]\nname = {}\naddress = \"{}\"\nport = {}\nprotocol = \"tcp\"\n  [vip.health]\n  kind = \"none\"",
+                toml_str(&vip.name),
+                self.vip(),
+                vip.port
+            );
+            for &(i, port, w) in &vip.backends {
+                let _ = writeln!(
+                    s,
+                    "\n  [[vip.backend]]\n  address = \"{}\"\n  port = {port}\n  weight = {w}",
+                    self.backend_addr(i)
+                );
+            }
+        }
         s
+    }
+
+    /// The topology's private directory (removed with it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Writes `text` to `name` in the topology's private directory.
@@ -472,16 +543,44 @@ impl Topology {
     /// for `lbd: ready`. The topology keeps the process (see [`Topology::lbd`],
     /// [`Topology::stop_lbd`]) so that its output can be shown if a test fails.
     pub fn try_start_lbd(&mut self, weights: [u32; BACKENDS]) -> Result<()> {
+        self.try_start_lbd_with(weights, &[])
+    }
+
+    /// [`Topology::try_start_lbd`] with the VIPs `extra` too (see
+    /// [`Topology::lbd_config_with`]).
+    pub fn try_start_lbd_with(
+        &mut self,
+        weights: [u32; BACKENDS],
+        extra: &[ExtraVip],
+    ) -> Result<()> {
         if self.lbd.is_some() {
             bail!("lbd is already running");
         }
-        let config = self.write_file("lb.toml", &self.lbd_config(weights))?;
+        let config = self.write_file("lb.toml", &self.lbd_config_with(weights, extra))?;
         let mut child = self.spawn_lbd(&config)?;
         child
             .wait_for_stdout("lbd: ready", LBD_READY_TIMEOUT)
             .context("starting lbd")?;
         self.lbd = Some(child);
-        Ok(())
+        // Backends start down until their first health check passes.
+        self.wait_backends_up(LBD_READY_TIMEOUT)
+    }
+
+    /// Waits until every backend of every VIP is up (health checks passed).
+    pub fn wait_backends_up(&self, timeout: Duration) -> Result<()> {
+        let mut last = String::new();
+        crate::netns::wait_until(timeout, "all backends up", || match self.backend_status() {
+            Ok(vips) => {
+                last = format!("{vips:?}");
+                vips.iter()
+                    .all(|v| v.backends.iter().all(|b| b.state == "up"))
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                false
+            }
+        })
+        .with_context(|| format!("backends not up: {last}"))
     }
 
     /// [`Topology::try_start_lbd`], panicking on failure.
@@ -754,6 +853,27 @@ mod tests {
         assert_eq!(cfg.nat.source, Ipv4Addr::new(10, 123, 2, 10));
         assert_eq!(cfg.control.socket, Path::new("/tmp/lb-ab12cd.sock"));
         assert_eq!(cfg.dataplane.pin_path, Path::new("/sys/fs/bpf/lb-ab12cd"));
+    }
+
+    #[test]
+    fn extra_vips_are_valid() {
+        let t = fake();
+        let extra = ExtraVip {
+            name: "iperf".into(),
+            port: 5201,
+            backends: vec![(0, 5201, 1)],
+        };
+        let text = t.lbd_config_with([1, 1, 1], &[extra]);
+        let cfg =
+            lb_user::config::Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(cfg.vips.len(), 2);
+        assert_eq!(cfg.vips[0].backends.len(), BACKENDS);
+        let v = &cfg.vips[1];
+        assert_eq!((v.name.as_str(), v.port), ("iperf", 5201));
+        assert_eq!(v.address, t.vip());
+        assert_eq!(v.backends.len(), 1);
+        assert_eq!(v.backends[0].address, t.backend_addr(0));
+        assert_eq!(v.backends[0].port, 5201);
     }
 
     #[test]

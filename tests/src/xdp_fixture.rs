@@ -36,6 +36,7 @@ pub const LOCAL_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 101);
 pub const NONEIGH_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 102);
 pub const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 103);
 pub const SINGLE_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 104);
+pub const RESET_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 105);
 pub const RING: u32 = 1009;
 
 pub const CONFIG: &str = r#"
@@ -46,10 +47,14 @@ max_flows = 4096
 [nat]
 source = "10.1.2.10"
 ports = "20000-59999"
+[metrics]
+listen = "off"
 [[vip]]
 name = "web"
 address = "10.1.1.100"
 port = 80
+  [vip.health]
+  kind = "none"
   [[vip.backend]]
   address = "10.1.2.11"
   port = 8080
@@ -63,6 +68,8 @@ port = 80
 name = "local"
 address = "10.1.1.101"
 port = 80
+  [vip.health]
+  kind = "none"
   [[vip.backend]]
   address = "10.1.1.50"
   port = 8080
@@ -70,6 +77,8 @@ port = 80
 name = "noneigh"
 address = "10.1.1.102"
 port = 80
+  [vip.health]
+  kind = "none"
   [[vip.backend]]
   address = "10.1.2.99"
   port = 8080
@@ -77,13 +86,21 @@ port = 80
 name = "empty"
 address = "10.1.1.103"
 port = 80
+on_empty = "drop"
 [[vip]]
 name = "single"
 address = "10.1.1.104"
 port = 80
+  [vip.health]
+  kind = "none"
   [[vip.backend]]
   address = "10.1.2.11"
   port = 9090
+[[vip]]
+name = "refuse"
+address = "10.1.1.105"
+port = 80
+on_empty = "reset"
 "#;
 
 pub fn backend_mac(addr: Ipv4Addr) -> Mac {
@@ -195,7 +212,7 @@ pub fn fixture(test: &str, tweak: impl FnOnce(&mut lb_ebpf::Config)) -> Fixture 
     tweak(&mut kcfg);
     dp.set_config(&kcfg).unwrap();
     let mut balancer = Balancer::new(&cfg);
-    balancer.install(&mut dp).unwrap();
+    balancer.install(&mut dp, &Default::default()).unwrap();
     let (lbt0, lbt1) = (ifindex_of(&ns, "lbt0"), ifindex_of(&ns, "lbt1"));
     dp.add_tx_port(lbt0).unwrap();
     dp.add_tx_port(lbt1).unwrap();

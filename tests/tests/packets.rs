@@ -364,6 +364,47 @@ fn pass_and_drop_cases() {
 }
 
 #[test]
+fn a_vip_without_backends_refuses_with_a_reset() {
+    let fx = fixture("reset", |_| {});
+    let client = (CLIENT, 48000);
+    let vip = (RESET_VIP, 80);
+    let mut syn = Frame::tcp(client, vip, SYN);
+    syn.seq = 5000;
+    syn.payload = vec![1, 2, 3]; // data on a SYN counts too
+    let mut frame = syn.build();
+    frame.extend_from_slice(&[0u8; 10]); // Ethernet padding beyond the IP packet
+    let o = fx.run(&frame, fx.lbt0);
+    assert_eq!((o.action, o.reason), (XDP_TX, Reason::TxReset));
+    assert_eq!(o.out.len(), 14 + 20 + 20, "trimmed to the headers");
+    let p = parse_tcp(&o.out);
+    assert_eq!((p.src, p.sport), vip);
+    assert_eq!((p.dst, p.dport), client);
+    assert_eq!(p.tcp_flags, RST | ACK);
+    assert_eq!(p.seq, 0);
+    assert_eq!(
+        u32::from_be_bytes(o.out[42..46].try_into().unwrap()),
+        5000 + 3 + 1,
+        "acknowledges the SYN and its data"
+    );
+    assert_eq!(
+        (p.src_mac, p.dst_mac),
+        ([0x02, 0, 0, 0, 0, 0xfe], [0x02, 0, 0, 0, 0, 0x01]),
+        "MACs swapped"
+    );
+    // An ACK gets a bare RST carrying its acknowledgement number.
+    let mut ack = Frame::tcp(client, vip, ACK);
+    ack.ack = 777;
+    let o = fx.run(&ack.build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::TxReset);
+    let p = parse_tcp(&o.out);
+    assert_eq!((p.tcp_flags, p.seq), (RST, 777));
+    // Never a reset for a reset.
+    let o = fx.run(&Frame::tcp(client, vip, RST).build(), fx.lbt0);
+    assert_eq!((o.action, o.reason), (XDP_DROP, Reason::DropNoBackend));
+    assert_eq!(fx.dp.flow_count(), 0);
+}
+
+#[test]
 fn one_vlan_tag_is_kept() {
     let fx = fixture("vlan", |_| {});
     let client = (CLIENT, 44000);

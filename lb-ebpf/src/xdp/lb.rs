@@ -9,13 +9,13 @@ use aya_ebpf::{
 use lb_ebpf::{
     flow_closed, hash::flow_hash, Config, Flow, FlowKey, NatEntry, NextHop, Reason, VipKey,
     VipValue, BACKEND_F_IN_USE, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_RST, IPPROTO_TCP,
-    NAT_PORT_PROBES, NEXT_HOP_TTL_NS, NO_BACKEND, SEED_NAT_PORT, SEED_RING,
+    NAT_PORT_PROBES, NEXT_HOP_TTL_NS, NO_BACKEND, SEED_NAT_PORT, SEED_RING, VIP_F_RESET_EMPTY,
 };
 
 use super::{
     nat::{self, Direction},
     parse::{parse, NotTcp, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    stats, BACKENDS, BACKEND_HOPS, CONFIG, FLOWS, NAT, RINGS, VIPS,
+    reset, stats, BACKENDS, BACKEND_HOPS, CONFIG, FLOWS, NAT, RINGS, VIPS,
 };
 
 type Verdict = (u32, Reason);
@@ -236,6 +236,9 @@ fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, vip: &VipValue, key: &F
 
     let mut f = match new_flow_for(ctx, pkt, cfg, vip, key, now, close) {
         Ok(f) => f,
+        Err(Reason::DropNoBackend) if vip.flags & VIP_F_RESET_EMPTY != 0 => {
+            return reset::reset(ctx, pkt);
+        }
         Err(reason) => return drop(reason),
     };
     stats::count_flow(vip.id, f.backend_id, bytes, true);

@@ -6,6 +6,7 @@
 mod lb;
 mod nat;
 mod parse;
+mod reset;
 mod stats;
 
 use aya_ebpf::{
@@ -72,8 +73,10 @@ static BACKEND_HOPS: Array<NextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// The load balancer.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    // The length as received: a reset trims the frame.
+    let len = (ctx.data_end() - ctx.data()) as u64;
     let (action, reason) = lb::handle(&ctx);
-    stats::count_reason(reason, (ctx.data_end() - ctx.data()) as u64);
+    stats::count_reason(reason, len);
     action
 }
 

@@ -8,7 +8,9 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
-use lb_user::api::{self, Request, RequestEnvelope, ResponseEnvelope, Stats, VipStatus};
+use lb_user::api::{
+    self, DaemonStatus, Request, RequestEnvelope, ResponseEnvelope, Stats, VipStatus,
+};
 
 #[derive(Parser)]
 #[command(name = "lbctl", version, about = "Operate a running lbd")]
@@ -35,8 +37,16 @@ enum Command {
         #[command(subcommand)]
         action: Option<BackendsAction>,
     },
+    /// VIPs with their healthy-backend counts and counters.
+    Vips,
+    /// The daemon: version, uptime, configuration, interfaces, reloads.
+    Status,
     /// Packets and bytes per verdict reason, and flow-table occupancy.
     Stats,
+    /// Re-read the configuration file and reconcile to it (like SIGHUP). An
+    /// invalid file is refused and nothing changes. Run-time changes made with
+    /// lbctl are replaced by what the file says.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -52,6 +62,16 @@ enum BackendsAction {
     },
     /// Remove a backend from a VIP; its flows move to the others at their next packet.
     Remove { vip: String, backend: SocketAddrV4 },
+    /// Stop giving a backend new flows; its open flows stay until they end.
+    Drain { vip: String, backend: SocketAddrV4 },
+    /// Undo a drain.
+    Enable { vip: String, backend: SocketAddrV4 },
+    /// Change a backend's weight (1-65535).
+    Weight {
+        vip: String,
+        backend: SocketAddrV4,
+        weight: u32,
+    },
 }
 
 fn call(socket: &PathBuf, request: Request) -> Result<ResponseEnvelope, String> {
@@ -98,17 +118,26 @@ fn print_backends(vips: &[VipStatus]) {
     }
     for v in vips {
         println!(
-            "VIP {} {}:{}/{}  packets {}  bytes {}  flows {}",
+            "VIP {} {}:{}/{}  healthy {}/{}  packets {}  bytes {}  flows {}",
             v.name,
             v.address,
             v.port,
             v.protocol,
+            v.healthy_backends,
+            v.backends.len(),
             human(v.packets),
             human(v.bytes),
             human(v.flows)
         );
+        if v.healthy_backends == 0 {
+            let what = if v.on_empty == "reset" {
+                "refused with a TCP reset"
+            } else {
+                "dropped"
+            };
+            println!("  (no healthy backend: new connections are {what})");
+        }
         if v.backends.is_empty() {
-            println!("  (no backends: new connections are dropped)");
             continue;
         }
         println!(
@@ -165,11 +194,33 @@ fn main() -> ExitCode {
                 address: backend.ip().to_string(),
                 port: backend.port(),
             },
+            Some(BackendsAction::Drain { vip, backend }) => Request::BackendsDrain {
+                vip: vip.clone(),
+                address: backend.ip().to_string(),
+                port: backend.port(),
+            },
+            Some(BackendsAction::Enable { vip, backend }) => Request::BackendsEnable {
+                vip: vip.clone(),
+                address: backend.ip().to_string(),
+                port: backend.port(),
+            },
+            Some(BackendsAction::Weight {
+                vip,
+                backend,
+                weight,
+            }) => Request::BackendsWeight {
+                vip: vip.clone(),
+                address: backend.ip().to_string(),
+                port: backend.port(),
+                weight: *weight,
+            },
         },
+        Command::Vips => Request::Vips,
+        Command::Status => Request::Status,
         Command::Stats => Request::Stats,
+        Command::Reload => Request::Reload,
     };
-    let list = matches!(request, Request::BackendsList);
-    let stats = matches!(request, Request::Stats);
+    let kind = request.clone();
     let reply = match call(&cli.socket, request) {
         Ok(r) => r,
         Err(e) => {
@@ -196,24 +247,93 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = reply.result.unwrap_or_default();
-    if list {
-        match serde_json::from_value::<Vec<VipStatus>>(result) {
-            Ok(v) => print_backends(&v),
-            Err(e) => {
-                eprintln!("lbctl: unexpected answer: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else if stats {
-        match serde_json::from_value::<Stats>(result) {
-            Ok(s) => print_stats(&s),
-            Err(e) => {
-                eprintln!("lbctl: unexpected answer: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+    let printed = match kind {
+        Request::BackendsList => decode(result, |v: Vec<VipStatus>| print_backends(&v)),
+        Request::Vips => decode(result, |v: Vec<VipStatus>| print_vips(&v)),
+        Request::Stats => decode(result, |s: Stats| print_stats(&s)),
+        Request::Status => decode(result, |s: DaemonStatus| print_status(&s)),
+        Request::Reload => decode(result, |s: lb_user::balancer::ReloadSummary| {
+            println!(
+                "reloaded: VIPs +{} -{}, backends +{} -{} ~{}",
+                s.vips_added.len(),
+                s.vips_removed.len(),
+                s.backends_added,
+                s.backends_removed,
+                s.backends_changed
+            )
+        }),
+        _ => decode(result, |b: serde_json::Value| {
+            println!(
+                "ok: {} {}:{} weight {} {}",
+                b["vip"].as_str().unwrap_or("?"),
+                b["address"].as_str().unwrap_or("?"),
+                b["port"],
+                b["weight"],
+                b["state"].as_str().unwrap_or("")
+            )
+        }),
+    };
+    if printed {
+        ExitCode::SUCCESS
     } else {
-        println!("ok: {result}");
+        ExitCode::FAILURE
     }
-    ExitCode::SUCCESS
+}
+
+fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value, print: impl FnOnce(T)) -> bool {
+    match serde_json::from_value::<T>(v) {
+        Ok(t) => {
+            print(t);
+            true
+        }
+        Err(e) => {
+            eprintln!("lbctl: unexpected answer from lbd: {e}");
+            false
+        }
+    }
+}
+
+fn print_vips(vips: &[VipStatus]) {
+    println!(
+        "{:<16} {:<21} {:<6} {:>9} {:>10} {:>10} {:>8}",
+        "VIP", "ADDRESS", "EMPTY", "HEALTHY", "PACKETS", "BYTES", "FLOWS"
+    );
+    for v in vips {
+        println!(
+            "{:<16} {:<21} {:<6} {:>9} {:>10} {:>10} {:>8}",
+            v.name,
+            format!("{}:{}", v.address, v.port),
+            v.on_empty,
+            format!("{}/{}", v.healthy_backends, v.backends.len()),
+            human(v.packets),
+            human(v.bytes),
+            human(v.flows)
+        );
+    }
+}
+
+fn print_status(s: &DaemonStatus) {
+    println!("lbd {} (pid {}), up {} s", s.version, s.pid, s.uptime_secs);
+    println!("config      {}", s.config);
+    println!(
+        "interfaces  {} ({} XDP)",
+        s.interfaces.join(", "),
+        s.xdp_mode
+    );
+    println!(
+        "data plane  {}",
+        if s.adopted {
+            "adopted from an earlier lbd"
+        } else {
+            "loaded by this lbd"
+        }
+    );
+    println!(
+        "VIPs {}, backends {} ({} taking new flows)",
+        s.vips, s.backends, s.backends_up
+    );
+    println!("reloads {} ok, {} refused", s.reloads, s.reload_failures);
+    if let Some(e) = &s.last_reload_error {
+        println!("last reload refused: {e}");
+    }
 }

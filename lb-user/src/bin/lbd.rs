@@ -29,13 +29,31 @@ fn object(args: &Args) -> Result<Vec<u8>> {
         .context("this lbd was built without the XDP object: build it with `cargo xtask build`, or pass --bpf-object")
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT stop cleanly; SIGQUIT leaves the data plane forwarding
+/// for the next lbd (restart, upgrade).
+async fn shutdown_signal() -> daemon::Exit {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => daemon::Exit::Clean,
+        _ = int.recv() => daemon::Exit::Clean,
+        _ = quit.recv() => daemon::Exit::KeepForwarding,
     }
+}
+
+/// SIGHUP: reload the configuration file.
+fn reload_signals() -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn main() -> ExitCode {
@@ -71,7 +89,10 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("starting the runtime")?;
-        rt.block_on(daemon::run(cfg, &obj, shutdown_signal()))
+        rt.block_on(async {
+            let reloads = reload_signals();
+            daemon::run(cfg, args.config.clone(), &obj, shutdown_signal(), reloads).await
+        })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

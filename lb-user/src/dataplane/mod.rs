@@ -11,7 +11,11 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_ebpf::{map, prog, Backend, Config, Counters, Flow, FlowKey, NatEntry, VipKey, VipValue};
@@ -27,6 +31,8 @@ pub trait Maps {
     fn backend_counters(&self, backend_id: u32) -> Result<Counters>;
     /// Zeroes a backend's counters (its id is being given to a new backend).
     fn reset_backend_counters(&mut self, backend_id: u32) -> Result<()>;
+    /// Zeroes a VIP's counters (its id is being given to a new VIP).
+    fn reset_vip_counters(&mut self, vip_id: u32) -> Result<()>;
 }
 
 /// Sizes chosen at load time.
@@ -51,19 +57,51 @@ pub struct Dataplane {
     flows: HashMap<MapData, FlowKey, Flow>,
     nat: HashMap<MapData, FlowKey, NatEntry>,
     ring_size: u32,
-    pinned: Vec<PathBuf>,
-    attached: Vec<String>,
+    /// Where the maps, program and links are pinned (None: nothing pinned).
+    pin_dir: Option<PathBuf>,
+    /// The maps were already pinned by an earlier lbd and have been reopened.
+    adopted: bool,
+    /// Attached interfaces, with their links when pinned.
+    attached: Vec<(String, Option<FdLink>)>,
 }
 
 fn remove_stale_pin(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
         Ok(()) => {
-            tracing::warn!(path = %path.display(), "replaced a stale pin left by an earlier run");
+            tracing::debug!(path = %path.display(), "replaced a pin left by an earlier run");
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
+}
+
+/// Refuses to reuse pinned maps sized for another configuration.
+fn check_pinned_sizes(dir: &Path, opts: &LoadOptions, rings: u32) -> Result<()> {
+    for (name, want, key) in [
+        (map::FLOWS, opts.max_flows, "dataplane.max_flows"),
+        (map::NAT, opts.max_flows, "dataplane.max_flows"),
+        (
+            map::RINGS,
+            rings,
+            "dataplane.ring_size / dataplane.max_vips",
+        ),
+    ] {
+        let path = dir.join(name);
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if info.max_entries() != want {
+            bail!(
+                "the data plane pinned in {} was created with other sizes ({name}: {} entries, \
+                 this configuration needs {want}; see {key}). Stop the running data plane \
+                 cleanly first (SIGTERM to lbd, or remove {}) to start with new sizes",
+                dir.display(),
+                info.max_entries(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn sum(values: aya::maps::PerCpuValues<Counters>) -> Counters {
@@ -76,17 +114,33 @@ fn sum(values: aya::maps::PerCpuValues<Counters>) -> Counters {
 
 impl Dataplane {
     /// Loads the object (programs are verified and loaded, nothing attached).
-    /// With `pin_dir`, the program and every map are pinned there (stale pins
-    /// of an earlier run are replaced).
+    ///
+    /// With `pin_dir`, every map lives pinned there: maps an earlier lbd left
+    /// pinned are reopened with their contents (a hitless restart, see
+    /// [`Dataplane::adopted`]), others are created and pinned. The program is
+    /// pinned there too, for inspection.
     pub fn load(object: &[u8], opts: &LoadOptions, pin_dir: Option<&Path>) -> Result<Dataplane> {
         let rings = opts
             .max_vips
             .checked_mul(2 * opts.ring_size)
             .context("max_vips * 2 * ring_size overflows")?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(map::FLOWS, opts.max_flows)
             .map_max_entries(map::NAT, opts.max_flows)
-            .map_max_entries(map::RINGS, rings)
+            .map_max_entries(map::RINGS, rings);
+        let mut adopted = false;
+        if let Some(dir) = pin_dir {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            adopted = dir.join(map::VIPS).exists();
+            if adopted {
+                check_pinned_sizes(dir, opts, rings)?;
+            }
+            for name in map::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .load(object)
             .context("loading the XDP object into the kernel (are you root, with CAP_BPF and CAP_NET_ADMIN?)")?;
         for name in [prog::LB, prog::PASS, prog::FLOOR] {
@@ -97,9 +151,7 @@ impl Dataplane {
             p.load()
                 .with_context(|| format!("the kernel refused program {name}"))?;
         }
-        let mut pinned = Vec::new();
         if let Some(dir) = pin_dir {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let path = dir.join(prog::LB);
             remove_stale_pin(&path)?;
             let p: &mut Xdp = ebpf
@@ -108,20 +160,10 @@ impl Dataplane {
                 .try_into()?;
             p.pin(&path)
                 .with_context(|| format!("pinning {}", path.display()))?;
-            pinned.push(path);
         }
         let mut take = |name: &str| -> Result<Map> {
-            let m = ebpf
-                .take_map(name)
-                .ok_or_else(|| anyhow!("the XDP object has no map {name}"))?;
-            if let Some(dir) = pin_dir {
-                let path = dir.join(name);
-                remove_stale_pin(&path)?;
-                m.pin(&path)
-                    .with_context(|| format!("pinning {}", path.display()))?;
-                pinned.push(path);
-            }
-            Ok(m)
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("the XDP object has no map {name}"))
         };
         let vips = take(map::VIPS)?.try_into()?;
         let backends = take(map::BACKENDS)?.try_into()?;
@@ -133,7 +175,7 @@ impl Dataplane {
         let vip_stats = take(map::VIP_STATS)?.try_into()?;
         let backend_stats = take(map::BACKEND_STATS)?.try_into()?;
         let reasons = take(map::REASONS)?.try_into()?;
-        // Written and read by the program only; pinned for inspection.
+        // Written and read by the program only.
         let _backend_hops = take(map::BACKEND_HOPS)?;
         Ok(Dataplane {
             ebpf,
@@ -148,9 +190,31 @@ impl Dataplane {
             flows,
             nat,
             ring_size: opts.ring_size,
-            pinned,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            adopted,
             attached: Vec::new(),
         })
+    }
+
+    /// The maps were left pinned by an earlier lbd and reopened with their
+    /// contents: flows, NAT entries, rings and counters carry on.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// The VIPs and (present) backend slots the kernel has, for adoption.
+    pub fn kernel_state(&self) -> Result<crate::balancer::KernelState> {
+        let mut state = crate::balancer::KernelState::default();
+        for item in self.vips.iter() {
+            state.vips.push(item?);
+        }
+        for id in 0..lb_ebpf::MAX_BACKENDS {
+            let b = self.backends.get(&id, 0)?;
+            if b.flags & lb_ebpf::BACKEND_F_PRESENT != 0 {
+                state.backends.push((id, b));
+            }
+        }
+        Ok(state)
     }
 
     /// The load-balancer program (for `BPF_PROG_TEST_RUN` in tests).
@@ -167,28 +231,11 @@ impl Dataplane {
             .expect("checked at load")
     }
 
-    /// Removes everything [`Dataplane::pin`] created (and the directory, if empty).
-    pub fn unpin(&mut self) -> Result<()> {
-        let mut dirs = Vec::new();
-        for path in self.pinned.drain(..) {
-            if let Err(e) = fs::remove_file(&path) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    return Err(e).with_context(|| format!("removing {}", path.display()));
-                }
-            }
-            if let Some(d) = path.parent() {
-                if !dirs.iter().any(|x: &PathBuf| x == d) {
-                    dirs.push(d.to_path_buf());
-                }
-            }
-        }
-        for d in dirs {
-            let _ = fs::remove_dir(d);
-        }
-        Ok(())
-    }
-
     /// Attaches the load balancer to `interface`, native mode unless `generic`.
+    ///
+    /// When pinning, the XDP link is pinned as `link_<interface>` so it (and
+    /// forwarding) outlives this process; a link an earlier lbd pinned is
+    /// taken over and gets this program atomically, without a gap.
     pub fn attach(&mut self, interface: &str, generic: bool) -> Result<()> {
         let ifindex = ifindex(interface)?;
         let mode = if generic {
@@ -196,25 +243,57 @@ impl Dataplane {
         } else {
             XdpMode::Driver
         };
+        let link_path = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link_{interface}")));
         let p: &mut Xdp = self
             .ebpf
             .program_mut(prog::LB)
             .expect("checked at load")
             .try_into()?;
-        if let Err(e) = p.attach_to_if_index(ifindex, mode) {
-            if generic {
-                bail!("attaching XDP (generic mode) to {interface} failed: {e}");
+        let link = match &link_path {
+            Some(path) if path.exists() => {
+                let pinned = PinnedLink::from_pin(path)
+                    .with_context(|| format!("opening the pinned link {}", path.display()))?;
+                let old: XdpLink = FdLink::from(pinned)
+                    .try_into()
+                    .context("the pinned link is not an XDP link")?;
+                let id = p
+                    .attach_to_link(old)
+                    .with_context(|| format!("replacing the program on {interface}"))?;
+                Some(FdLink::try_from(p.take_link(id)?)?)
             }
-            bail!(
-                "attaching XDP in native mode to {interface} failed: {e}\n  \
-                 the driver may lack native XDP support, or the MTU may exceed its XDP limit \
-                 (ENA: at most 3498 bytes, and it needs free queues for XDP_TX);\n  \
-                 set dataplane.xdp_mode = \"generic\" to run in generic mode instead"
-            );
-        }
+            _ => {
+                let id = match p.attach_to_if_index(ifindex, mode) {
+                    Ok(id) => id,
+                    Err(e) if generic => {
+                        bail!("attaching XDP (generic mode) to {interface} failed: {e}")
+                    }
+                    Err(e) => bail!(
+                        "attaching XDP in native mode to {interface} failed: {e}\n  \
+                         the driver may lack native XDP support, or the MTU may exceed its XDP limit \
+                         (ENA: at most 3498 bytes, and it needs free queues for XDP_TX);\n  \
+                         set dataplane.xdp_mode = \"generic\" to run in generic mode instead"
+                    ),
+                };
+                match &link_path {
+                    Some(path) => {
+                        let fd = FdLink::try_from(p.take_link(id)?).context(
+                            "this kernel attached XDP without a bpf_link, which cannot be pinned",
+                        )?;
+                        let pinned = fd
+                            .pin(path)
+                            .with_context(|| format!("pinning {}", path.display()))?;
+                        Some(FdLink::from(pinned))
+                    }
+                    None => None,
+                }
+            }
+        };
         self.add_tx_port(ifindex)
             .with_context(|| format!("adding {interface} to {}", map::TX_PORTS))?;
-        self.attached.push(interface.to_string());
+        self.attached.push((interface.to_string(), link));
         Ok(())
     }
 
@@ -226,22 +305,56 @@ impl Dataplane {
     }
 
     /// Interfaces the program is attached to.
-    pub fn attached(&self) -> &[String] {
-        &self.attached
+    pub fn attached(&self) -> Vec<String> {
+        self.attached.iter().map(|(i, _)| i.clone()).collect()
     }
 
-    /// Detaches from every interface (links are dropped with the program).
-    pub fn detach_all(&mut self) -> Result<()> {
-        let p: &mut Xdp = self
+    /// A clean stop: detaches from every interface and removes every pin.
+    pub fn shutdown(mut self) -> Result<()> {
+        let mut first_error = None;
+        for (ifname, link) in self.attached.drain(..) {
+            if let (Some(dir), Some(link)) = (&self.pin_dir, link) {
+                // Without its pin, dropping the last fd destroys the link.
+                let path = dir.join(format!("link_{ifname}"));
+                if let Err(e) = fs::remove_file(&path) {
+                    first_error.get_or_insert(anyhow!("removing {}: {e}", path.display()));
+                }
+                drop(link);
+            }
+        }
+        if let Ok(p) = self
             .ebpf
             .program_mut(prog::LB)
             .expect("checked at load")
-            .try_into()?;
-        // Unloading drops every link this program owns; the pin (if any) keeps
-        // the program object itself alive until unpinned.
-        p.unload().context("detaching the XDP program")?;
-        self.attached.clear();
-        Ok(())
+            .try_into()
+        {
+            let p: &mut Xdp = p;
+            // Drops the links this program still owns (unpinned attachments).
+            let _ = p.unload();
+        }
+        if let Some(dir) = &self.pin_dir {
+            let mut names: Vec<&str> = map::ALL.to_vec();
+            names.push(prog::LB);
+            for name in names {
+                let path = dir.join(name);
+                if let Err(e) = fs::remove_file(&path) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        first_error.get_or_insert(anyhow!("removing {}: {e}", path.display()));
+                    }
+                }
+            }
+            let _ = fs::remove_dir(dir);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Exits leaving the data plane running: pinned links keep the program
+    /// attached and pinned maps keep their contents for the next lbd.
+    pub fn release(self) {
+        drop(self);
     }
 
     pub fn set_config(&mut self, config: &Config) -> Result<()> {
@@ -345,12 +458,24 @@ impl Maps for Dataplane {
     }
 
     fn reset_backend_counters(&mut self, backend_id: u32) -> Result<()> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let zeros = aya::maps::PerCpuValues::try_from(vec![Counters::default(); cpus])?;
         self.backend_stats
-            .set(backend_id, zeros, 0)
+            .set(backend_id, zeroed_per_cpu()?, 0)
             .with_context(|| format!("resetting {}[{backend_id}]", map::BACKEND_STATS))
     }
+
+    fn reset_vip_counters(&mut self, vip_id: u32) -> Result<()> {
+        self.vip_stats
+            .set(vip_id, zeroed_per_cpu()?, 0)
+            .with_context(|| format!("resetting {}[{vip_id}]", map::VIP_STATS))
+    }
+}
+
+fn zeroed_per_cpu() -> Result<aya::maps::PerCpuValues<Counters>> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    Ok(aya::maps::PerCpuValues::try_from(vec![
+        Counters::default();
+        cpus
+    ])?)
 }
 
 /// The interface index of `name` in this network namespace.

@@ -1,0 +1,991 @@
+//! The Prometheus endpoint: no registry, no global state.
+//!
+//! The daemon fills a plain [`Snapshot`] from its model and the kernel
+//! counters; [`render`] turns it into the text exposition format 0.0.4 and
+//! [`serve`] answers `GET /metrics` with it, calling the snapshot closure once
+//! per scrape. Every metric is listed in `docs/metrics.md`.
+
+use std::{fmt::Write as _, future::Future, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+    time::timeout,
+};
+
+/// `Content-Type` of a scrape answer.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The backend states [`render`] gives an `lb_backend_state` series each.
+pub const BACKEND_STATES: [&str; 3] = ["up", "down", "drained"];
+
+/// Everything one scrape shows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    pub vips: Vec<VipMetrics>,
+    /// `(reason label, packets, bytes, is_drop)` for every verdict reason,
+    /// e.g. from `lb_ebpf::Reason::ALL`.
+    pub reasons: Vec<(&'static str, u64, u64, bool)>,
+    /// Entries in the flow table.
+    pub flows: u64,
+    /// Entries in the NAT (reverse) table.
+    pub nat_entries: u64,
+    /// Capacity of the flow table.
+    pub max_flows: u64,
+    /// When lbd started, in seconds since the Unix epoch.
+    pub up_since_unix: u64,
+    pub reloads: u64,
+    pub reload_failures: u64,
+}
+
+/// One VIP and its backends.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VipMetrics {
+    pub name: String,
+    /// `"10.0.0.1:80"`.
+    pub address: String,
+    pub healthy_backends: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub flows: u64,
+    pub backends: Vec<BackendMetrics>,
+}
+
+/// One backend of a VIP.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackendMetrics {
+    /// `"10.0.2.11:8080"`.
+    pub address: String,
+    pub weight: u32,
+    /// `"up"`, `"down"` or `"drained"`.
+    pub state: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub flows: u64,
+    /// Duration of the last health check, if there was one.
+    pub check_latency_seconds: Option<f64>,
+    pub checks_ok: u64,
+    pub checks_failed: u64,
+}
+
+/// The verdict a reason label stands for: its prefix (`tx_`, `redirect_`,
+/// `pass_`, `drop_`), or `is_drop` for a label without a known prefix.
+pub fn verdict(label: &str, is_drop: bool) -> &'static str {
+    for v in ["tx", "redirect", "pass", "drop"] {
+        if label.strip_prefix(v).is_some_and(|r| r.starts_with('_')) {
+            return v;
+        }
+    }
+    if is_drop {
+        "drop"
+    } else {
+        "pass"
+    }
+}
+
+/// A sample value, written the way the exposition format spells numbers.
+trait Value {
+    fn write(&self, out: &mut String);
+}
+
+impl Value for u64 {
+    fn write(&self, out: &mut String) {
+        let _ = write!(out, "{self}");
+    }
+}
+
+impl Value for f64 {
+    fn write(&self, out: &mut String) {
+        if self.is_nan() {
+            out.push_str("NaN");
+        } else if self.is_infinite() {
+            out.push_str(if *self > 0.0 { "+Inf" } else { "-Inf" });
+        } else {
+            // Rust's `Display` never uses an exponent and round-trips.
+            let _ = write!(out, "{self}");
+        }
+    }
+}
+
+/// The exposition text being built.
+struct Out(String);
+
+impl Out {
+    /// `# HELP` and `# TYPE` of a family; `help` must hold no `\` or newline.
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = write!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Value) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                self.0.push_str(k);
+                self.0.push_str("=\"");
+                escape_into(&mut self.0, v);
+                self.0.push('"');
+            }
+            self.0.push('}');
+        }
+        self.0.push(' ');
+        value.write(&mut self.0);
+        self.0.push('\n');
+    }
+
+    fn per_vip(
+        &mut self,
+        s: &Snapshot,
+        name: &str,
+        kind: &str,
+        help: &str,
+        f: fn(&VipMetrics) -> u64,
+    ) {
+        self.family(name, kind, help);
+        for v in &s.vips {
+            self.sample(name, &[("vip", &v.name), ("address", &v.address)], f(v));
+        }
+    }
+
+    fn per_backend(
+        &mut self,
+        s: &Snapshot,
+        name: &str,
+        kind: &str,
+        help: &str,
+        f: fn(&BackendMetrics) -> u64,
+    ) {
+        self.family(name, kind, help);
+        for v in &s.vips {
+            for b in &v.backends {
+                self.sample(name, &[("vip", &v.name), ("backend", &b.address)], f(b));
+            }
+        }
+    }
+}
+
+/// Escapes a label value: `\` -> `\\`, `"` -> `\"`, newline -> `\n`.
+fn escape_into(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The snapshot in text exposition format 0.0.4.
+///
+/// Families come in a fixed order, each with its `# HELP` and `# TYPE` once
+/// (also when it has no series); series follow the snapshot's order of VIPs,
+/// backends and reasons, so the same snapshot always renders the same text.
+pub fn render(s: &Snapshot) -> String {
+    let mut o = Out(String::with_capacity(4096 + s.vips.len() * 2048));
+
+    o.per_vip(
+        s,
+        "lb_vip_packets_total",
+        "counter",
+        "Packets of the VIP's flows, both directions.",
+        |v| v.packets,
+    );
+    o.per_vip(
+        s,
+        "lb_vip_bytes_total",
+        "counter",
+        "Bytes (whole frames) of the VIP's flows, both directions.",
+        |v| v.bytes,
+    );
+    o.per_vip(
+        s,
+        "lb_vip_flows_total",
+        "counter",
+        "Flows created for the VIP.",
+        |v| v.flows,
+    );
+    o.per_vip(
+        s,
+        "lb_vip_healthy_backends",
+        "gauge",
+        "Backends of the VIP taking new flows (up and not drained).",
+        |v| u64::from(v.healthy_backends),
+    );
+
+    o.per_backend(
+        s,
+        "lb_backend_packets_total",
+        "counter",
+        "Packets of the backend's flows, both directions.",
+        |b| b.packets,
+    );
+    o.per_backend(
+        s,
+        "lb_backend_bytes_total",
+        "counter",
+        "Bytes (whole frames) of the backend's flows, both directions.",
+        |b| b.bytes,
+    );
+    o.per_backend(
+        s,
+        "lb_backend_flows_total",
+        "counter",
+        "Flows created toward the backend.",
+        |b| b.flows,
+    );
+    o.per_backend(
+        s,
+        "lb_backend_weight",
+        "gauge",
+        "Configured Maglev weight of the backend.",
+        |b| u64::from(b.weight),
+    );
+    o.per_backend(
+        s,
+        "lb_backend_up",
+        "gauge",
+        "1 if the backend's state is up, else 0.",
+        |b| u64::from(b.state == "up"),
+    );
+
+    let name = "lb_backend_state";
+    o.family(
+        name,
+        "gauge",
+        "1 for the backend's current state (up, down or drained), 0 for the others.",
+    );
+    for v in &s.vips {
+        for b in &v.backends {
+            let known = BACKEND_STATES.contains(&b.state.as_str());
+            let extra = (!known).then_some(b.state.as_str());
+            for state in BACKEND_STATES.into_iter().chain(extra) {
+                let labels = [
+                    ("vip", v.name.as_str()),
+                    ("backend", &b.address),
+                    ("state", state),
+                ];
+                o.sample(name, &labels, u64::from(b.state == state));
+            }
+        }
+    }
+
+    let name = "lb_backend_check_latency_seconds";
+    o.family(
+        name,
+        "gauge",
+        "Duration of the backend's last health check.",
+    );
+    for v in &s.vips {
+        for b in &v.backends {
+            if let Some(seconds) = b.check_latency_seconds {
+                o.sample(name, &[("vip", &v.name), ("backend", &b.address)], seconds);
+            }
+        }
+    }
+
+    let name = "lb_backend_checks_total";
+    o.family(
+        name,
+        "counter",
+        "Health checks of the backend, by result (ok or failed).",
+    );
+    for v in &s.vips {
+        for b in &v.backends {
+            for (result, n) in [("ok", b.checks_ok), ("failed", b.checks_failed)] {
+                let labels = [
+                    ("vip", v.name.as_str()),
+                    ("backend", &b.address),
+                    ("result", result),
+                ];
+                o.sample(name, &labels, n);
+            }
+        }
+    }
+
+    for (name, help, bytes) in [
+        (
+            "lb_packets_total",
+            "Packets seen by the XDP program, by verdict and reason.",
+            false,
+        ),
+        (
+            "lb_bytes_total",
+            "Bytes (whole frames) seen by the XDP program, by verdict and reason.",
+            true,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        for &(reason, packets, nbytes, is_drop) in &s.reasons {
+            let labels = [("reason", reason), ("verdict", verdict(reason, is_drop))];
+            o.sample(name, &labels, if bytes { nbytes } else { packets });
+        }
+    }
+
+    for (name, kind, help, value) in [
+        (
+            "lb_flow_table_entries",
+            "gauge",
+            "Entries in the flow table.",
+            s.flows,
+        ),
+        (
+            "lb_nat_table_entries",
+            "gauge",
+            "Entries in the NAT table.",
+            s.nat_entries,
+        ),
+        (
+            "lb_flow_table_capacity",
+            "gauge",
+            "Capacity of the flow table.",
+            s.max_flows,
+        ),
+        (
+            "lb_start_time_seconds",
+            "gauge",
+            "When lbd started, in seconds since the Unix epoch.",
+            s.up_since_unix,
+        ),
+        (
+            "lb_reloads_total",
+            "counter",
+            "Configuration reloads applied.",
+            s.reloads,
+        ),
+        (
+            "lb_reload_failures_total",
+            "counter",
+            "Configuration reloads refused or failed.",
+            s.reload_failures,
+        ),
+    ] {
+        o.family(name, kind, help);
+        o.sample(name, &[], value);
+    }
+    o.0
+}
+
+/// How connections reach the snapshot closure.
+type SnapshotFn = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
+/// Longest request head (request line and headers) read.
+const MAX_HEAD: usize = 8 * 1024;
+/// Time a client has to send its request head.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to take the answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed as soon as they are accepted.
+const MAX_CONNECTIONS: usize = 64;
+/// How long in-flight answers may take to finish once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+const INDEX: &str = "<!DOCTYPE html>\n<html><head><title>lbd</title></head><body>\n\
+<h1>lbd</h1>\n<p><a href=\"/metrics\">Metrics</a> (Prometheus text format)</p>\n\
+</body></html>\n";
+
+/// Serves `GET /metrics` (and `GET /`) on `listener` until `shutdown` resolves.
+///
+/// `snapshot` is called once per scrape on a blocking thread, so it may take
+/// a lock or read maps. Each connection is its own task with read and write
+/// timeouts, answers one request and is closed. Once `shutdown` resolves no
+/// connection is accepted; answers in flight get a short grace, then are cut.
+pub async fn serve(
+    listener: TcpListener,
+    snapshot: impl Fn() -> Snapshot + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let snapshot: SnapshotFn = Arc::new(snapshot);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if conns.len() >= MAX_CONNECTIONS {
+                        tracing::debug!(%peer, "metrics: too many connections, closing");
+                        continue;
+                    }
+                    conns.spawn(connection(stream, snapshot.clone()));
+                }
+                Err(e) => {
+                    // E.g. out of file descriptors: don't spin.
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let _ = timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.shutdown().await;
+}
+
+/// What a request head asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Metrics,
+    Index,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+    /// The head did not end within [`MAX_HEAD`] bytes.
+    TooLarge,
+}
+
+/// Routes a complete request head. Only the request line matters.
+fn route(head: &[u8]) -> (Route, bool) {
+    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
+    let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
+        return (Route::BadRequest, false);
+    };
+    let mut parts = line.trim_end_matches('\r').split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return (Route::BadRequest, false);
+    };
+    let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+    if !method_ok || !target.starts_with('/') || !version.starts_with("HTTP/1.") {
+        return (Route::BadRequest, false);
+    }
+    let head_only = method == "HEAD";
+    let path = target.split(['?', '#']).next().unwrap_or(target);
+    let found = match path {
+        "/metrics" => Route::Metrics,
+        "/" => Route::Index,
+        _ => return (Route::NotFound, head_only),
+    };
+    if method == "GET" || head_only {
+        (found, head_only)
+    } else {
+        (Route::MethodNotAllowed, false)
+    }
+}
+
+/// Reads up to the end of the request head. `None`: the client went away,
+/// was too slow or sent nothing usable; `Some(Err)`: the head is too long.
+async fn read_head(stream: &mut TcpStream) -> Option<Result<Vec<u8>, ()>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let read = async {
+        loop {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            let from = buf.len().saturating_sub(3);
+            buf.extend_from_slice(&chunk[..n]);
+            let tail = &buf[from..];
+            if tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n") {
+                return Some(Ok(()));
+            }
+            if buf.len() >= MAX_HEAD {
+                return Some(Err(()));
+            }
+        }
+    };
+    match timeout(READ_TIMEOUT, read).await {
+        Ok(Some(Ok(()))) => Some(Ok(buf)),
+        Ok(Some(Err(()))) => Some(Err(())),
+        _ => None,
+    }
+}
+
+async fn connection(mut stream: TcpStream, snapshot: SnapshotFn) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let (route, head_only) = match read_head(&mut stream).await {
+        None => return,
+        Some(Err(())) => (Route::TooLarge, false),
+        Some(Ok(head)) => route(&head),
+    };
+    let (status, content_type, body) = match route {
+        Route::Metrics => match tokio::task::spawn_blocking(move || render(&snapshot())).await {
+            Ok(body) => (200, CONTENT_TYPE, body),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: snapshot failed");
+                (500, TEXT, "snapshot failed\n".into())
+            }
+        },
+        Route::Index => (200, "text/html; charset=utf-8", INDEX.into()),
+        Route::NotFound => (404, TEXT, "not found\n".into()),
+        Route::MethodNotAllowed => (405, TEXT, "method not allowed\n".into()),
+        Route::BadRequest => (400, TEXT, "bad request\n".into()),
+        Route::TooLarge => (431, TEXT, "request head too large\n".into()),
+    };
+    if let Err(e) = respond(&mut stream, status, content_type, &body, head_only).await {
+        tracing::debug!(error = %e, "metrics: answer not delivered");
+    }
+}
+
+/// Writes one complete answer and closes our side.
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Internal Server Error",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status == 405 {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    if !head_only {
+        out.push_str(body);
+    }
+    let write = async {
+        stream.write_all(out.as_bytes()).await?;
+        stream.shutdown().await?;
+        // Take what the client still sends (say a POST body) for a moment:
+        // closing with unread data resets the connection, and the client
+        // could lose the answer.
+        let mut sink = [0u8; 1024];
+        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = timeout(Duration::from_millis(200), drain).await;
+        Ok(())
+    };
+    timeout(WRITE_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            vips: vec![
+                VipMetrics {
+                    name: "web".into(),
+                    address: "10.0.0.1:80".into(),
+                    healthy_backends: 1,
+                    packets: 1000,
+                    bytes: 64_000,
+                    flows: 10,
+                    backends: vec![
+                        BackendMetrics {
+                            address: "10.0.2.11:8080".into(),
+                            weight: 3,
+                            state: "up".into(),
+                            packets: 700,
+                            bytes: 44_800,
+                            flows: 7,
+                            check_latency_seconds: Some(0.0015),
+                            checks_ok: 41,
+                            checks_failed: 2,
+                        },
+                        BackendMetrics {
+                            address: "10.0.2.12:8080".into(),
+                            weight: 1,
+                            state: "drained".into(),
+                            packets: 300,
+                            bytes: 19_200,
+                            flows: 3,
+                            check_latency_seconds: None,
+                            checks_ok: 0,
+                            checks_failed: 5,
+                        },
+                    ],
+                },
+                VipMetrics {
+                    name: "we\"ird\\na\nme".into(),
+                    address: "10.0.0.2:443".into(),
+                    ..VipMetrics::default()
+                },
+            ],
+            reasons: vec![
+                ("tx_forward", 900, 57_600, false),
+                ("redirect_reply", 5, 320, false),
+                ("pass_not_tcp", 12, 1_000, false),
+                ("drop_no_backend", 3, 180, true),
+            ],
+            flows: 10,
+            nat_entries: 10,
+            max_flows: 1_048_576,
+            up_since_unix: 1_700_000_000,
+            reloads: 2,
+            reload_failures: 1,
+        }
+    }
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn renders_exact_series() {
+        let text = render(&snapshot());
+        let l = lines(&text);
+        for want in [
+            r#"lb_vip_packets_total{vip="web",address="10.0.0.1:80"} 1000"#,
+            r#"lb_vip_bytes_total{vip="web",address="10.0.0.1:80"} 64000"#,
+            r#"lb_vip_healthy_backends{vip="web",address="10.0.0.1:80"} 1"#,
+            r#"lb_backend_packets_total{vip="web",backend="10.0.2.11:8080"} 700"#,
+            r#"lb_backend_weight{vip="web",backend="10.0.2.11:8080"} 3"#,
+            r#"lb_backend_up{vip="web",backend="10.0.2.11:8080"} 1"#,
+            r#"lb_backend_up{vip="web",backend="10.0.2.12:8080"} 0"#,
+            r#"lb_backend_check_latency_seconds{vip="web",backend="10.0.2.11:8080"} 0.0015"#,
+            r#"lb_backend_checks_total{vip="web",backend="10.0.2.11:8080",result="ok"} 41"#,
+            r#"lb_backend_checks_total{vip="web",backend="10.0.2.11:8080",result="failed"} 2"#,
+            r#"lb_packets_total{reason="tx_forward",verdict="tx"} 900"#,
+            r#"lb_packets_total{reason="redirect_reply",verdict="redirect"} 5"#,
+            r#"lb_packets_total{reason="pass_not_tcp",verdict="pass"} 12"#,
+            r#"lb_bytes_total{reason="drop_no_backend",verdict="drop"} 180"#,
+            "lb_flow_table_entries 10",
+            "lb_nat_table_entries 10",
+            "lb_flow_table_capacity 1048576",
+            "lb_start_time_seconds 1700000000",
+            "lb_reloads_total 2",
+            "lb_reload_failures_total 1",
+            "# TYPE lb_vip_packets_total counter",
+            "# TYPE lb_backend_state gauge",
+            "# TYPE lb_packets_total counter",
+        ] {
+            assert!(l.contains(&want), "missing {want:?} in\n{text}");
+        }
+        // No latency series for a backend that was never checked.
+        assert!(!text
+            .contains(r#"lb_backend_check_latency_seconds{vip="web",backend="10.0.2.12:8080"}"#));
+        assert!(text.ends_with('\n'));
+        assert_eq!(text, render(&snapshot()), "deterministic");
+    }
+
+    #[test]
+    fn help_and_type_once_per_family_before_its_samples() {
+        let text = render(&snapshot());
+        let mut help = HashMap::<&str, usize>::new();
+        let mut kind = HashMap::<&str, &str>::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                *help.entry(rest.split(' ').next().unwrap()).or_default() += 1;
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, k) = rest.split_once(' ').unwrap();
+                assert!(kind.insert(name, k).is_none(), "TYPE twice for {name}");
+                assert!(help.contains_key(name), "TYPE before HELP for {name}");
+            } else {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(kind.contains_key(name), "sample {name} before its TYPE");
+            }
+        }
+        assert_eq!(help.len(), 20, "{help:?}");
+        assert!(help.values().all(|&n| n == 1), "{help:?}");
+        for (name, k) in &kind {
+            assert!(name.starts_with("lb_"), "{name}");
+            assert_eq!(name.ends_with("_total"), *k == "counter", "{name} is a {k}");
+            assert!(help.contains_key(name));
+        }
+    }
+
+    #[test]
+    fn escapes_label_values() {
+        let text = render(&snapshot());
+        assert!(
+            lines(&text).contains(
+                &r#"lb_vip_packets_total{vip="we\"ird\\na\nme",address="10.0.0.2:443"} 0"#
+            ),
+            "{text}"
+        );
+        let mut s = String::new();
+        escape_into(&mut s, "a\\b\"c\nd");
+        assert_eq!(s, r#"a\\b\"c\nd"#);
+    }
+
+    #[test]
+    fn one_state_series_per_state() {
+        let mut snap = snapshot();
+        snap.vips[0].backends[0].state = "rebooting".into();
+        let text = render(&snap);
+        let state: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("lb_backend_state{"))
+            .collect();
+        assert_eq!(
+            state,
+            [
+                r#"lb_backend_state{vip="web",backend="10.0.2.11:8080",state="up"} 0"#,
+                r#"lb_backend_state{vip="web",backend="10.0.2.11:8080",state="down"} 0"#,
+                r#"lb_backend_state{vip="web",backend="10.0.2.11:8080",state="drained"} 0"#,
+                r#"lb_backend_state{vip="web",backend="10.0.2.11:8080",state="rebooting"} 1"#,
+                r#"lb_backend_state{vip="web",backend="10.0.2.12:8080",state="up"} 0"#,
+                r#"lb_backend_state{vip="web",backend="10.0.2.12:8080",state="down"} 0"#,
+                r#"lb_backend_state{vip="web",backend="10.0.2.12:8080",state="drained"} 1"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn verdicts_and_special_floats() {
+        assert_eq!(verdict("tx_forward", false), "tx");
+        assert_eq!(verdict("redirect_forward", false), "redirect");
+        assert_eq!(verdict("pass_ttl", false), "pass");
+        assert_eq!(verdict("drop_nat_miss", true), "drop");
+        assert_eq!(verdict("transmogrified", true), "drop");
+        assert_eq!(verdict("txx", false), "pass");
+        for (v, s) in [
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (1e-9, "0.000000001"),
+        ] {
+            let mut out = String::new();
+            v.write(&mut out);
+            assert_eq!(out, s);
+        }
+    }
+
+    #[test]
+    fn every_reason_of_the_dataplane_has_the_verdict_of_its_kind() {
+        for r in lb_ebpf::Reason::ALL {
+            let v = verdict(r.label(), r.is_drop());
+            assert_eq!(v == "drop", r.is_drop(), "{}", r.label());
+            assert!(r.label().starts_with(v), "{}", r.label());
+        }
+    }
+
+    /// Parses a sample line: `name{k="v",...} value`, returning the name.
+    type Labels = Vec<(String, String)>;
+
+    fn parse_sample(line: &str) -> Result<(&str, Labels, f64), String> {
+        let name_end = line.find(['{', ' ']).ok_or("no value")?;
+        let name = &line[..name_end];
+        let valid_name = name.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+        });
+        if name.is_empty() || !valid_name {
+            return Err(format!("bad name {name:?}"));
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(r) = rest.strip_prefix('{') {
+            let mut chars = r.char_indices().peekable();
+            loop {
+                let start = chars.peek().ok_or("unterminated labels")?.0;
+                let mut key_end = start;
+                for (i, c) in chars.by_ref() {
+                    if c == '=' {
+                        key_end = i;
+                        break;
+                    }
+                    if !(c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(format!("bad label name char {c:?}"));
+                    }
+                }
+                let key = &r[start..key_end];
+                if key.is_empty() || chars.next().map(|c| c.1) != Some('"') {
+                    return Err("bad label".into());
+                }
+                let mut value = String::new();
+                loop {
+                    match chars.next().ok_or("unterminated value")?.1 {
+                        '"' => break,
+                        '\\' => match chars.next().ok_or("dangling escape")?.1 {
+                            '\\' => value.push('\\'),
+                            '"' => value.push('"'),
+                            'n' => value.push('\n'),
+                            c => return Err(format!("bad escape \\{c}")),
+                        },
+                        '\n' => return Err("raw newline".into()),
+                        c => value.push(c),
+                    }
+                }
+                labels.push((key.to_string(), value));
+                match chars.next().ok_or("unterminated labels")? {
+                    (_, ',') => continue,
+                    (i, '}') => {
+                        rest = &r[i + 1..];
+                        break;
+                    }
+                    (_, c) => return Err(format!("unexpected {c:?}")),
+                }
+            }
+        }
+        let value = rest.strip_prefix(' ').ok_or("no space before value")?;
+        let v = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v
+                .parse::<f64>()
+                .map_err(|e| format!("bad value {v:?}: {e}"))?,
+        };
+        Ok((name, labels, v))
+    }
+
+    #[test]
+    fn every_sample_line_parses_back() {
+        let text = render(&snapshot());
+        let mut seen = HashSet::new();
+        let mut samples = 0;
+        for line in text.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let (name, labels, _) = parse_sample(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            assert!(
+                seen.insert((name.to_string(), labels.clone())),
+                "duplicate series {line}"
+            );
+            samples += 1;
+        }
+        assert!(samples > 40, "{samples}");
+        let weird = ("vip".to_string(), "we\"ird\\na\nme".to_string());
+        assert!(
+            seen.iter().any(|(_, l)| l.contains(&weird)),
+            "escaped value round-trips"
+        );
+        assert!(parse_sample("x{a=\"b\"} nope").is_err());
+        assert!(parse_sample("x{a=\"b} 1").is_err());
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\n\r\n"),
+            (Route::Metrics, false)
+        );
+        assert_eq!(
+            route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            (Route::Metrics, false)
+        );
+        assert_eq!(
+            route(b"HEAD /metrics HTTP/1.1\r\n\r\n"),
+            (Route::Metrics, true)
+        );
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), (Route::Index, false));
+        assert_eq!(
+            route(b"GET /nope HTTP/1.1\r\n\r\n"),
+            (Route::NotFound, false)
+        );
+        assert_eq!(
+            route(b"DELETE /metrics HTTP/1.1\r\n\r\n"),
+            (Route::MethodNotAllowed, false)
+        );
+        for bad in [
+            &b"GET /metrics\r\n\r\n"[..],
+            b"\xff\xfe\r\n\r\n",
+            b"get / HTTP/1.1\r\n\r\n",
+            b"GET metrics HTTP/1.1\n\n",
+            b"",
+        ] {
+            assert_eq!(route(bad).0, Route::BadRequest, "{bad:?}");
+        }
+    }
+
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // The server may already have closed on bad input.
+        let _ = s.write_all(request).await;
+        let _ = s.shutdown().await;
+        let mut out = Vec::new();
+        let _ = timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("answer in time");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn status(resp: &str) -> &str {
+        resp.split(' ').nth(1).unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn serves_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, snapshot, async move {
+            let _ = stop_rx.await;
+        }));
+
+        // A silent client must not hold up the others.
+        let _idle = TcpStream::connect(addr).await.unwrap();
+
+        let resp = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(status(&resp), "200", "{resp}");
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        let head = format!("{head}\r\n");
+        assert!(
+            head.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")),
+            "{head}"
+        );
+        assert!(head.contains("Connection: close\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("Content-Length: {}\r\n", body.len())),
+            "{head}"
+        );
+        assert!(body.contains("lb_vip_packets_total"), "{body}");
+        assert_eq!(body, render(&snapshot()));
+
+        let resp = exchange(addr, b"GET / HTTP/1.0\r\n\r\n").await;
+        assert_eq!(status(&resp), "200", "{resp}");
+        assert!(resp.contains("href=\"/metrics\""), "{resp}");
+
+        let resp = exchange(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        assert_eq!(status(&resp), "200", "{resp}");
+        assert!(resp.ends_with("\r\n\r\n"), "{resp}");
+
+        assert_eq!(
+            status(&exchange(addr, b"GET /nope HTTP/1.1\r\n\r\n").await),
+            "404"
+        );
+        let resp = exchange(
+            addr,
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+        )
+        .await;
+        assert_eq!(status(&resp), "405", "{resp}");
+        assert!(resp.contains("Allow: GET, HEAD\r\n"), "{resp}");
+
+        // Garbage: an answer of 400 or a plain close, never a crash.
+        for garbage in [
+            &b"\x00\xff\xfe garbage\r\n\r\n"[..],
+            b"\r\n\r\n",
+            b"no end of head",
+            b"",
+        ] {
+            let resp = exchange(addr, garbage).await;
+            assert!(
+                resp.is_empty() || status(&resp) == "400",
+                "{garbage:?}: {resp}"
+            );
+        }
+        let resp = exchange(addr, &[b'a'; 3 * MAX_HEAD]).await;
+        assert!(resp.is_empty() || status(&resp) == "431", "{resp}");
+
+        // Still serving after all that.
+        assert_eq!(
+            status(&exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await),
+            "200"
+        );
+
+        stop_tx.send(()).unwrap();
+        timeout(Duration::from_secs(5), server)
+            .await
+            .expect("serve stops")
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
+    }
+}
