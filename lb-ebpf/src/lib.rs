@@ -187,6 +187,10 @@ pub struct Flow {
     pub nat_port_be: u16,
     /// `FLOW_F_*` bits, shared with the flow's [`NatEntry`].
     pub flags: u32,
+    /// The VIP the flow belongs to: established packets are forwarded from
+    /// the flow entry alone, without looking the VIP up.
+    pub vip_id: u32,
+    pub _pad: u32,
     /// `bpf_ktime_get_coarse_ns` of the last packet.
     pub last_seen_ns: u64,
     /// Toward the backend.
@@ -243,6 +247,23 @@ pub struct Config {
     /// after its last packet, so a backend still in TIME_WAIT on that tuple never
     /// sees a SYN from a stranger (TCP PAWS).
     pub port_hold_ns: u64,
+    /// A 256-bit filter of VIP addresses ([`vip_filter_bit`]): a packet whose
+    /// destination's bit is clear is no VIP's, and passes without a lookup.
+    pub vip_filter: [u64; 4],
+}
+
+/// The bit of `addr_be` in [`Config::vip_filter`] (0..=255).
+#[inline(always)]
+pub const fn vip_filter_bit(addr_be: u32) -> u32 {
+    let a = u32::from_be(addr_be);
+    (a ^ (a >> 8) ^ (a >> 16) ^ (a >> 24)) & 0xff
+}
+
+/// Whether `addr_be` may be a VIP address according to `filter`.
+#[inline(always)]
+pub const fn vip_filter_contains(filter: &[u64; 4], addr_be: u32) -> bool {
+    let bit = vip_filter_bit(addr_be);
+    (filter[(bit >> 6) as usize & 3] >> (bit & 63)) & 1 != 0
 }
 
 /// Packet and byte counters, one per CPU in the per-CPU arrays.
@@ -379,10 +400,10 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<NextHop>(), 24);
-        assert_eq!(size_of::<Flow>(), 48);
+        assert_eq!(size_of::<Flow>(), 56);
         assert_eq!(align_of::<Flow>(), 8);
         assert_eq!(size_of::<NatEntry>(), 56);
-        assert_eq!(size_of::<Config>(), 40);
+        assert_eq!(size_of::<Config>(), 72);
         assert_eq!(size_of::<Counters>(), 24);
     }
 
@@ -406,6 +427,22 @@ mod tests {
         for r in Reason::ALL {
             assert_eq!(r.is_drop(), r.label().starts_with("drop_"), "{r:?}");
         }
+    }
+
+    #[test]
+    fn the_vip_filter_has_no_false_negatives() {
+        let mut filter = [0u64; 4];
+        let vips = [0x0a00_0064u32, 0xc0a8_0101, 0x0101_0101];
+        for v in vips {
+            let bit = vip_filter_bit(v.to_be());
+            filter[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        for v in vips {
+            assert!(vip_filter_contains(&filter, v.to_be()));
+        }
+        // Neighbours of a VIP address land on other bits.
+        assert!(!vip_filter_contains(&filter, 0x0a00_0065u32.to_be()));
+        assert!(!vip_filter_contains(&[0; 4], 0x0a00_0064u32.to_be()));
     }
 
     #[test]

@@ -54,7 +54,18 @@ pub fn kernel_config(cfg: &Config) -> lb_ebpf::Config {
         idle_timeout_ns: cfg.flows.idle_timeout_secs * NS_PER_SEC,
         closed_timeout_ns: cfg.flows.closed_timeout_secs * NS_PER_SEC,
         port_hold_ns: cfg.nat.port_hold_secs * NS_PER_SEC,
+        vip_filter: vip_filter(cfg.vips.iter().map(|v| v.address)),
     }
+}
+
+/// The kernel's VIP address filter for a set of VIP addresses.
+pub fn vip_filter(addresses: impl Iterator<Item = Ipv4Addr>) -> [u64; 4] {
+    let mut filter = [0u64; 4];
+    for a in addresses {
+        let bit = lb_ebpf::vip_filter_bit(addr_be(a));
+        filter[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+    filter
 }
 
 pub fn load_options(cfg: &Config) -> LoadOptions {

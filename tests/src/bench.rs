@@ -77,32 +77,39 @@ fn time_once(fx: &Fixture, program: &str, frame: &[u8], ingress: u32) -> Result<
     Ok((r.return_value, r.duration))
 }
 
-fn measure(
-    fx: &Fixture,
-    samples: usize,
-    case: &'static str,
+/// One path to measure: its program, expected verdict and frame source.
+struct Case<'a> {
+    name: &'static str,
     program: &'static str,
     want: (u32, &'static str),
-    mut frame_for: impl FnMut(usize) -> (Vec<u8>, u32),
-) -> Result<PacketCost> {
-    let mut ns = Vec::with_capacity(samples);
-    for i in 0..samples {
-        let (frame, ingress) = frame_for(i);
-        let (action, d) = time_once(fx, program, &frame, ingress)?;
-        ensure!(
-            action == want.0,
-            "{case}: verdict {action}, expected {} ({})",
-            want.0,
-            want.1
-        );
-        ns.push(d.as_nanos() as f64);
+    frame_for: Box<dyn FnMut(usize) -> (Vec<u8>, u32) + 'a>,
+    samples: Vec<f64>,
+}
+
+/// Runs every case `samples` times, interleaved in rounds so that drift and
+/// bursts of noise on a shared machine fall on all cases alike.
+fn measure_interleaved(fx: &Fixture, samples: usize, cases: &mut [Case<'_>]) -> Result<()> {
+    const ROUNDS: usize = 20;
+    let per_round = samples.div_ceil(ROUNDS);
+    let mut i = 0;
+    for _ in 0..ROUNDS {
+        for c in cases.iter_mut() {
+            for k in 0..per_round {
+                let (frame, ingress) = (c.frame_for)(i + k);
+                let (action, d) = time_once(fx, c.program, &frame, ingress)?;
+                ensure!(
+                    action == c.want.0,
+                    "{}: verdict {action}, expected {} ({})",
+                    c.name,
+                    c.want.0,
+                    c.want.1
+                );
+                c.samples.push(d.as_nanos() as f64);
+            }
+        }
+        i += per_round;
     }
-    Ok(PacketCost {
-        case,
-        program,
-        verdict: want.1,
-        ns: Spread::of(&mut ns),
-    })
+    Ok(())
 }
 
 /// Per-packet cost of each path through the program, and of the floor program.
@@ -117,39 +124,14 @@ fn packet_costs_here(samples: usize) -> Result<Vec<PacketCost>> {
     let fx = fixture("bench", |_| {});
     let vip = (WEB, 80);
     let (lbt0, lbt1) = (fx.lbt0, fx.lbt1);
-    let mut results = Vec::new();
 
-    // New flows: a different client port (and address every 40,000) each time.
-    results.push(measure(
-        &fx,
-        samples,
-        "new flow (SYN)",
-        prog::LB,
-        (XDP_REDIRECT, "XDP_REDIRECT"),
-        |i| {
-            let addr = Ipv4Addr::from(u32::from(CLIENT) + (i / 40_000) as u32 * 256);
-            let port = 20_000 + (i % 40_000) as u16;
-            (Frame::tcp((addr, port), vip, SYN).build(), lbt0)
-        },
-    )?);
-
-    // Established: one flow, its packets over and over.
+    // Established: one flow, its packets over and over; and its replies.
     let client = (CLIENT, 19_999);
     let first = fx.run(&Frame::tcp(client, vip, SYN).build(), lbt0);
     let rewritten = crate::packet::parse_tcp(&first.out);
     let mut est = Frame::tcp(client, vip, ACK);
     est.payload = vec![0x55; 64];
     let est = est.build();
-    results.push(measure(
-        &fx,
-        samples,
-        "established",
-        prog::LB,
-        (XDP_REDIRECT, "XDP_REDIRECT"),
-        |_| (est.clone(), lbt0),
-    )?);
-
-    // Replies of that flow from its backend.
     let mut reply = Frame::tcp(
         (rewritten.dst, rewritten.dport),
         (NAT, rewritten.sport),
@@ -157,37 +139,72 @@ fn packet_costs_here(samples: usize) -> Result<Vec<PacketCost>> {
     );
     reply.payload = vec![0xaa; 64];
     let reply = reply.build();
-    results.push(measure(
-        &fx,
-        samples,
-        "reply from backend",
-        prog::LB,
-        (XDP_REDIRECT, "XDP_REDIRECT"),
-        |_| (reply.clone(), lbt1),
-    )?);
-
-    // Not for us.
     let other = Frame::tcp(client, (WEB, 8443), SYN).build();
-    results.push(measure(
-        &fx,
-        samples,
-        "non-VIP (pass)",
-        prog::LB,
-        (XDP_PASS, "XDP_PASS"),
-        |_| (other.clone(), lbt0),
-    )?);
-
-    // The floor: parse, swap MACs, XDP_TX.
+    // The load balancer's own address (say, SSH to it).
+    let host = Frame::tcp(client, (Ipv4Addr::new(10, 1, 1, 1), 22), ACK).build();
     let syn = Frame::tcp(client, vip, SYN).build();
-    results.push(measure(
-        &fx,
-        samples,
-        "floor (parse, swap MACs, XDP_TX)",
-        prog::FLOOR,
-        (XDP_TX, "XDP_TX"),
-        |_| (syn.clone(), lbt0),
-    )?);
-    Ok(results)
+
+    let redirect = (XDP_REDIRECT, "XDP_REDIRECT");
+    let mut cases = vec![
+        // New flows: a different client port (and address every 40,000) each time.
+        Case {
+            name: "new flow (SYN)",
+            program: prog::LB,
+            want: redirect,
+            frame_for: Box::new(|i| {
+                let addr = Ipv4Addr::from(u32::from(CLIENT) + (i / 40_000) as u32 * 256);
+                let port = 20_000 + (i % 40_000) as u16;
+                (Frame::tcp((addr, port), vip, SYN).build(), lbt0)
+            }),
+            samples: Vec::new(),
+        },
+        Case {
+            name: "established",
+            program: prog::LB,
+            want: redirect,
+            frame_for: Box::new(|_| (est.clone(), lbt0)),
+            samples: Vec::new(),
+        },
+        Case {
+            name: "reply from backend",
+            program: prog::LB,
+            want: redirect,
+            frame_for: Box::new(|_| (reply.clone(), lbt1)),
+            samples: Vec::new(),
+        },
+        Case {
+            name: "other address (pass)",
+            program: prog::LB,
+            want: (XDP_PASS, "XDP_PASS"),
+            frame_for: Box::new(|_| (host.clone(), lbt0)),
+            samples: Vec::new(),
+        },
+        Case {
+            name: "VIP address, other port (pass)",
+            program: prog::LB,
+            want: (XDP_PASS, "XDP_PASS"),
+            frame_for: Box::new(|_| (other.clone(), lbt0)),
+            samples: Vec::new(),
+        },
+        // The floor: parse, swap MACs, XDP_TX.
+        Case {
+            name: "floor (parse, swap MACs, XDP_TX)",
+            program: prog::FLOOR,
+            want: (XDP_TX, "XDP_TX"),
+            frame_for: Box::new(|_| (syn.clone(), lbt0)),
+            samples: Vec::new(),
+        },
+    ];
+    measure_interleaved(&fx, samples, &mut cases)?;
+    Ok(cases
+        .into_iter()
+        .map(|mut c| PacketCost {
+            case: c.name,
+            program: c.program,
+            verdict: c.want.1,
+            ns: Spread::of(&mut c.samples),
+        })
+        .collect())
 }
 
 /// Maglev ring build time.

@@ -7,9 +7,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_ebpf::{
-    flow_closed, hash::flow_hash, Config, Flow, FlowKey, NatEntry, NextHop, Reason, VipKey,
-    VipValue, BACKEND_F_IN_USE, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_RST, IPPROTO_TCP,
-    NAT_PORT_PROBES, NEXT_HOP_TTL_NS, NO_BACKEND, SEED_NAT_PORT, SEED_RING, VIP_F_RESET_EMPTY,
+    flow_closed, hash::flow_hash, vip_filter_contains, Config, Flow, FlowKey, NatEntry, NextHop,
+    Reason, VipKey, VipValue, BACKEND_F_IN_USE, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_RST,
+    IPPROTO_TCP, NAT_PORT_PROBES, NEXT_HOP_TTL_NS, NO_BACKEND, SEED_NAT_PORT, SEED_RING,
+    VIP_F_RESET_EMPTY,
 };
 
 use super::{
@@ -77,6 +78,28 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
         _pad1: 0,
         _pad2: 0,
     };
+    let to_nat_addr = key.dst_addr_be == cfg.nat_addr_be;
+    if !to_nat_addr && !vip_filter_contains(&cfg.vip_filter, key.dst_addr_be) {
+        return pass(Reason::PassNoVip);
+    }
+    let port = u16::from_be(key.dst_port_be);
+    if to_nat_addr && port >= cfg.nat_port_min && port <= cfg.nat_port_max {
+        if let Some(reason) = unforwardable(&pkt) {
+            return drop(reason);
+        }
+        return reply(ctx, &pkt, cfg, &key);
+    }
+    // Established flows first: their entry says everything needed, so the
+    // VIP table is consulted only for new connections (and for other traffic).
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: the pointer comes from a successful map lookup; racing
+        // writers of the same flow only store equivalent values.
+        if let Some(verdict) = established(ctx, &pkt, cfg, unsafe { &mut *f }, now) {
+            return verdict;
+        }
+    }
     let vip_key = VipKey {
         addr_be: key.dst_addr_be,
         port_be: key.dst_port_be,
@@ -89,17 +112,10 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
         if let Some(reason) = unforwardable(&pkt) {
             return drop(reason);
         }
-        return forward(ctx, &pkt, cfg, vip, &key);
+        return new_connection(ctx, &pkt, cfg, vip, &key, now);
     }
-    if key.dst_addr_be == cfg.nat_addr_be {
-        let port = u16::from_be(key.dst_port_be);
-        if port < cfg.nat_port_min || port > cfg.nat_port_max {
-            return pass(Reason::PassNatOtherPort);
-        }
-        if let Some(reason) = unforwardable(&pkt) {
-            return drop(reason);
-        }
-        return reply(ctx, &pkt, cfg, &key);
+    if to_nat_addr {
+        return pass(Reason::PassNatOtherPort);
     }
     pass(Reason::PassNoVip)
 }
@@ -183,11 +199,11 @@ fn backend_key(cfg: &Config, f: &Flow) -> FlowKey {
 /// The flow's backend is still configured for this VIP (not removed, and its
 /// id not reused for another backend or another VIP).
 #[inline(always)]
-fn backend_live(f: &Flow, vip_id: u32) -> bool {
+fn backend_live(f: &Flow) -> bool {
     match BACKENDS.get(f.backend_id) {
         Some(b) => {
             b.flags & BACKEND_F_IN_USE != 0
-                && b.vip_id == vip_id
+                && b.vip_id == f.vip_id
                 && b.addr_be == f.backend_addr_be
                 && b.port_be == f.backend_port_be
         }
@@ -195,45 +211,68 @@ fn backend_live(f: &Flow, vip_id: u32) -> bool {
     }
 }
 
-/// Client -> VIP.
+/// Client -> VIP on a known flow. `None` if the flow cannot carry this
+/// packet (expired, closed and this is a new SYN, or its backend is gone):
+/// then it is handled as a new connection.
 #[inline(always)]
-fn forward(ctx: &XdpContext, pkt: &Packet, cfg: &Config, vip: &VipValue, key: &FlowKey) -> Verdict {
+fn established(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    cfg: &Config,
+    f: &mut Flow,
+    now: u64,
+) -> Option<Verdict> {
+    let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // A fresh SYN on a closed flow starts a new connection.
+    let stale = expired(cfg, f.flags, f.last_seen_ns, now) || (fresh_syn && flow_closed(f.flags));
+    if stale || !backend_live(f) {
+        return None;
+    }
+    if let Some(reason) = unforwardable(pkt) {
+        return Some(drop(reason));
+    }
+    if ttl_expires(pkt) {
+        return Some(pass(Reason::PassTtl));
+    }
+    if f.last_seen_ns != now {
+        f.last_seen_ns = now;
+    }
+    let close = tcp_close_flags(pkt.tcp_flags, true);
+    if close != 0 {
+        f.flags |= close;
+        mark_nat_closed(cfg, f, close);
+    }
+    stats::count_flow(
+        f.vip_id,
+        f.backend_id,
+        (ctx.data_end() - ctx.data()) as u64,
+        false,
+    );
+    nat::rewrite(
+        pkt,
+        cfg.nat_addr_be,
+        f.backend_addr_be,
+        f.nat_port_be,
+        f.backend_port_be,
+    );
+    Some(nat::transmit(ctx, pkt, Direction::Forward, &mut f.hop, now))
+}
+
+/// Client -> VIP, no usable flow: pick a backend and a NAT port.
+#[inline(always)]
+fn new_connection(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    cfg: &Config,
+    vip: &VipValue,
+    key: &FlowKey,
+    now: u64,
+) -> Verdict {
     if ttl_expires(pkt) {
         return pass(Reason::PassTtl);
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let close = tcp_close_flags(pkt.tcp_flags, true);
-    let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-
-    if let Some(f) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: the pointer comes from a successful map lookup; racing
-        // writers of the same flow only store equivalent values.
-        let f = unsafe { &mut *f };
-        // A fresh SYN on a closed flow starts a new connection.
-        let stale =
-            expired(cfg, f.flags, f.last_seen_ns, now) || (fresh_syn && flow_closed(f.flags));
-        if !stale && backend_live(f, vip.id) {
-            if f.last_seen_ns != now {
-                f.last_seen_ns = now;
-            }
-            if close != 0 {
-                f.flags |= close;
-                mark_nat_closed(cfg, f, close);
-            }
-            stats::count_flow(vip.id, f.backend_id, bytes, false);
-            nat::rewrite(
-                pkt,
-                cfg.nat_addr_be,
-                f.backend_addr_be,
-                f.nat_port_be,
-                f.backend_port_be,
-            );
-            return nat::transmit(ctx, pkt, Direction::Forward, &mut f.hop, now);
-        }
-    }
-
     let mut f = match new_flow_for(ctx, pkt, cfg, vip, key, now, close) {
         Ok(f) => f,
         Err(Reason::DropNoBackend) if vip.flags & VIP_F_RESET_EMPTY != 0 => {
@@ -321,6 +360,8 @@ fn new_flow_for(
         backend_port_be: backend.port_be,
         nat_port_be: 0,
         flags: close,
+        vip_id: vip.id,
+        _pad: 0,
         last_seen_ns: now,
         hop,
     };
