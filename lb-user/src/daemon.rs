@@ -280,6 +280,30 @@ pub async fn run(
         running.state(),
         stop_rx.clone(),
     )));
+    let kernel_logger = running
+        .state
+        .lock()
+        .expect("state lock")
+        .dataplane
+        .take_logger();
+    if let Some(logger) = kernel_logger {
+        // SAFETY: the logger owns its ring buffer's fd, which stays open and
+        // the same for as long as the logger lives inside the AsyncFd.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        };
+        match registered {
+            Ok(mut fd) => tasks.push(tokio::spawn(async move {
+                while let Ok(mut guard) = fd.readable_mut().await {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e.to_string(), "kernel-side log records will not be shown")
+            }
+        }
+    }
     let health_rx = running.health_rx.take().expect("taken once");
     tasks.push(tokio::spawn(apply_health(health_rx, running.state())));
     if let Some(l) = metrics_listener {

@@ -307,7 +307,9 @@ fn new_connection(
         }
     }
     // Stored after `transmit`, so the flow keeps its resolved next hop.
-    if FLOWS.insert(key, f, BPF_ANY as u64).is_err() {
+    if let Err(e) = FLOWS.insert(key, f, BPF_ANY as u64) {
+        // Not a per-packet event: LRU maps evict rather than fail.
+        aya_log_ebpf::error!(ctx, "LB_FLOWS insert failed: {}", e);
         return drop(Reason::DropMapUpdate);
     }
     verdict

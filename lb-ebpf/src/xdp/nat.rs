@@ -172,6 +172,15 @@ pub fn transmit(
             };
             (action, reason)
         }
-        Err(_) => (xdp_action::XDP_DROP, Reason::DropRedirect),
+        Err(_) => {
+            // A route out of an interface lbd is not attached to: a
+            // configuration problem, reported (the counter says how often).
+            aya_log_ebpf::warn!(
+                ctx,
+                "XDP_REDIRECT to ifindex {} refused: not in LB_TX_PORTS",
+                hop.ifindex
+            );
+            (xdp_action::XDP_DROP, Reason::DropRedirect)
+        }
     }
 }

@@ -63,7 +63,14 @@ pub struct Dataplane {
     adopted: bool,
     /// Attached interfaces, with their links when pinned.
     attached: Vec<(String, Option<FdLink>)>,
+    /// The program's aya-log records (rare events: failed map updates,
+    /// refused redirects), until the daemon takes it.
+    logger: Option<KernelLogger>,
 }
+
+/// Reader of the XDP program's log records, forwarding them to `log` (and so
+/// to `tracing`).
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 fn remove_stale_pin(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
@@ -151,6 +158,13 @@ impl Dataplane {
             p.load()
                 .with_context(|| format!("the kernel refused program {name}"))?;
         }
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "kernel-side log records will not be shown");
+                None
+            }
+        };
         if let Some(dir) = pin_dir {
             let path = dir.join(prog::LB);
             remove_stale_pin(&path)?;
@@ -193,7 +207,13 @@ impl Dataplane {
             pin_dir: pin_dir.map(Path::to_path_buf),
             adopted,
             attached: Vec::new(),
+            logger,
         })
+    }
+
+    /// The reader of the program's log records (once).
+    pub fn take_logger(&mut self) -> Option<KernelLogger> {
+        self.logger.take()
     }
 
     /// The maps were left pinned by an earlier lbd and reopened with their
