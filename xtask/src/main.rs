@@ -51,6 +51,16 @@ enum Task {
     },
     /// rustfmt and clippy -D warnings on the host crates and the eBPF crate.
     Lint,
+    /// Benchmarks with a Markdown report and plots in results/<time>/ (see
+    /// docs/performance.md). Installs the peers it compares with.
+    Bench {
+        /// Tiny sample counts and durations: a smoke run.
+        #[arg(long)]
+        quick: bool,
+        /// Sections to run, comma-separated: packet, control, e2e.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -62,6 +72,7 @@ fn main() -> Result<()> {
         Task::Run { release, args } => run(release, args),
         Task::Test { args } => test(args),
         Task::Lint => lint(),
+        Task::Bench { quick, only } => bench(quick, only),
     }
 }
 
@@ -180,6 +191,35 @@ fn test(args: Vec<String>) -> Result<()> {
         .env("LB_BIN_DIR", &bin)
         .args(&args);
     check(&mut cmd)
+}
+
+fn bench(quick: bool, only: Vec<String>) -> Result<()> {
+    setup::ensure()?;
+    setup::ensure_bench_peers()?;
+    let bin = build(true)?;
+    let stamp = Command::new("date")
+        .arg("+%Y%m%d-%H%M%S")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "run".into());
+    let out = root().join("results").join(stamp);
+    let mut cmd = Command::new(bin.join("lb-bench"));
+    cmd.arg("--out")
+        .arg(&out)
+        .env("LB_EBPF_OBJECT", ebpf_object())
+        .env("LB_BIN_DIR", &bin);
+    if quick {
+        cmd.arg("--quick");
+    }
+    if !only.is_empty() {
+        cmd.arg("--only").arg(only.join(","));
+    }
+    check(&mut cmd)?;
+    let latest = root().join("results/latest");
+    let _ = std::fs::remove_file(&latest);
+    std::os::unix::fs::symlink(out.file_name().expect("a directory name"), &latest)?;
+    eprintln!("bench: report in {}", out.join("report.md").display());
+    Ok(())
 }
 
 fn lint() -> Result<()> {

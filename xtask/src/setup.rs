@@ -91,31 +91,52 @@ fn nightly_with_rust_src() -> bool {
         .unwrap_or(false)
 }
 
-/// Installs whatever is missing. Idempotent and quick when all is present.
-pub fn ensure() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// The peers `cargo xtask bench` measures lbd against, and its load generators.
+const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables", "nginx-light", "wrk", "iperf3"];
+
+/// Installs the benchmark peers if missing.
+pub fn ensure_bench_peers() -> Result<()> {
+    install_missing(BENCH_PACKAGES)?;
+    // nginx-light's package starts a system-wide nginx; the benchmark runs its
+    // own instances in namespaces and needs none outside them.
+    let _ = Command::new("systemctl")
+        .args(["disable", "--now", "nginx", "haproxy"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    Ok(())
+}
+
+fn install_missing(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))
         .collect();
-    if !missing.is_empty() {
-        if !is_root() || !quiet_ok(Command::new("apt-get").arg("--version")) {
-            bail!(
-                "missing Debian packages: {}\n  install them with: sudo apt-get install {}",
-                missing.join(" "),
-                missing.join(" ")
-            );
-        }
-        eprintln!("setup: installing {}", missing.join(" "));
-        crate::check(Command::new("apt-get").args(["update", "-qq"]))?;
-        crate::check(
-            Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .context("apt-get install")?;
+    if missing.is_empty() {
+        return Ok(());
     }
+    if !is_root() || !quiet_ok(Command::new("apt-get").arg("--version")) {
+        bail!(
+            "missing Debian packages: {}\n  install them with: sudo apt-get install {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    crate::check(Command::new("apt-get").args(["update", "-qq"]))?;
+    crate::check(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get install")
+}
+
+/// Installs whatever is missing. Idempotent and quick when all is present.
+pub fn ensure() -> Result<()> {
+    install_missing(DEBIAN_PACKAGES)?;
     if !bpf_linker_present() {
         eprintln!("setup: building bpf-linker against LLVM 22 (about 2 minutes)");
         crate::check(
