@@ -130,7 +130,7 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
     let mut dataplane =
         Dataplane::load(object, &load_options(&cfg), Some(&cfg.dataplane.pin_path))?;
     let adopted = dataplane.adopted();
-    let mut host = match HostSettings::apply(&cfg) {
+    let mut host = match HostSettings::apply(&cfg, adopted) {
         Ok(h) => h,
         Err(e) => {
             abandon(dataplane, adopted);

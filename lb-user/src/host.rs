@@ -15,12 +15,18 @@ use crate::config::Config;
 
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
-/// Values lbd changed, with what they were before.
-#[derive(Debug, Default)]
+/// Values lbd changed, with what they were before. Kept in a small state
+/// file (next to the control socket) too, so that an lbd that adopts a
+/// running data plane restores the host's original values, not the ones the
+/// previous lbd had set, when it finally stops cleanly.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct HostSettings {
     saved: Vec<(PathBuf, String)>,
-    /// The NAT range lbd reserved (removed again on restore).
+    /// The NAT range lbd reserved (taken out again on restore, leaving any
+    /// other entries alone).
     reserved: Option<String>,
+    #[serde(skip)]
+    state_file: Option<PathBuf>,
 }
 
 fn read(path: &PathBuf) -> Result<String> {
@@ -30,40 +36,85 @@ fn read(path: &PathBuf) -> Result<String> {
         .to_string())
 }
 
+/// Where the original host settings are kept while lbd (or the data plane
+/// it leaves behind) runs.
+pub fn state_file(cfg: &Config) -> PathBuf {
+    cfg.control.socket.with_extension("host-settings.json")
+}
+
 impl HostSettings {
     fn set(&mut self, path: PathBuf, value: String) -> Result<()> {
         let old = read(&path)?;
         if old == value {
             return Ok(());
         }
-        fs::write(&path, &value)
+        fs::write(&path, format!("{value}\n"))
             .with_context(|| format!("writing {value:?} to {}", path.display()))?;
-        self.saved.push((path, old));
+        // An adopted state file already holds the original of this one.
+        if !self.saved.iter().any(|(p, _)| *p == path) {
+            self.saved.push((path, old));
+        }
         Ok(())
     }
 
-    /// Applies the settings `cfg` needs. On error, whatever was already changed
-    /// is restored before returning.
-    pub fn apply(cfg: &Config) -> Result<HostSettings> {
+    /// Applies the settings `cfg` needs. With `adopted`, the originals are
+    /// read from the state file the previous lbd left. On error, whatever
+    /// was already changed is restored before returning.
+    pub fn apply(cfg: &Config, adopted: bool) -> Result<HostSettings> {
+        let file = state_file(cfg);
         let mut s = HostSettings::default();
-        if let Err(e) = s.apply_all(cfg) {
+        if adopted {
+            match fs::read(&file) {
+                Ok(bytes) => match serde_json::from_slice::<HostSettings>(&bytes) {
+                    Ok(prev) => s = prev,
+                    Err(e) => {
+                        tracing::warn!(file = %file.display(), error = %e, "ignoring an unreadable host-settings file")
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(
+                    file = %file.display(),
+                    "adopting without the previous lbd's host-settings file: the values found now will be restored at a clean stop"
+                ),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot read the host-settings file")
+                }
+            }
+        }
+        s.state_file = Some(file);
+        if let Err(e) = s.apply_all(cfg).and_then(|()| s.save()) {
             s.restore();
             return Err(e);
         }
         Ok(s)
     }
 
+    fn save(&self) -> Result<()> {
+        let Some(file) = &self.state_file else {
+            return Ok(());
+        };
+        if let Some(dir) = file.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let json = serde_json::to_vec(self).expect("host settings serialise");
+        fs::write(file, json).with_context(|| format!("writing {}", file.display()))
+    }
+
     fn apply_all(&mut self, cfg: &Config) -> Result<()> {
         if cfg.nat.reserve_ports {
-            let path = PathBuf::from("/proc/sys/net/ipv4/ip_local_reserved_ports");
+            let path = PathBuf::from(RESERVED_PORTS);
             let old = read(&path)?;
             let range = format!("{}-{}", cfg.nat.port_min, cfg.nat.port_max);
-            let new = if old.is_empty() {
-                range
-            } else {
-                format!("{old},{range}")
-            };
-            self.set(path, new)?;
+            // An lbd that exited leaving the data plane running left it there.
+            if !old.split(',').any(|r| r == range) {
+                let new = if old.is_empty() {
+                    range.clone()
+                } else {
+                    format!("{old},{range}")
+                };
+                fs::write(&path, format!("{new}\n"))
+                    .with_context(|| format!("writing {new:?} to {RESERVED_PORTS}"))?;
+            }
+            self.reserved = Some(range);
         }
         for ifname in &cfg.dataplane.interfaces {
             let dir = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{ifname}"));
@@ -79,14 +130,17 @@ impl HostSettings {
         Ok(())
     }
 
-    /// Leaves every setting as it is (the data plane keeps running).
+    /// Leaves every setting as it is (the data plane keeps running), and the
+    /// state file for the lbd that adopts it.
     pub fn forget(&mut self) {
         self.saved.clear();
         self.reserved = None;
+        self.state_file = None;
     }
 
-    /// Puts back every value changed, newest first, and takes the NAT range
-    /// out of the reserved ports (leaving other entries alone).
+    /// Puts back every value changed, newest first, takes the NAT range out
+    /// of the reserved ports (leaving other entries alone), and removes the
+    /// state file.
     pub fn restore(&mut self) {
         if let Some(range) = self.reserved.take() {
             let result = read(&PathBuf::from(RESERVED_PORTS)).and_then(|now| {
@@ -102,11 +156,14 @@ impl HostSettings {
             }
         }
         while let Some((path, old)) = self.saved.pop() {
-            // A newline, so that an empty value (say, no reserved ports) is
-            // written at all: procfs ignores a zero-length write.
+            // A newline, so that an empty value is written at all: procfs
+            // ignores a zero-length write.
             if let Err(e) = fs::write(&path, format!("{old}\n")) {
                 tracing::warn!(path = %path.display(), error = %e, "could not restore a host setting");
             }
+        }
+        if let Some(file) = self.state_file.take() {
+            let _ = fs::remove_file(file);
         }
     }
 }

@@ -566,6 +566,60 @@ impl Topology {
         self.wait_backends_up(LBD_READY_TIMEOUT)
     }
 
+    /// The configuration file [`Topology::try_start_lbd_config`] (and
+    /// [`Topology::try_start_lbd_with`]) start lbd with: `lb.toml` in the
+    /// topology's directory. Rewrite it and reload to change the configuration.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("lb.toml")
+    }
+
+    /// Writes `text` to [`Topology::config_path`], starts lbd with it and waits
+    /// for `lbd: ready` (not for backends to come up: see
+    /// [`Topology::wait_backends_up`]). The topology keeps the process, as
+    /// [`Topology::try_start_lbd`] does.
+    pub fn try_start_lbd_config(&mut self, text: &str) -> Result<()> {
+        if self.lbd.is_some() {
+            bail!("lbd is already running");
+        }
+        let config = self.write_file("lb.toml", text)?;
+        let mut child = self.spawn_lbd(&config)?;
+        child
+            .wait_for_stdout("lbd: ready", LBD_READY_TIMEOUT)
+            .context("starting lbd")?;
+        self.lbd = Some(child);
+        Ok(())
+    }
+
+    /// Stops backend `i`'s `lb-testkit serve` on [`BACKEND_PORT`] (SIGTERM),
+    /// so that its health checks fail. See [`Topology::start_backend_server`].
+    pub fn stop_backend_server(&mut self, i: usize) -> Result<ExitStatus> {
+        let name = self.backend_name(i);
+        let pos = self
+            .procs
+            .iter()
+            .position(|c| is_server_of(c.command(), &name))
+            .with_context(|| format!("no server of {name} is running"))?;
+        self.procs.remove(pos).stop()
+    }
+
+    /// Starts backend `i`'s `lb-testkit serve` on [`BACKEND_PORT`] again (after
+    /// [`Topology::stop_backend_server`]) and waits until it listens.
+    pub fn start_backend_server(&mut self, i: usize) -> Result<()> {
+        let name = self.backend_name(i);
+        if self.procs.iter().any(|c| is_server_of(c.command(), &name)) {
+            bail!("the server of {name} is already running");
+        }
+        let testkit = self.bins.testkit.display().to_string();
+        let listen = format!("0.0.0.0:{BACKEND_PORT}");
+        let mut child = self.namespaces[NS_BACKEND0 + i].spawn_net(
+            &[&testkit, "serve", "--listen", &listen, "--name", &name],
+            true,
+        )?;
+        child.wait_for_stdout("ready", HELPER_READY_TIMEOUT)?;
+        self.procs.push(child);
+        Ok(())
+    }
+
     /// Waits until every backend of every VIP is up (health checks passed).
     pub fn wait_backends_up(&self, timeout: Duration) -> Result<()> {
         let mut last = String::new();
@@ -775,6 +829,16 @@ impl Topology {
     }
 }
 
+/// Whether `command` (a [`Child::command`]) is the `lb-testkit serve` of the
+/// backend called `name`, listening on [`BACKEND_PORT`].
+fn is_server_of(command: &str, name: &str) -> bool {
+    let words: Vec<&str> = command.split(' ').collect();
+    let listen = format!("0.0.0.0:{BACKEND_PORT}");
+    words.contains(&"serve")
+        && words.windows(2).any(|w| w == ["--name", name])
+        && words.windows(2).any(|w| w == ["--listen", listen.as_str()])
+}
+
 /// Removes lbd's pin directory and control socket if they exist; with
 /// `report`, says so (they should have been removed by lbd itself).
 fn remove_lb_state(pin_path: &Path, socket: &Path, report: bool) {
@@ -789,13 +853,20 @@ fn remove_lb_state(pin_path: &Path, socket: &Path, report: bool) {
             eprintln!("warning: removing {}: {e}", pin_path.display());
         }
     }
-    match fs::remove_file(socket) {
-        Ok(()) if report => {
-            eprintln!("topology cleanup: removed {} left by lbd", socket.display())
+    // The socket, and the host-settings file an lbd that did not stop
+    // cleanly leaves beside it.
+    for file in [
+        socket.to_path_buf(),
+        socket.with_extension("host-settings.json"),
+    ] {
+        match fs::remove_file(&file) {
+            Ok(()) if report => {
+                eprintln!("topology cleanup: removed {} left by lbd", file.display())
+            }
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => eprintln!("warning: removing {}: {e}", file.display()),
         }
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => eprintln!("warning: removing {}: {e}", socket.display()),
     }
 }
 
@@ -881,5 +952,18 @@ mod tests {
         for seed in ["", "a", "sh0a1b2", "lbsbx", "zzzzzzzzz"] {
             assert!((100..=250).contains(&subnet_byte(seed)));
         }
+    }
+
+    #[test]
+    fn backend_servers_are_found_by_name() {
+        let cmd =
+            "nsenter --net=/run/netns/xb2 -- /x/lb-testkit serve --listen 0.0.0.0:8080 --name b2";
+        assert!(is_server_of(cmd, "b2"));
+        assert!(!is_server_of(cmd, "b1"));
+        assert!(!is_server_of(&cmd.replace("b2", "b22"), "b2"));
+        let health = "/x/lb-testkit serve --http-listen 0.0.0.0:8081 --name b2";
+        assert!(!is_server_of(health, "b2"));
+        let xdp = "/x/lb-testkit xdp-pass --object /x/lb-ebpf lb";
+        assert!(!is_server_of(xdp, "b2"));
     }
 }

@@ -4,10 +4,16 @@
 //! * `serve`: a threaded TCP server. Per connection it reads one line: `ID`
 //!   is answered with the server's name, `ECHO` switches to echoing every byte
 //!   until the client shuts down its write side, anything else gets `ERR`.
+//!   With `--http-listen` it also answers HTTP requests, with the status and
+//!   body a `--status-file` says (so a test can make an HTTP health check fail).
 //! * `client`: opens many short `ID` connections (bounded in count and time,
-//!   optionally rate-paced) and prints a JSON [`ClientReport`].
+//!   optionally rate-paced) and prints a JSON [`ClientReport`]. With `--http`
+//!   each connection carries one `GET / HTTP/1.0` instead (for real web
+//!   servers such as nginx); the report then also has `request_ms` (time
+//!   from connect to the end of the response) and `by_status`.
 //! * `transfer`: one long `ECHO` connection streaming verified pseudo-random
 //!   data; prints a JSON [`TransferReport`] and exits 0 only if it was intact.
+//! * `fetch`: one HTTP `GET`, printing the body (e.g. a metrics scrape).
 //! * `xdp-pass`: attaches lb's `lb_xdp_pass` XDP program to interfaces (veth
 //!   peers need an XDP program for `XDP_TX`/`XDP_REDIRECT` frames to be
 //!   delivered), prints `ready`, and holds it until `SIGTERM`/`SIGINT`.
@@ -53,8 +59,18 @@ enum Cmd {
     /// Threaded TCP server answering `ID` with its name and echoing after `ECHO`.
     Serve {
         /// Address to listen on; repeat for more.
-        #[arg(long = "listen", required = true)]
+        #[arg(long = "listen", required_unless_present = "http_listen")]
         listen: Vec<SocketAddr>,
+        /// Address to answer HTTP requests on (see `--status-file`); repeat
+        /// for more.
+        #[arg(long = "http-listen")]
+        http_listen: Vec<SocketAddr>,
+        /// File read at every HTTP request: its first line is `STATUS [BODY]`,
+        /// e.g. `500 broken`, and the response carries that status and body
+        /// (plus a newline). Unreadable or malformed: `500 bad status file`.
+        /// Without this option every request gets `200 ok NAME`.
+        #[arg(long)]
+        status_file: Option<PathBuf>,
         /// Name returned for `ID`.
         #[arg(long)]
         name: String,
@@ -82,6 +98,11 @@ enum Cmd {
         /// Hard cap on the run time, in seconds, whatever the other options.
         #[arg(long, default_value_t = 300.0)]
         max_secs: f64,
+        /// Send `GET / HTTP/1.0` and read the response to EOF instead of the
+        /// `ID` exchange. A connection counts as ok for a 2xx response; the
+        /// first line of its body is counted as the backend name.
+        #[arg(long)]
+        http: bool,
     },
     /// Streams verified pseudo-random data through one `ECHO` connection.
     Transfer {
@@ -103,6 +124,16 @@ enum Cmd {
         /// Connect, per-read (on top of --pace-ms) and per-write timeout, in
         /// milliseconds.
         #[arg(long, default_value_t = 10000)]
+        timeout_ms: u64,
+    },
+    /// One HTTP GET: prints the response body and exits 0 for a 2xx status,
+    /// else prints the status line to stderr and exits 1.
+    Fetch {
+        /// `http://ADDRESS:PORT/PATH` (an IP address, no name lookup).
+        #[arg(long)]
+        url: String,
+        /// Connect and per-read timeout, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
     },
     /// Attaches lb's pass-everything XDP program and holds it until SIGTERM.
@@ -132,7 +163,13 @@ enum Mode {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Serve { listen, name } => serve(&listen, &name),
+        Cmd::Serve {
+            listen,
+            http_listen,
+            status_file,
+            name,
+        } => serve(&listen, &http_listen, status_file, &name),
+        Cmd::Fetch { url, timeout_ms } => fetch(&url, Duration::from_millis(timeout_ms.max(1))),
         Cmd::Client {
             target,
             count,
@@ -141,6 +178,7 @@ fn main() -> Result<()> {
             duration_secs,
             timeout_ms,
             max_secs,
+            http,
         } => {
             let opts = ClientOpts {
                 target,
@@ -150,9 +188,15 @@ fn main() -> Result<()> {
                 duration_secs,
                 timeout: Duration::from_millis(timeout_ms.max(1)),
                 max_secs,
+                http,
             };
-            let report = client(&opts)?;
-            println!("{}", serde_json::to_string(&report)?);
+            let (report, http) = client(&opts)?;
+            let mut json = serde_json::to_value(&report)?;
+            if let (Some(http), Some(obj)) = (http, json.as_object_mut()) {
+                obj.insert("request_ms".into(), serde_json::to_value(http.request_ms)?);
+                obj.insert("by_status".into(), serde_json::to_value(http.by_status)?);
+            }
+            println!("{}", serde_json::to_string(&json)?);
             Ok(())
         }
         Cmd::Transfer {
@@ -231,32 +275,141 @@ fn announce_ready() -> Result<()> {
 // ---------------------------------------------------------------------------
 // serve
 
-/// Runs the server on every address in `listen` until `SIGTERM`/`SIGINT`.
-fn serve(listen: &[SocketAddr], name: &str) -> Result<()> {
+/// Runs the server on every address in `listen` (the `ID`/`ECHO` protocol)
+/// and `http_listen` (HTTP, answered from `status_file`) until
+/// `SIGTERM`/`SIGINT`.
+fn serve(
+    listen: &[SocketAddr],
+    http_listen: &[SocketAddr],
+    status_file: Option<PathBuf>,
+    name: &str,
+) -> Result<()> {
     if name.contains('\n') {
         bail!("--name must not contain a newline");
     }
     let signals = block_stop_signals()?;
     let reply: Arc<[u8]> = format!("{name}\n").into_bytes().into();
+    let http = Arc::new(HttpServer {
+        name: name.to_owned(),
+        status_file,
+    });
     let mut listeners = Vec::new();
-    for &addr in listen {
+    for (&addr, is_http) in listen
+        .iter()
+        .map(|a| (a, false))
+        .chain(http_listen.iter().map(|a| (a, true)))
+    {
         listeners.push((
             addr,
+            is_http,
             listen_on(addr).with_context(|| format!("listening on {addr}"))?,
         ));
     }
-    for (addr, listener) in listeners {
+    for (addr, is_http, listener) in listeners {
         let reply = Arc::clone(&reply);
+        let http = Arc::clone(&http);
         thread::Builder::new()
             .name(format!("accept {addr}"))
-            .spawn(move || accept_loop(listener, reply))?;
-        eprintln!("lb-testkit serve: {name} listening on {addr}");
+            .spawn(move || {
+                if is_http {
+                    http_accept_loop(listener, http)
+                } else {
+                    accept_loop(listener, reply)
+                }
+            })?;
+        let what = if is_http { " (HTTP)" } else { "" };
+        eprintln!("lb-testkit serve: {name} listening on {addr}{what}");
     }
     announce_ready()?;
     let sig = wait_for_signal(&signals);
     eprintln!("lb-testkit serve: {name} stopping on signal {sig}");
     // Connection threads are detached; exiting the process closes them all.
     std::process::exit(0);
+}
+
+/// What `serve --http-listen` answers with.
+struct HttpServer {
+    name: String,
+    status_file: Option<PathBuf>,
+}
+
+/// Longest HTTP request head `serve` reads.
+const MAX_HTTP_HEAD: usize = 8 * 1024;
+
+impl HttpServer {
+    /// The status and body of the next response, from the status file.
+    fn response(&self) -> (u16, String) {
+        let Some(path) = &self.status_file else {
+            return (200, format!("ok {}\n", self.name));
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let line = text.lines().next().unwrap_or("").trim();
+        let (code, body) = line.split_once(' ').unwrap_or((line, ""));
+        match code.parse::<u16>() {
+            Ok(code) if (100..600).contains(&code) => (code, format!("{body}\n")),
+            _ => (500, "bad status file\n".to_owned()),
+        }
+    }
+}
+
+/// Accepts HTTP connections forever, one handler thread each.
+fn http_accept_loop(listener: TcpListener, server: Arc<HttpServer>) {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let server = Arc::clone(&server);
+                let _ = thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn(move || handle_http(stream, &server));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Reads one request head (any method and path) and answers it as the
+/// status file says, then closes the connection.
+fn handle_http(mut stream: TcpStream, server: &HttpServer) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(LINE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(SERVER_WRITE_TIMEOUT));
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    loop {
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            break;
+        }
+        if head.len() > MAX_HTTP_HEAD {
+            return;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+    let (status, body) = server.response();
+    let response = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        reason_phrase(status),
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// A reason phrase for the status line (any text is valid HTTP).
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
 }
 
 /// Creates a listening TCP socket on `addr` with `SO_REUSEADDR` (and
@@ -434,6 +587,16 @@ struct ClientOpts {
     duration_secs: Option<f64>,
     timeout: Duration,
     max_secs: f64,
+    http: bool,
+}
+
+/// The additions to the report in `--http` mode.
+struct HttpExtras {
+    /// Time from the start of the connect to the end of the response, of the
+    /// requests that got a 2xx response.
+    request_ms: ConnectMs,
+    /// Responses by HTTP status code.
+    by_status: BTreeMap<String, u64>,
 }
 
 /// What one worker observed.
@@ -444,6 +607,8 @@ struct Tally {
     errors: BTreeMap<String, u64>,
     by_backend: BTreeMap<String, u64>,
     connect_ms: Vec<f64>,
+    request_ms: Vec<f64>,
+    by_status: BTreeMap<String, u64>,
 }
 
 impl Tally {
@@ -457,6 +622,20 @@ impl Tally {
             *self.by_backend.entry(k).or_default() += v;
         }
         self.connect_ms.extend(other.connect_ms);
+        self.request_ms.extend(other.request_ms);
+        for (k, v) in other.by_status {
+            *self.by_status.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// Percentiles of `ms` (sorted here).
+fn distribution(ms: &mut [f64]) -> ConnectMs {
+    ms.sort_by(f64::total_cmp);
+    ConnectMs {
+        p50: round3(percentile(ms, 50.0)),
+        p99: round3(percentile(ms, 99.0)),
+        max: round3(ms.last().copied().unwrap_or(0.0)),
     }
 }
 
@@ -465,7 +644,8 @@ impl Tally {
 /// `start + i / rate`, so the overall rate is right however the workers
 /// interleave. No connection starts after the deadline (`--duration-secs`,
 /// capped by `--max-secs`); those in flight are bounded by the timeouts.
-fn client(opts: &ClientOpts) -> Result<ClientReport> {
+/// In `--http` mode the HTTP additions to the report come along.
+fn client(opts: &ClientOpts) -> Result<(ClientReport, Option<HttpExtras>)> {
     if opts.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
@@ -514,7 +694,12 @@ fn client(opts: &ClientOpts) -> Result<ClientReport> {
                         break;
                     }
                     tally.attempted += 1;
-                    let (connect_ms, result) = one_connection(opts.target, opts.timeout);
+                    let t0 = Instant::now();
+                    let (connect_ms, result) = if opts.http {
+                        one_http_request(opts.target, opts.timeout, &mut tally.by_status)
+                    } else {
+                        one_connection(opts.target, opts.timeout)
+                    };
                     if let Some(ms) = connect_ms {
                         tally.connect_ms.push(ms);
                     }
@@ -522,6 +707,9 @@ fn client(opts: &ClientOpts) -> Result<ClientReport> {
                         Ok(name) => {
                             tally.ok += 1;
                             *tally.by_backend.entry(name).or_default() += 1;
+                            if opts.http {
+                                tally.request_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+                            }
                         }
                         Err(kind) => *tally.errors.entry(kind).or_default() += 1,
                     }
@@ -539,22 +727,23 @@ fn client(opts: &ClientOpts) -> Result<ClientReport> {
     })?;
 
     let mut ms = total.connect_ms;
-    ms.sort_by(f64::total_cmp);
+    let connect_ms = distribution(&mut ms);
     let slow = ms.iter().filter(|&&m| m >= SLOW_CONNECT_MS).count() as u64;
-    Ok(ClientReport {
+    let http = opts.http.then(|| HttpExtras {
+        request_ms: distribution(&mut total.request_ms),
+        by_status: total.by_status,
+    });
+    let report = ClientReport {
         attempted: total.attempted,
         ok: total.ok,
         failed: total.attempted - total.ok,
         errors: total.errors,
         by_backend: total.by_backend,
-        connect_ms: ConnectMs {
-            p50: round3(percentile(&ms, 50.0)),
-            p99: round3(percentile(&ms, 99.0)),
-            max: round3(ms.last().copied().unwrap_or(0.0)),
-        },
+        connect_ms,
         slow_connects: slow,
         elapsed_ms: start.elapsed().as_millis() as u64,
-    })
+    };
+    Ok((report, http))
 }
 
 /// Nearest-rank percentile of sorted `v` (0 if empty).
@@ -603,6 +792,93 @@ fn one_connection(target: SocketAddr, timeout: Duration) -> (Option<f64>, Result
     let connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let result = id_exchange(&mut stream, timeout);
     (Some(connect_ms), result)
+}
+
+/// The request `--http` sends: HTTP/1.0, so the server closes after answering.
+const HTTP_REQUEST: &[u8] = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
+/// Longest HTTP response `--http` reads; more is a `bad_reply`.
+const MAX_HTTP_RESPONSE: usize = 64 * 1024;
+
+/// One HTTP request on a new connection. Returns the connect time (if the
+/// connection was established) and the first line of a 2xx response's body
+/// (the backend's name, if it says it) or an error kind; counts the status.
+fn one_http_request(
+    target: SocketAddr,
+    timeout: Duration,
+    by_status: &mut BTreeMap<String, u64>,
+) -> (Option<f64>, Result<String, String>) {
+    let t0 = Instant::now();
+    let mut stream = match TcpStream::connect_timeout(&target, timeout) {
+        Ok(s) => s,
+        Err(e) => return (None, Err(error_kind("connect", &e))),
+    };
+    let connect_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let result = http_exchange(&mut stream, timeout).and_then(|response| {
+        let (status, body) = parse_http_response(&response)?;
+        *by_status.entry(status.to_string()).or_default() += 1;
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(format!("http_{status}"))
+        }
+    });
+    (Some(connect_ms), result)
+}
+
+/// Sends [`HTTP_REQUEST`] and reads the response until the server closes.
+fn http_exchange(stream: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>, String> {
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| error_kind("setup", &e))?;
+    stream
+        .write_all(HTTP_REQUEST)
+        .map_err(|e| error_kind("write", &e))?;
+    let mut response = Vec::with_capacity(512);
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if response.len() + n > MAX_HTTP_RESPONSE {
+                    return Err("bad_reply".to_owned());
+                }
+                response.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(error_kind("read", &e)),
+        }
+    }
+    if response.is_empty() {
+        return Err("read_eof".to_owned());
+    }
+    Ok(response)
+}
+
+/// Splits an HTTP/1.x response into its status code and the first line of
+/// its body (empty if none); `bad_reply` if it is not one.
+fn parse_http_response(response: &[u8]) -> Result<(u16, String), String> {
+    let bad = || "bad_reply".to_owned();
+    if !response.starts_with(b"HTTP/1.") {
+        return Err(bad());
+    }
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
+    let head = std::str::from_utf8(&response[..head_end]).map_err(|_| bad())?;
+    let status_line = head.lines().next().ok_or_else(bad)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .filter(|s| (100..600).contains(s))
+        .ok_or_else(bad)?;
+    let body = &response[head_end + 4..];
+    let first = body.split(|&b| b == b'\n').next().unwrap_or_default();
+    let name = String::from_utf8_lossy(first).trim().to_owned();
+    Ok((status, name))
 }
 
 /// Sends `ID`, reads the reply line, then waits for the server's FIN.
@@ -811,6 +1087,64 @@ fn run_transfer(
 }
 
 // ---------------------------------------------------------------------------
+// fetch
+
+/// `fetch`: one `GET`, body to stdout; exits 1 unless the status is 2xx.
+fn fetch(url: &str, timeout: Duration) -> Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url:?} does not start with http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr: SocketAddr = authority
+        .parse()
+        .with_context(|| format!("{authority:?} is not ADDRESS:PORT"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connect {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
+         User-Agent: lb-testkit\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .with_context(|| format!("reading the response of {url}"))?;
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("no complete response head from {url}"))?;
+    let head = String::from_utf8_lossy(&response[..head_end]);
+    let status_line = head.lines().next().unwrap_or_default().to_owned();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {status_line:?}"))?;
+    let mut body = &response[head_end + 4..];
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    if let Some(n) = length {
+        body = &body[..n.min(body.len())];
+    }
+    io::stdout().write_all(body)?;
+    io::stdout().flush()?;
+    if !(200..300).contains(&status) {
+        eprintln!("lb-testkit fetch: {url}: {status_line}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // xdp-pass
 
 /// Loads `object`, attaches its `lb_xdp_pass` program to every interface in
@@ -877,6 +1211,48 @@ mod tests {
         let mut other = vec![0u8; 1000];
         ByteStream::new(8).fill(&mut other);
         assert_ne!(whole, other);
+    }
+
+    #[test]
+    fn http_responses_parse() {
+        let ok = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 3\r\n\r\nb2\n";
+        assert_eq!(parse_http_response(ok), Ok((200, "b2".to_owned())));
+        let empty = b"HTTP/1.0 503 Service Unavailable\r\n\r\n";
+        assert_eq!(parse_http_response(empty), Ok((503, String::new())));
+        for bad in [
+            &b"b1\n"[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.1 abc\r\n\r\n",
+            b"",
+        ] {
+            assert_eq!(parse_http_response(bad), Err("bad_reply".to_owned()));
+        }
+    }
+
+    #[test]
+    fn http_status_comes_from_the_status_file() {
+        let path = std::env::temp_dir().join(format!("lb-testkit-status-{}", std::process::id()));
+        let server = HttpServer {
+            name: "b1".into(),
+            status_file: Some(path.clone()),
+        };
+        let plain = HttpServer {
+            name: "b1".into(),
+            status_file: None,
+        };
+        assert_eq!(plain.response(), (200, "ok b1\n".to_owned()));
+        for (text, want) in [
+            ("500 broken\n", (500, "broken\n")),
+            ("200\n", (200, "\n")),
+            ("204 no body here\nignored\n", (204, "no body here\n")),
+            ("abc\n", (500, "bad status file\n")),
+            ("99 x\n", (500, "bad status file\n")),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(server.response(), (want.0, want.1.to_owned()), "{text:?}");
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(server.response(), (500, "bad status file\n".to_owned()));
     }
 
     #[test]
