@@ -185,8 +185,8 @@ pub struct Flow {
     pub backend_addr_be: u32,
     pub backend_port_be: u16,
     pub nat_port_be: u16,
-    /// `FLOW_F_*` bits, shared with the flow's [`NatEntry`].
-    pub flags: u32,
+    /// Also recorded in the flow's [`NatEntry`].
+    pub close: CloseState,
     /// The VIP the flow belongs to: established packets are forwarded from
     /// the flow entry alone, without looking the VIP up.
     pub vip_id: u32,
@@ -205,7 +205,7 @@ pub struct NatEntry {
     pub vip_addr_be: u32,
     pub client_port_be: u16,
     pub vip_port_be: u16,
-    pub flags: u32,
+    pub close: CloseState,
     pub backend_id: u32,
     pub vip_id: u32,
     pub last_seen_ns: u64,
@@ -213,18 +213,32 @@ pub struct NatEntry {
     pub hop: NextHop,
 }
 
-/// The client sent a FIN.
-pub const FLOW_F_FIN_CLIENT: u32 = 1;
-/// The backend sent a FIN.
-pub const FLOW_F_FIN_BACKEND: u32 = 2;
-/// Either side sent a RST.
-pub const FLOW_F_RST: u32 = 4;
+/// How far a flow's TCP connection has got toward closing. Each fact is its
+/// own byte, only ever set to 1 with a plain store: the client's FIN and the
+/// backend's FIN often cross the load balancer at the same moment on two
+/// CPUs, and a read-modify-write of shared bits would lose one of them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CloseState {
+    /// The client sent a FIN.
+    pub fin_client: u8,
+    /// The backend sent a FIN.
+    pub fin_backend: u8,
+    /// Either side sent a RST.
+    pub rst: u8,
+    pub _pad: u8,
+}
 
-/// A flow whose TCP connection has ended (both FINs or a RST).
-pub const fn flow_closed(flags: u32) -> bool {
-    flags & FLOW_F_RST != 0
-        || flags & (FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND)
-            == (FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND)
+impl CloseState {
+    /// The connection has ended (both FINs, or a RST).
+    pub const fn closed(&self) -> bool {
+        self.rst != 0 || (self.fin_client != 0 && self.fin_backend != 0)
+    }
+
+    /// Either side has begun to close it (a FIN or a RST seen).
+    pub const fn closing(&self) -> bool {
+        self.rst != 0 || self.fin_client != 0 || self.fin_backend != 0
+    }
 }
 
 /// Value of [`map::CONFIG`] (a single entry). A zero `nat_addr_be` means "not
@@ -382,6 +396,7 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::NextHop {}
+    unsafe impl aya::Pod for super::CloseState {}
     unsafe impl aya::Pod for super::Flow {}
     unsafe impl aya::Pod for super::NatEntry {}
     unsafe impl aya::Pod for super::Config {}
@@ -447,10 +462,16 @@ mod tests {
 
     #[test]
     fn closed_needs_both_fins_or_a_reset() {
-        assert!(!flow_closed(0));
-        assert!(!flow_closed(FLOW_F_FIN_CLIENT));
-        assert!(!flow_closed(FLOW_F_FIN_BACKEND));
-        assert!(flow_closed(FLOW_F_FIN_CLIENT | FLOW_F_FIN_BACKEND));
-        assert!(flow_closed(FLOW_F_RST));
+        let c = |fin_client, fin_backend, rst| CloseState {
+            fin_client,
+            fin_backend,
+            rst,
+            _pad: 0,
+        };
+        assert!(!c(0, 0, 0).closed() && !c(0, 0, 0).closing());
+        assert!(!c(1, 0, 0).closed() && c(1, 0, 0).closing());
+        assert!(!c(0, 1, 0).closed() && c(0, 1, 0).closing());
+        assert!(c(1, 1, 0).closed());
+        assert!(c(0, 0, 1).closed());
     }
 }

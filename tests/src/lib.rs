@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub mod bench;
+pub mod bench_e2e;
 pub mod netns;
 pub mod packet;
 pub mod topology;

@@ -118,7 +118,7 @@ fn syn_established_and_reply_are_rewritten_both_ways() {
         _pad2: 0,
     };
     let flow = fx.dp.flow(&key).expect("flow entry");
-    assert!(lb_ebpf::flow_closed(flow.flags), "flags {:#x}", flow.flags);
+    assert!(flow.close.closed(), "{:?}", flow.close);
     let nat_key = FlowKey {
         src_addr_be: addr_be(backend.0),
         dst_addr_be: addr_be(NAT),
@@ -129,8 +129,64 @@ fn syn_established_and_reply_are_rewritten_both_ways() {
         _pad2: 0,
     };
     let nat = fx.dp.nat_entry(&nat_key).expect("NAT entry");
-    assert!(lb_ebpf::flow_closed(nat.flags), "flags {:#x}", nat.flags);
+    assert!(nat.close.closed(), "{:?}", nat.close);
     assert_eq!(nat.client_addr_be, addr_be(CLIENT));
+}
+
+#[test]
+fn a_new_syn_after_a_lost_fin_starts_a_new_connection() {
+    // The client's and the backend's FINs can cross the load balancer on two
+    // CPUs at once. Suppose the flow entry missed the backend's FIN while the
+    // NAT entry got both, and the NAT entry then expired: a new connection
+    // from the same client port must get a fresh NAT entry, or its SYN-ACK
+    // would be dropped as a NAT miss and the client would never connect.
+    let mut fx = fixture("lostfin", |c| c.closed_timeout_ns = 1_000_000);
+    let client = (CLIENT, 49000);
+    let vip = (WEB, 80);
+    let backend = fx.expected_backend(0, client, vip);
+    let nat_port = expected_nat_port(client, vip);
+    fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    fx.run(
+        &Frame::tcp(backend, (NAT, nat_port), SYN | ACK).build(),
+        fx.lbt1,
+    );
+    fx.run(&Frame::tcp(client, vip, FIN | ACK).build(), fx.lbt0);
+    fx.run(
+        &Frame::tcp(backend, (NAT, nat_port), FIN | ACK).build(),
+        fx.lbt1,
+    );
+    let key = FlowKey {
+        src_addr_be: addr_be(CLIENT),
+        dst_addr_be: addr_be(WEB),
+        src_port_be: client.1.to_be(),
+        dst_port_be: 80u16.to_be(),
+        proto: IPPROTO_TCP,
+        _pad1: 0,
+        _pad2: 0,
+    };
+    let mut flow = fx.dp.flow(&key).expect("flow entry");
+    flow.close.fin_backend = 0; // the lost update
+    fx.dp.put_flow(&key, &flow).unwrap();
+    thread::sleep(Duration::from_millis(30)); // past closed_timeout (coarse clock)
+
+    let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    assert_eq!(
+        parse_tcp(&o.out).sport,
+        nat_port,
+        "same client, same NAT port"
+    );
+    let o = fx.run(
+        &Frame::tcp(backend, (NAT, nat_port), SYN | ACK).build(),
+        fx.lbt1,
+    );
+    assert_eq!(
+        (o.action, o.reason),
+        (XDP_REDIRECT, Reason::RedirectReply),
+        "the new connection's SYN-ACK gets through"
+    );
+    let flow = fx.dp.flow(&key).unwrap();
+    assert!(!flow.close.closing(), "a fresh flow: {:?}", flow.close);
 }
 
 #[test]

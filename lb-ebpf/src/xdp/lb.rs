@@ -7,10 +7,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_ebpf::{
-    flow_closed, hash::flow_hash, vip_filter_contains, Config, Flow, FlowKey, NatEntry, NextHop,
-    Reason, VipKey, VipValue, BACKEND_F_IN_USE, FLOW_F_FIN_BACKEND, FLOW_F_FIN_CLIENT, FLOW_F_RST,
-    IPPROTO_TCP, NAT_PORT_PROBES, NEXT_HOP_TTL_NS, NO_BACKEND, SEED_NAT_PORT, SEED_RING,
-    VIP_F_RESET_EMPTY,
+    hash::flow_hash, vip_filter_contains, CloseState, Config, Flow, FlowKey, NatEntry, NextHop,
+    Reason, VipKey, VipValue, BACKEND_F_IN_USE, IPPROTO_TCP, NAT_PORT_PROBES, NEXT_HOP_TTL_NS,
+    NO_BACKEND, SEED_NAT_PORT, SEED_RING, VIP_F_RESET_EMPTY,
 };
 
 use super::{
@@ -147,8 +146,8 @@ fn age(now: u64, last_seen: u64) -> u64 {
 
 /// The flow (or NAT) entry is past its timeout.
 #[inline(always)]
-fn expired(cfg: &Config, flags: u32, last_seen: u64, now: u64) -> bool {
-    let limit = if flow_closed(flags) {
+fn expired(cfg: &Config, close: &CloseState, last_seen: u64, now: u64) -> bool {
+    let limit = if close.closed() {
         cfg.closed_timeout_ns
     } else {
         cfg.idle_timeout_ns
@@ -161,26 +160,45 @@ fn expired(cfg: &Config, flags: u32, last_seen: u64, now: u64) -> bool {
 #[inline(always)]
 fn nat_port_free(cfg: &Config, e: &NatEntry, now: u64) -> bool {
     let mut hold = cfg.port_hold_ns;
-    if !flow_closed(e.flags) && cfg.idle_timeout_ns > hold {
+    if !e.close.closed() && cfg.idle_timeout_ns > hold {
         hold = cfg.idle_timeout_ns;
     }
     age(now, e.last_seen_ns) > hold
 }
 
+/// What a packet's TCP flags say about closing: (FIN, RST).
 #[inline(always)]
-fn tcp_close_flags(tcp_flags: u8, from_client: bool) -> u32 {
-    let mut f = 0;
-    if tcp_flags & TCP_RST != 0 {
-        f |= FLOW_F_RST;
-    }
-    if tcp_flags & TCP_FIN != 0 {
-        f |= if from_client {
-            FLOW_F_FIN_CLIENT
+fn close_flags(tcp_flags: u8) -> (bool, bool) {
+    (tcp_flags & TCP_FIN != 0, tcp_flags & TCP_RST != 0)
+}
+
+/// Records a FIN or RST with single-byte stores (never read-modify-write:
+/// see `CloseState`).
+#[inline(always)]
+fn record_close(c: &mut CloseState, (fin, rst): (bool, bool), from_client: bool) {
+    if fin {
+        if from_client {
+            c.fin_client = 1;
         } else {
-            FLOW_F_FIN_BACKEND
-        };
+            c.fin_backend = 1;
+        }
     }
-    f
+    if rst {
+        c.rst = 1;
+    }
+}
+
+/// A fresh close state for a new flow whose first packet says `close`.
+#[inline(always)]
+fn new_close(close: (bool, bool)) -> CloseState {
+    let mut c = CloseState {
+        fin_client: 0,
+        fin_backend: 0,
+        rst: 0,
+        _pad: 0,
+    };
+    record_close(&mut c, close, true);
+    c
 }
 
 #[inline(always)]
@@ -223,8 +241,9 @@ fn established(
     now: u64,
 ) -> Option<Verdict> {
     let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    // A fresh SYN on a closed flow starts a new connection.
-    let stale = expired(cfg, f.flags, f.last_seen_ns, now) || (fresh_syn && flow_closed(f.flags));
+    // A fresh SYN on a flow that has seen a FIN or RST starts a new
+    // connection (the old one is over, even if a FIN got lost on the way).
+    let stale = expired(cfg, &f.close, f.last_seen_ns, now) || (fresh_syn && f.close.closing());
     if stale || !backend_live(f) {
         return None;
     }
@@ -237,9 +256,9 @@ fn established(
     if f.last_seen_ns != now {
         f.last_seen_ns = now;
     }
-    let close = tcp_close_flags(pkt.tcp_flags, true);
-    if close != 0 {
-        f.flags |= close;
+    let close = close_flags(pkt.tcp_flags);
+    if close.0 || close.1 {
+        record_close(&mut f.close, close, true);
         mark_nat_closed(cfg, f, close);
     }
     stats::count_flow(
@@ -271,7 +290,7 @@ fn new_connection(
     if ttl_expires(pkt) {
         return pass(Reason::PassTtl);
     }
-    let close = tcp_close_flags(pkt.tcp_flags, true);
+    let close = close_flags(pkt.tcp_flags);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let mut f = match new_flow_for(ctx, pkt, cfg, vip, key, now, close) {
         Ok(f) => f,
@@ -316,10 +335,10 @@ fn new_connection(
 }
 
 #[inline(always)]
-fn mark_nat_closed(cfg: &Config, f: &Flow, close: u32) {
+fn mark_nat_closed(cfg: &Config, f: &Flow, close: (bool, bool)) {
     if let Some(e) = NAT.get_ptr_mut(backend_key(cfg, f)) {
         // SAFETY: the pointer comes from a successful map lookup.
-        unsafe { (*e).flags |= close };
+        record_close(unsafe { &mut (*e).close }, close, true);
     }
 }
 
@@ -333,7 +352,7 @@ fn new_flow_for(
     vip: &VipValue,
     key: &FlowKey,
     now: u64,
-    close: u32,
+    close: (bool, bool),
 ) -> Result<Flow, Reason> {
     let h = flow_hash(
         key.src_addr_be,
@@ -361,7 +380,7 @@ fn new_flow_for(
         backend_addr_be: backend.addr_be,
         backend_port_be: backend.port_be,
         nat_port_be: 0,
-        flags: close,
+        close: new_close(close),
         vip_id: vip.id,
         _pad: 0,
         last_seen_ns: now,
@@ -372,7 +391,7 @@ fn new_flow_for(
         vip_addr_be: key.dst_addr_be,
         client_port_be: key.src_port_be,
         vip_port_be: key.dst_port_be,
-        flags: close,
+        close: new_close(close),
         backend_id,
         vip_id: vip.id,
         last_seen_ns: now,
@@ -451,7 +470,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
     let e = unsafe { &mut *e };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if expired(cfg, e.flags, e.last_seen_ns, now) {
+    if expired(cfg, &e.close, e.last_seen_ns, now) {
         return drop(Reason::DropNatMiss);
     }
     if ttl_expires(pkt) {
@@ -460,9 +479,9 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
     if e.last_seen_ns != now {
         e.last_seen_ns = now;
     }
-    let close = tcp_close_flags(pkt.tcp_flags, false);
-    if close != 0 {
-        e.flags |= close;
+    let close = close_flags(pkt.tcp_flags);
+    if close.0 || close.1 {
+        record_close(&mut e.close, close, false);
         let client = FlowKey {
             src_addr_be: e.client_addr_be,
             dst_addr_be: e.vip_addr_be,
@@ -474,7 +493,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
         };
         if let Some(f) = FLOWS.get_ptr_mut(client) {
             // SAFETY: the pointer comes from a successful map lookup.
-            unsafe { (*f).flags |= close };
+            record_close(unsafe { &mut (*f).close }, close, false);
         }
     }
     stats::count_flow(

@@ -405,6 +405,13 @@ impl Dataplane {
         self.flows.get(key, 0).ok()
     }
 
+    /// Overwrites a flow entry (tests reproducing a state, and debugging).
+    pub fn put_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
+        self.flows
+            .insert(key, flow, 0)
+            .with_context(|| format!("writing {}", map::FLOWS))
+    }
+
     /// Looks up a NAT entry by its backend-side 5-tuple.
     pub fn nat_entry(&self, key: &FlowKey) -> Option<NatEntry> {
         self.nat.get(key, 0).ok()

@@ -4,7 +4,10 @@ use std::{fmt::Write as _, fs, path::PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use lb_tests::bench::{self, bar_chart, fmt_num};
+use lb_tests::{
+    bench::{self, bar_chart, fmt_num},
+    bench_e2e,
+};
 
 #[derive(Parser)]
 #[command(name = "lb-bench", about = "lb's benchmarks, with a Markdown report")]
@@ -130,6 +133,24 @@ fn main() -> Result<()> {
             fmt_num(cp.change_to_kernel_ms.median),
             fmt_num(cp.change_to_kernel_ms.p99),
             fmt_num(cp.million_flows_bytes as f64 / (1 << 20) as f64)
+        );
+    }
+
+    if wanted(&args, "e2e") {
+        let options = bench_e2e::E2eOptions::new(args.quick);
+        eprintln!(
+            "bench: end to end in namespaces ({} round(s) of {} s runs; direct, lbd, HAProxy, nftables)",
+            options.rounds, options.secs
+        );
+        let results = bench_e2e::run(&options)?;
+        let (section, svgs) = bench_e2e::render(&results);
+        for (name, svg) in svgs {
+            fs::write(args.out.join(&name), svg).with_context(|| format!("writing {name}"))?;
+        }
+        md.push_str(&section);
+        eprintln!(
+            "bench: end to end took {:.0} s",
+            results.elapsed.as_secs_f64()
         );
     }
 
