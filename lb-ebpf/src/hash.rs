@@ -46,9 +46,32 @@ pub const fn flow_hash(
     finish(h ^ 13)
 }
 
+/// The `i`-th NAT port candidate (0-based) for a flow whose NAT-port hash is
+/// `h`, within a range of `range` ports starting at `min`. The first is `h`
+/// itself; later ones are rehashed independently, because consecutive ports
+/// cluster: with linear probing, claims start failing while a backend's port
+/// range is still less than half used.
+#[inline(always)]
+pub const fn nat_port_candidate(h: u32, i: u32, min: u16, range: u32) -> u16 {
+    let x = if i == 0 {
+        h
+    } else {
+        finish(h ^ i.wrapping_mul(0x9e37_79b9))
+    };
+    // checked_rem: a plain `%` keeps a divide-by-zero panic path, which the
+    // eBPF verifier rejects.
+    (min as u32
+        + match x.checked_rem(range) {
+            Some(r) => r,
+            None => 0,
+        }) as u16
+}
+
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::vec;
 
     /// flow_hash(10.0.0.1, 10.0.0.100, 40000, 80, TCP, seed 1), computed
     /// independently (a few lines of Python following MurmurHash3's steps).
@@ -86,6 +109,41 @@ mod tests {
         // must agree, or flows change backend on failover or upgrade.
         assert_eq!(a, PINNED);
     }
+
+    #[test]
+    fn nat_port_candidates_stay_in_range_and_spread() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..16 {
+            let p = nat_port_candidate(0xdead_beef, i, 20_000, 40_000);
+            assert!((20_000..60_000).contains(&p));
+            seen.insert(p);
+        }
+        assert!(seen.len() >= 15, "candidates collide: {seen:?}");
+        assert_eq!(nat_port_candidate(12345, 0, 20_000, 40_000), 20_000 + 12345);
+        assert_eq!(nat_port_candidate(7, 3, 1024, 0), 1024);
+    }
+
+    /// At 60% occupancy of a backend's ports, 16 independent candidates
+    /// almost never all miss; consecutive ones would, often.
+    #[test]
+    fn claims_succeed_until_the_range_is_mostly_used() {
+        let range = 4_000u32;
+        let mut used = vec![false; range as usize];
+        let mut failed = 0;
+        for flow in 0..(range * 6 / 10) {
+            let h = flow_hash(flow.to_be(), 1, 2, 3, 6, SEED_TEST);
+            match (0..16)
+                .map(|i| nat_port_candidate(h, i, 0, range) as usize)
+                .find(|p| !used[*p])
+            {
+                Some(p) => used[p] = true,
+                None => failed += 1,
+            }
+        }
+        assert!(failed <= 2, "{failed} claims failed");
+    }
+
+    const SEED_TEST: u32 = 99;
 
     #[test]
     fn spreads_source_ports_evenly() {

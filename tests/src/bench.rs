@@ -139,6 +139,13 @@ fn packet_costs_here(samples: usize) -> Result<Vec<PacketCost>> {
     );
     reply.payload = vec![0xaa; 64];
     let reply = reply.build();
+    // The same through a VIP whose backend is on the ingress interface
+    // (XDP_TX, like a one-armed load balancer).
+    let local_vip = (xdp_fixture::LOCAL_VIP, 80);
+    fx.run(&Frame::tcp(client, local_vip, SYN).build(), lbt0);
+    let mut est_tx = Frame::tcp(client, local_vip, ACK);
+    est_tx.payload = vec![0x55; 64];
+    let est_tx = est_tx.build();
     let other = Frame::tcp(client, (WEB, 8443), SYN).build();
     // The load balancer's own address (say, SSH to it).
     let host = Frame::tcp(client, (Ipv4Addr::new(10, 1, 1, 1), 22), ACK).build();
@@ -156,6 +163,24 @@ fn packet_costs_here(samples: usize) -> Result<Vec<PacketCost>> {
                 let port = 20_000 + (i % 40_000) as u16;
                 (Frame::tcp((addr, port), vip, SYN).build(), lbt0)
             }),
+            samples: Vec::new(),
+        },
+        Case {
+            name: "new flow (SYN), XDP_TX",
+            program: prog::LB,
+            want: (XDP_TX, "XDP_TX"),
+            frame_for: Box::new(|i| {
+                let addr = Ipv4Addr::from(u32::from(CLIENT) + 1 + (i / 40_000) as u32 * 256);
+                let port = 20_000 + (i % 40_000) as u16;
+                (Frame::tcp((addr, port), local_vip, SYN).build(), lbt0)
+            }),
+            samples: Vec::new(),
+        },
+        Case {
+            name: "established, XDP_TX",
+            program: prog::LB,
+            want: (XDP_TX, "XDP_TX"),
+            frame_for: Box::new(|_| (est_tx.clone(), lbt0)),
             samples: Vec::new(),
         },
         Case {

@@ -43,7 +43,7 @@ pub const CONFIG: &str = r#"
 [dataplane]
 interfaces = ["lbt0", "lbt1"]
 ring_size = 1009
-max_flows = 4096
+max_flows = 131072
 [nat]
 source = "10.1.2.10"
 ports = "20000-59999"
@@ -72,6 +72,12 @@ port = 80
   kind = "none"
   [[vip.backend]]
   address = "10.1.1.50"
+  port = 8080
+  [[vip.backend]]
+  address = "10.1.1.51"
+  port = 8080
+  [[vip.backend]]
+  address = "10.1.1.52"
   port = 8080
 [[vip]]
 name = "noneigh"
@@ -179,6 +185,8 @@ pub fn fixture(test: &str, tweak: impl FnOnce(&mut lb_ebpf::Config)) -> Fixture 
         (CLIENT, "lbt0"),
         (CLIENT2, "lbt0"),
         (LOCAL_BACKEND, "lbt0"),
+        (Ipv4Addr::new(10, 1, 1, 51), "lbt0"),
+        (Ipv4Addr::new(10, 1, 1, 52), "lbt0"),
         (Ipv4Addr::new(10, 1, 2, 11), "lbt1"),
         (Ipv4Addr::new(10, 1, 2, 12), "lbt1"),
         (Ipv4Addr::new(10, 1, 2, 13), "lbt1"),

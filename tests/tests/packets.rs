@@ -211,6 +211,7 @@ fn same_interface_uses_xdp_tx() {
     let fx = fixture("tx", |_| {});
     let client = (CLIENT, 41000);
     let vip = (LOCAL_VIP, 80);
+    let backend = fx.expected_backend(1, client, vip);
     let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
     assert_eq!((o.action, o.reason), (XDP_TX, Reason::TxForward));
     let p = parse_tcp(&o.out);
@@ -218,13 +219,13 @@ fn same_interface_uses_xdp_tx() {
     assert_rewritten(
         &p,
         (NAT, nat_port),
-        (LOCAL_BACKEND, 8080),
+        backend,
         fx.mac0,
-        backend_mac(LOCAL_BACKEND),
+        backend_mac(backend.0),
         63,
     );
     let o = fx.run(
-        &Frame::tcp((LOCAL_BACKEND, 8080), (NAT, nat_port), SYN | ACK).build(),
+        &Frame::tcp(backend, (NAT, nat_port), SYN | ACK).build(),
         fx.lbt0,
     );
     assert_eq!((o.action, o.reason), (XDP_TX, Reason::TxReply));

@@ -7,9 +7,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_ebpf::{
-    hash::flow_hash, vip_filter_contains, CloseState, Config, Flow, FlowKey, NatEntry, NextHop,
-    Reason, VipKey, VipValue, BACKEND_F_IN_USE, IPPROTO_TCP, NAT_PORT_PROBES, NEXT_HOP_TTL_NS,
-    NO_BACKEND, SEED_NAT_PORT, SEED_RING, VIP_F_RESET_EMPTY,
+    hash::{flow_hash, nat_port_candidate},
+    vip_filter_contains, CloseState, Config, Flow, FlowKey, NatEntry, NextHop, Reason, VipKey,
+    VipValue, BACKEND_F_IN_USE, IPPROTO_TCP, NAT_PORT_PROBES, NEXT_HOP_TTL_NS, NO_BACKEND,
+    SEED_NAT_PORT, SEED_RING, VIP_F_RESET_EMPTY,
 };
 
 use super::{
@@ -433,8 +434,7 @@ fn claim_nat_port(
     };
     let mut i = 0;
     while i < NAT_PORT_PROBES {
-        let port = cfg.nat_port_min as u32 + h.wrapping_add(i).checked_rem(range).unwrap_or(0);
-        probe.dst_port_be = (port as u16).to_be();
+        probe.dst_port_be = nat_port_candidate(h, i, cfg.nat_port_min, range).to_be();
         // Insert first: on an unused port (the common case) that is the only
         // map operation; only a taken port costs a lookup as well.
         if NAT.insert(probe, entry, BPF_NOEXIST as u64).is_ok() {
