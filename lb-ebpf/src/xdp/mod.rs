@@ -10,7 +10,7 @@ mod reset;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_F_MMAPABLE},
     macros::{map, xdp},
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -32,9 +32,10 @@ static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(MAX_VIPS, 0);
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Maglev rings: `(vip_id * 2 + slot) * ring_size + i` -> backend id. lbd
-/// writes (and resizes at load time), XDP reads.
+/// writes (and resizes at load time), XDP reads. Memory-mappable, so lbd
+/// writes a whole ring with one copy instead of a system call per entry.
 #[map(name = "LB_RINGS")]
-static RINGS: Array<u32> = Array::with_max_entries(16 * 2 * DEFAULT_RING_SIZE, 0);
+static RINGS: Array<u32> = Array::with_max_entries(16 * 2 * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
 
 /// Client-side 5-tuple -> chosen backend and NAT port. XDP writes and reads.
 #[map(name = "LB_FLOWS")]

@@ -48,7 +48,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     vips: HashMap<MapData, VipKey, VipValue>,
     backends: Array<MapData, Backend>,
-    rings: Array<MapData, u32>,
+    /// Owns `LB_RINGS`' fd; rings are written through `ring_memory`.
+    _rings: Array<MapData, u32>,
     config: Array<MapData, Config>,
     tx_ports: DevMapHash<MapData>,
     vip_stats: PerCpuArray<MapData, Counters>,
@@ -66,6 +67,78 @@ pub struct Dataplane {
     /// The program's aya-log records (rare events: failed map updates,
     /// refused redirects), until the daemon takes it.
     logger: Option<KernelLogger>,
+    /// `LB_RINGS` mapped into this process.
+    ring_memory: RingMemory,
+}
+
+/// The memory-mapped ring array (`BPF_F_MMAPABLE`). The kernel stores array
+/// values 8-byte aligned, so each `u32` entry takes 8 bytes of the mapping.
+struct RingMemory {
+    ptr: *mut u32,
+    entries: usize,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value and only written through
+// `&mut Dataplane`; the kernel side synchronises through the VIP flip.
+unsafe impl Send for RingMemory {}
+
+/// Bytes per element of a kernel `ARRAY` of `u32` (values are 8-byte aligned).
+const ARRAY_STRIDE: usize = 8;
+
+impl RingMemory {
+    fn map(data: &MapData) -> Result<RingMemory> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let entries = data.info()?.max_entries() as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = (entries * ARRAY_STRIDE).div_ceil(page) * page;
+        // SAFETY: a shared mapping of the map's fd, of the size the kernel
+        // allocated for it; checked for failure below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                data.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            bail!(
+                "mapping {} into memory: {}",
+                map::RINGS,
+                io::Error::last_os_error()
+            );
+        }
+        Ok(RingMemory {
+            ptr: ptr.cast(),
+            entries,
+            len,
+        })
+    }
+
+    fn write(&mut self, offset: usize, ring: &[u32]) -> Result<()> {
+        if offset + ring.len() > self.entries {
+            bail!("ring write beyond {} entries", self.entries);
+        }
+        let words = ARRAY_STRIDE / 4;
+        for (i, id) in ring.iter().enumerate() {
+            // SAFETY: bounds checked above; the mapping holds `entries`
+            // elements of ARRAY_STRIDE bytes, and nothing else in this
+            // process aliases it.
+            unsafe { self.ptr.add((offset + i) * words).write(*id) };
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RingMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
 }
 
 /// Reader of the XDP program's log records, forwarding them to `log` (and so
@@ -181,7 +254,8 @@ impl Dataplane {
         };
         let vips = take(map::VIPS)?.try_into()?;
         let backends = take(map::BACKENDS)?.try_into()?;
-        let rings = take(map::RINGS)?.try_into()?;
+        let rings: Array<MapData, u32> = take(map::RINGS)?.try_into()?;
+        let ring_memory = RingMemory::map(aya::maps::IterableMap::map(&rings))?;
         let flows = take(map::FLOWS)?.try_into()?;
         let nat = take(map::NAT)?.try_into()?;
         let config = take(map::CONFIG)?.try_into()?;
@@ -195,7 +269,7 @@ impl Dataplane {
             ebpf,
             vips,
             backends,
-            rings,
+            _rings: rings,
             config,
             tx_ports,
             vip_stats,
@@ -208,6 +282,7 @@ impl Dataplane {
             adopted,
             attached: Vec::new(),
             logger,
+            ring_memory,
         })
     }
 
@@ -467,13 +542,8 @@ impl Maps for Dataplane {
                 self.ring_size
             );
         }
-        let base = (vip_id * 2 + slot) * self.ring_size;
-        for (i, id) in ring.iter().enumerate() {
-            self.rings
-                .set(base + i as u32, id, 0)
-                .with_context(|| format!("writing {}", map::RINGS))?;
-        }
-        Ok(())
+        let base = (vip_id * 2 + slot) as usize * self.ring_size as usize;
+        self.ring_memory.write(base, ring)
     }
 
     fn vip_counters(&self, vip_id: u32) -> Result<Counters> {
