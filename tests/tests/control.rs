@@ -14,58 +14,17 @@ use std::{
     fs,
     path::Path,
     process::Output,
-    sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
+    harness::{assert_all_ok, Timing},
     netns_list, parse_transfer_report,
     topology::{Topology, BACKENDS, BACKEND_PORT, HEALTH_INTERVAL_MS, VIP_NAME, VIP_PORT},
     try_parse_client_report, wait_until, Child, ClientReport, TransferReport,
 };
 use lb_user::api::{DaemonStatus, ReasonCount, Stats, VipStatus};
-
-/// Serialises the tests of this file even when the harness runs them in
-/// parallel: they time health-check transitions and restarts, which
-/// concurrent load on a small machine would distort.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Holds [`SERIAL`] for the test's lifetime and prints how long the test took
-/// when it ends (passing or not).
-struct Timing {
-    name: &'static str,
-    start: Instant,
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl Timing {
-    fn start(name: &'static str) -> Timing {
-        // A failed test poisons the lock; the next one may still run.
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        eprintln!("=== {name}: starting");
-        Timing {
-            name,
-            start: Instant::now(),
-            _serial: serial,
-        }
-    }
-}
-
-impl Drop for Timing {
-    fn drop(&mut self) {
-        let outcome = if thread::panicking() {
-            "FAILED"
-        } else {
-            "passed"
-        };
-        eprintln!(
-            "=== {}: {outcome} in {:.1} s",
-            self.name,
-            self.start.elapsed().as_secs_f64()
-        );
-    }
-}
 
 /// The health check of the topology's main VIP: `fall` (2) failures at
 /// [`HEALTH_INTERVAL_MS`] take a backend down, one success brings it up.
@@ -114,21 +73,6 @@ fn wait_state(topo: &Topology, name: &str, i: usize, state: &str, timeout: Durat
     let took = start.elapsed();
     eprintln!("  b{} is {state} after {} ms", i + 1, took.as_millis());
     took
-}
-
-/// Asserts that all `n` connections of `r` succeeded, answered by the
-/// topology's backends only.
-fn assert_all_ok(topo: &Topology, r: &ClientReport, n: u64) {
-    assert_eq!(r.attempted, n, "not every connection was attempted: {r:?}");
-    assert_eq!(r.failed, 0, "failed connections: {r:?}");
-    assert_eq!(r.ok, n, "{r:?}");
-    let names: Vec<String> = (0..BACKENDS).map(|i| topo.backend_name(i)).collect();
-    for name in r.by_backend.keys() {
-        assert!(
-            names.contains(name),
-            "answer from unknown backend {name:?}: {r:?}"
-        );
-    }
 }
 
 /// Connections of `r` answered by backend `i`.

@@ -7,77 +7,15 @@
 //! Every test builds its own topology, so they may run in parallel, but the
 //! load and timing tests are meant for `--test-threads=1`.
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    sync::{Mutex, MutexGuard},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use lb_tests::{
+    harness::{assert_all_ok, Timing},
     netns_exists, netns_list,
     topology::{default_bin_dir, Topology, BACKENDS, BACKEND_PORT, VIP_NAME},
     wait_until, Child, ClientReport,
 };
 use lb_user::api::VipStatus;
-
-/// Serialises the tests of this file even when the harness runs them in
-/// parallel (`cargo xtask test` does not pass `--test-threads=1`): they
-/// measure rates, shares and connect times, which concurrent load on a small
-/// machine would distort.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Holds [`SERIAL`] for the test's lifetime and prints how long the test took
-/// when it ends (passing or not).
-struct Timing {
-    name: &'static str,
-    start: Instant,
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl Timing {
-    fn start(name: &'static str) -> Timing {
-        // A failed test poisons the lock; the next one may still run.
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        eprintln!("=== {name}: starting");
-        Timing {
-            name,
-            start: Instant::now(),
-            _serial: serial,
-        }
-    }
-}
-
-impl Drop for Timing {
-    fn drop(&mut self) {
-        let outcome = if std::thread::panicking() {
-            "FAILED"
-        } else {
-            "passed"
-        };
-        eprintln!(
-            "=== {}: {outcome} in {:.1} s",
-            self.name,
-            self.start.elapsed().as_secs_f64()
-        );
-    }
-}
-
-/// Asserts that all `n` connections of `r` succeeded and were answered by
-/// the topology's backends only.
-fn assert_all_ok(topo: &Topology, r: &ClientReport, n: u64) {
-    assert_eq!(r.attempted, n, "not every connection was attempted: {r:?}");
-    assert_eq!(r.failed, 0, "failed connections: {r:?}");
-    assert_eq!(r.ok, n, "{r:?}");
-    let names: Vec<String> = (0..BACKENDS).map(|i| topo.backend_name(i)).collect();
-    for name in r.by_backend.keys() {
-        assert!(
-            names.contains(name),
-            "answer from unknown backend {name:?}: {r:?}"
-        );
-    }
-    assert_eq!(r.by_backend.values().sum::<u64>(), n, "{r:?}");
-}
 
 /// Asserts that backend `i` answered a share of `r.ok` within `tolerance`
 /// (relative) of `expected[i]`.

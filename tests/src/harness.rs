@@ -1,0 +1,70 @@
+//! Shared by the end-to-end test files: one test at a time per file, with
+//! its duration printed, and the usual assertion on a client report.
+
+use std::{
+    sync::{Mutex, MutexGuard},
+    thread,
+    time::Instant,
+};
+
+use crate::{topology::Topology, ClientReport};
+
+/// Serialises the tests of one test binary even when the harness runs them
+/// in parallel (`cargo xtask test` does not pass `--test-threads=1`): they
+/// measure rates, shares, connect times, health transitions and restarts,
+/// which concurrent load on a small machine would distort.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds [`SERIAL`] for the test's lifetime and prints how long the test took
+/// when it ends (passing or not).
+pub struct Timing {
+    name: &'static str,
+    start: Instant,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Timing {
+    pub fn start(name: &'static str) -> Timing {
+        // A failed test poisons the lock; the next one may still run.
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        eprintln!("=== {name}: starting");
+        Timing {
+            name,
+            start: Instant::now(),
+            _serial: serial,
+        }
+    }
+}
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        let outcome = if thread::panicking() {
+            "FAILED"
+        } else {
+            "passed"
+        };
+        eprintln!(
+            "=== {}: {outcome} in {:.1} s",
+            self.name,
+            self.start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Asserts that all `n` connections of `r` succeeded and were answered by
+/// the topology's backends only.
+pub fn assert_all_ok(topo: &Topology, r: &ClientReport, n: u64) {
+    assert_eq!(r.attempted, n, "not every connection was attempted: {r:?}");
+    assert_eq!(r.failed, 0, "failed connections: {r:?}");
+    assert_eq!(r.ok, n, "{r:?}");
+    let names: Vec<String> = (0..crate::topology::BACKENDS)
+        .map(|i| topo.backend_name(i))
+        .collect();
+    for name in r.by_backend.keys() {
+        assert!(
+            names.contains(name),
+            "answer from unknown backend {name:?}: {r:?}"
+        );
+    }
+    assert_eq!(r.by_backend.values().sum::<u64>(), n, "{r:?}");
+}
