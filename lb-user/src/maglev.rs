@@ -744,33 +744,4 @@ mod tests {
         );
         assert!(err.to_string().contains("10.0.2.11:8080"), "{err}");
     }
-
-    // ---- timing ----
-
-    /// `cargo test -p lb-user --release --lib maglev -- --ignored --nocapture`
-    #[test]
-    #[ignore = "timing; run in release with --nocapture"]
-    fn timing() {
-        use std::time::Instant;
-        for (n, size) in [(1000, M), (4096, M), (10_000, 655_373)] {
-            let backends = equal(n);
-            let mut best = f64::INFINITY;
-            for _ in 0..5 {
-                let t = Instant::now();
-                let ring = build_ring(&backends, size).unwrap();
-                best = best.min(t.elapsed().as_secs_f64());
-                assert_eq!(ring.len(), size as usize);
-            }
-            println!("{n} backends, M={size}: {:.2} ms", best * 1e3);
-        }
-        // Skewed weights (one heavy, many light).
-        let mut backends = equal(4096);
-        backends[0].weight = 1_000_000;
-        let t = Instant::now();
-        build_ring(&backends, M).unwrap();
-        println!(
-            "4096 backends, one 10^6 : 1, M={M}: {:.2} ms",
-            t.elapsed().as_secs_f64() * 1e3
-        );
-    }
 }
