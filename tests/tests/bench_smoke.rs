@@ -1,0 +1,54 @@
+//! A smoke run of the benchmark (`lb-bench --quick`), so the code behind
+//! `cargo xtask bench` keeps working. Only the sections that need nothing
+//! beyond the project itself (the end-to-end section needs HAProxy, nginx,
+//! wrk and iperf3, which `cargo xtask bench` installs). The numbers of a
+//! debug build on a shared machine mean nothing; what is checked is that
+//! every measurement ran and the report says so.
+
+use std::process::Command;
+
+use lb_tests::topology::default_ebpf_object;
+
+#[test]
+fn quick_bench_writes_a_complete_report() {
+    let bench = env!("CARGO_BIN_EXE_lb-bench");
+    let object = default_ebpf_object();
+    assert!(
+        object.exists(),
+        "the XDP object {} is missing: run `cargo xtask build` (or `cargo xtask test`)",
+        object.display()
+    );
+    let out = std::env::temp_dir().join(format!("lb-bench-smoke-{}", std::process::id()));
+    let status = Command::new(bench)
+        .args(["--quick", "--only", "packet,control", "--out"])
+        .arg(&out)
+        .env("LB_EBPF_OBJECT", &object)
+        .output()
+        .expect("running lb-bench");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap_or_default();
+    let svgs = ["packet-cost.svg", "ring-build.svg"].map(|f| out.join(f).exists());
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(
+        status.status.success(),
+        "lb-bench failed: {}\n{}",
+        String::from_utf8_lossy(&status.stderr),
+        String::from_utf8_lossy(&status.stdout)
+    );
+    for needle in [
+        "| new flow (SYN) | XDP_REDIRECT |",
+        "| new flow (SYN), XDP_TX | XDP_TX |",
+        "| established | XDP_REDIRECT |",
+        "| reply from backend | XDP_REDIRECT |",
+        "| other address (pass) | XDP_PASS |",
+        "| floor (parse, swap MACs, XDP_TX) | XDP_TX |",
+        "| 1000 | 65537 |",
+        "Backend change to kernel",
+        "1,048,576 flows",
+    ] {
+        assert!(
+            report.contains(needle),
+            "the report lacks {needle:?}:\n{report}"
+        );
+    }
+    assert_eq!(svgs, [true, true], "plots written");
+}
