@@ -68,3 +68,28 @@ pub fn assert_all_ok(topo: &Topology, r: &ClientReport, n: u64) {
     }
     assert_eq!(r.by_backend.values().sum::<u64>(), n, "{r:?}");
 }
+
+/// Asserts that a stopped lbd left nothing of the data plane: no XDP on the
+/// load balancer's interfaces, no pin directory, no control socket.
+pub fn assert_data_plane_removed(topo: &Topology) {
+    for ifname in ["eth0", "eth1"] {
+        let link = topo.lb_ns().ip(&["link", "show", ifname]).expect("ip link");
+        assert!(
+            !link.contains("xdp"),
+            "XDP still attached to {ifname}: {link}"
+        );
+    }
+    let pins: Vec<String> = std::fs::read_dir(topo.pin_path())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        !topo.pin_path().exists(),
+        "{} still exists: {pins:?}",
+        topo.pin_path().display()
+    );
+    assert!(!topo.socket_path().exists(), "control socket still exists");
+}

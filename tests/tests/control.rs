@@ -19,7 +19,7 @@ use std::{
 };
 
 use lb_tests::{
-    harness::{assert_all_ok, Timing},
+    harness::{assert_all_ok, assert_data_plane_removed, Timing},
     netns_list, parse_transfer_report,
     topology::{Topology, BACKENDS, BACKEND_PORT, HEALTH_INTERVAL_MS, VIP_NAME, VIP_PORT},
     try_parse_client_report, wait_until, Child, ClientReport, TransferReport,
@@ -1480,19 +1480,7 @@ fn sigkill_restart_is_hitless() {
         // A clean stop now removes everything.
         let status = topo.stop_lbd().expect("lbd stops on SIGTERM");
         assert!(status.success(), "lbd exited with {status}");
-        for ifname in ["eth0", "eth1"] {
-            let link = topo.lb_ns().ip(&["link", "show", ifname]).expect("ip link");
-            assert!(
-                !link.contains("xdp"),
-                "XDP still attached to {ifname}: {link}"
-            );
-        }
-        assert!(
-            !topo.pin_path().exists(),
-            "pins left after SIGTERM: {:?}",
-            pins(&topo)
-        );
-        assert!(!topo.socket_path().exists(), "control socket left");
+        assert_data_plane_removed(&topo);
         eprintln!("  sysctls after the clean stop: {:?}", lb_sysctls(&topo));
         topo.prefix().to_owned()
     };
@@ -1588,19 +1576,7 @@ fn sigquit_leaves_forwarding_then_clean_stop() {
 
         let status = topo.stop_lbd().expect("lbd stops on SIGTERM");
         assert!(status.success(), "lbd exited with {status}");
-        for ifname in ["eth0", "eth1"] {
-            let link = topo.lb_ns().ip(&["link", "show", ifname]).expect("ip link");
-            assert!(
-                !link.contains("xdp"),
-                "XDP still attached to {ifname}: {link}"
-            );
-        }
-        assert!(
-            !topo.pin_path().exists(),
-            "pins left after SIGTERM: {:?}",
-            pins(&topo)
-        );
-        assert!(!topo.socket_path().exists(), "control socket left");
+        assert_data_plane_removed(&topo);
         let sysctls_after = lb_sysctls(&topo);
         eprintln!("  sysctls after the clean stop: {sysctls_after:?}");
         assert_eq!(

@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use lb_tests::{
-    harness::{assert_all_ok, Timing},
+    harness::{assert_all_ok, assert_data_plane_removed, Timing},
     netns_exists, netns_list,
     topology::{default_bin_dir, Topology, BACKENDS, BACKEND_PORT, VIP_NAME},
     wait_until, Child, ClientReport,
@@ -327,19 +327,7 @@ fn stopping_lbd_stops_forwarding_and_cleans_up() {
         let status = lbd.stop().expect("lbd stops on SIGTERM");
         assert!(status.success(), "lbd exited with {status}");
 
-        for ifname in ["eth0", "eth1"] {
-            let link = topo.lb_ns().ip(&["link", "show", ifname]).expect("ip link");
-            assert!(
-                !link.contains("xdp"),
-                "XDP still attached to {ifname}: {link}"
-            );
-        }
-        assert!(
-            !topo.pin_path().exists(),
-            "{} still exists",
-            topo.pin_path().display()
-        );
-        assert!(!topo.socket_path().exists(), "control socket still exists");
+        assert_data_plane_removed(&topo);
         assert_eq!(sysctls(&topo), before, "sysctls were not restored");
 
         // The VIP is still an address of the load balancer, which has no
