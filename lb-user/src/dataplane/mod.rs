@@ -509,10 +509,6 @@ impl Dataplane {
         }
         Ok(total)
     }
-
-    pub fn ring_size(&self) -> u32 {
-        self.ring_size
-    }
 }
 
 impl Maps for Dataplane {
