@@ -15,12 +15,15 @@ pub mod hash;
 
 /// Map names (at most 15 bytes: the kernel's `BPF_OBJ_NAME_LEN - 1`).
 pub mod map {
-    /// `HASH` [`super::VipKey`] -> [`super::VipValue`]. Writer: lbd. Reader: XDP.
+    /// `HASH` [`super::VipKey`] -> [`super::VipValue`]. Writer: lbd. Reader:
+    /// XDP (new connections), lbd (adopting a running data plane).
     pub const VIPS: &str = "LB_VIPS";
-    /// `ARRAY` backend id -> [`super::Backend`]. Writer: lbd. Reader: XDP.
+    /// `ARRAY` backend id -> [`super::Backend`]. Writer: lbd. Reader: XDP,
+    /// lbd (adopting a running data plane).
     pub const BACKENDS: &str = "LB_BACKENDS";
-    /// `ARRAY` of backend ids: two ring slots of `ring_size` entries per VIP.
-    /// Writer: lbd. Reader: XDP.
+    /// `ARRAY` (`BPF_F_MMAPABLE`) of backend ids: two ring slots of
+    /// `ring_size` entries per VIP. Writer: lbd, through a shared mapping.
+    /// Reader: XDP.
     pub const RINGS: &str = "LB_RINGS";
     /// `LRU_HASH` client-side [`super::FlowKey`] -> [`super::Flow`].
     /// Writer: XDP. Reader: XDP, lbd (occupancy).
