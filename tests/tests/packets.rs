@@ -190,6 +190,32 @@ fn a_new_syn_after_a_lost_fin_starts_a_new_connection() {
 }
 
 #[test]
+fn a_retransmitted_syn_keeps_its_backend_and_nat_port() {
+    // SYNs are picked through the ring without a flow lookup: a retransmit
+    // must come out exactly as the first one did.
+    let fx = fixture("resyn", |_| {});
+    let client = (CLIENT, 49500);
+    let vip = (WEB, 80);
+    let first = parse_tcp(&fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0).out);
+    let again = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    assert_eq!(again.reason, Reason::RedirectForward);
+    let again = parse_tcp(&again.out);
+    assert_eq!(
+        (again.dst, again.dport, again.sport),
+        (first.dst, first.dport, first.sport)
+    );
+    // The handshake then completes through the same entries.
+    let o = fx.run(
+        &Frame::tcp((first.dst, first.dport), (NAT, first.sport), SYN | ACK).build(),
+        fx.lbt1,
+    );
+    assert_eq!(o.reason, Reason::RedirectReply);
+    let o = fx.run(&Frame::tcp(client, vip, ACK).build(), fx.lbt0);
+    assert_eq!(parse_tcp(&o.out).sport, first.sport);
+    assert_eq!(fx.dp.nat_count(), 1, "one NAT entry for the connection");
+}
+
+#[test]
 fn kernel_and_userspace_agree_on_every_backend_choice() {
     let fx = fixture("agree", |_| {});
     let vip = (WEB, 80);

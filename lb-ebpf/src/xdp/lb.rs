@@ -93,11 +93,18 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     // VIP table is consulted only for new connections (and for other traffic).
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(f) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: the pointer comes from a successful map lookup; racing
-        // writers of the same flow only store equivalent values.
-        if let Some(verdict) = established(ctx, &pkt, cfg, unsafe { &mut *f }, now) {
-            return verdict;
+    // A fresh SYN (no ACK) opens a connection: it is picked through the ring
+    // without looking for a flow. A retransmitted SYN comes out the same (the
+    // ring is deterministic and a client keeps its NAT port), and a SYN on an
+    // old flow of the same tuple starts a new connection anyway.
+    let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if !fresh_syn {
+        if let Some(f) = FLOWS.get_ptr_mut(key) {
+            // SAFETY: the pointer comes from a successful map lookup; racing
+            // writers of the same flow only store equivalent values.
+            if let Some(verdict) = established(ctx, &pkt, cfg, unsafe { &mut *f }, now) {
+                return verdict;
+            }
         }
     }
     let vip_key = VipKey {
@@ -241,10 +248,7 @@ fn established(
     f: &mut Flow,
     now: u64,
 ) -> Option<Verdict> {
-    let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    // A fresh SYN on a flow that has seen a FIN or RST starts a new
-    // connection (the old one is over, even if a FIN got lost on the way).
-    let stale = expired(cfg, &f.close, f.last_seen_ns, now) || (fresh_syn && f.close.closing());
+    let stale = expired(cfg, &f.close, f.last_seen_ns, now);
     if stale || !backend_live(f) {
         return None;
     }
