@@ -194,7 +194,7 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
 
 /// Undoes a failed bring-up: a fresh data plane is removed; an adopted one
 /// is left as it was found, still forwarding.
-fn abandon(dataplane: Dataplane, adopted: bool) {
+fn abandon(mut dataplane: Dataplane, adopted: bool) {
     if adopted {
         dataplane.release();
     } else if let Err(e) = dataplane.shutdown() {
@@ -207,28 +207,25 @@ impl Running {
         self.state.clone()
     }
 
-    /// Stops as asked. The state must not be shared any more.
+    /// Stops as asked. Works through the lock, so a request or scrape still
+    /// holding the state cannot prevent a clean stop.
     pub fn stop(mut self, exit: Exit) -> Result<()> {
-        let state = Arc::try_unwrap(self.state)
-            .map_err(|_| anyhow::anyhow!("state still in use at shutdown"))?
-            .into_inner()
-            .map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
-        let State {
-            mut monitor,
-            dataplane,
-            ..
-        } = state;
-        monitor.shutdown();
+        let mut st = match self.state.lock() {
+            Ok(st) => st,
+            // A panicked request handler must not leave the data plane behind.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        st.monitor.shutdown();
         match exit {
             Exit::Clean => {
-                let result = dataplane.shutdown();
+                let result = st.dataplane.shutdown();
                 self.host.restore();
                 result
             }
             Exit::KeepForwarding => {
                 // Host settings stay too: the data plane still needs them.
+                // The pins keep maps and links alive once this process is gone.
                 self.host.forget();
-                dataplane.release();
                 Ok(())
             }
         }
@@ -518,15 +515,19 @@ async fn serve_control(
     state: Arc<Mutex<State>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Connections end with the listener: dropping the set aborts them.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve_connection(stream, state.clone()));
+                    connections.spawn(serve_connection(stream, state.clone()));
                 }
                 Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
-            }
+            },
+            // Reap finished connections so the set does not grow.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
 }

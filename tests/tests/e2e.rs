@@ -323,8 +323,13 @@ fn stopping_lbd_stops_forwarding_and_cleans_up() {
         let r = topo.client(&["--count", "100", "--concurrency", "4"]);
         assert_all_ok(&topo, &r, 100);
 
+        // An idle control connection (an lbctl, a monitoring script) must not
+        // keep lbd from stopping cleanly.
+        let idle = std::os::unix::net::UnixStream::connect(topo.socket_path())
+            .expect("connecting to the control socket");
         let lbd = topo.take_lbd().expect("lbd");
         let status = lbd.stop().expect("lbd stops on SIGTERM");
+        drop(idle);
         assert!(status.success(), "lbd exited with {status}");
 
         assert_data_plane_removed(&topo);

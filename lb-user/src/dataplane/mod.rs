@@ -405,7 +405,9 @@ impl Dataplane {
     }
 
     /// A clean stop: detaches from every interface and removes every pin.
-    pub fn shutdown(mut self) -> Result<()> {
+    /// Afterwards this value only holds file descriptors of objects that are
+    /// gone once it is dropped.
+    pub fn shutdown(&mut self) -> Result<()> {
         let mut first_error = None;
         for (ifname, link) in self.attached.drain(..) {
             if let (Some(dir), Some(link)) = (&self.pin_dir, link) {
@@ -427,7 +429,8 @@ impl Dataplane {
             // Drops the links this program still owns (unpinned attachments).
             let _ = p.unload();
         }
-        if let Some(dir) = &self.pin_dir {
+        if let Some(dir) = self.pin_dir.take() {
+            let dir = &dir;
             let mut names: Vec<&str> = map::ALL.to_vec();
             names.push(prog::LB);
             for name in names {
