@@ -7,7 +7,9 @@ use std::{
     time::Instant,
 };
 
-use crate::{topology::Topology, ClientReport};
+use std::time::Duration;
+
+use crate::{topology::Topology, Child, ClientReport, TransferReport};
 
 /// Serialises the tests of one test binary even when the harness runs them
 /// in parallel (`cargo xtask test` does not pass `--test-threads=1`): they
@@ -92,4 +94,27 @@ pub fn assert_data_plane_removed(topo: &Topology) {
         topo.pin_path().display()
     );
     assert!(!topo.socket_path().exists(), "control socket still exists");
+}
+
+/// Waits for a transfer and asserts that all `bytes` came back intact.
+pub fn finish_transfer(mut child: Child, bytes: u64, timeout: Duration) -> TransferReport {
+    let status = child
+        .wait_timeout(timeout)
+        .expect("wait for the transfer")
+        .unwrap_or_else(|| {
+            panic!(
+                "transfer still running after {timeout:?}: {}",
+                child.output_so_far()
+            )
+        });
+    let out = child.stdout_so_far();
+    eprintln!("  transfer: {}", out.trim());
+    let t = crate::parse_transfer_report(&out);
+    assert!(
+        status.success() && t.ok,
+        "transfer failed ({status}): {}",
+        child.output_so_far()
+    );
+    assert_eq!((t.sent, t.received), (bytes, bytes), "{t:?}");
+    t
 }

@@ -19,10 +19,10 @@ use std::{
 };
 
 use lb_tests::{
-    harness::{assert_all_ok, assert_data_plane_removed, Timing},
-    netns_list, parse_transfer_report,
+    harness::{assert_all_ok, assert_data_plane_removed, finish_transfer, Timing},
+    netns_list,
     topology::{Topology, BACKENDS, BACKEND_PORT, HEALTH_INTERVAL_MS, VIP_NAME, VIP_PORT},
-    try_parse_client_report, wait_until, Child, ClientReport, TransferReport,
+    try_parse_client_report, wait_until, Child, ClientReport,
 };
 use lb_user::api::{DaemonStatus, ReasonCount, Stats, VipStatus};
 
@@ -145,29 +145,6 @@ fn spawn_transfer(topo: &Topology, bytes: u64, pace_ms: u64, seed: u64) -> Child
         &seed.to_string(),
     ])
     .expect("start a transfer")
-}
-
-/// Waits for a transfer and asserts that all `bytes` came back intact.
-fn finish_transfer(mut child: Child, bytes: u64, timeout: Duration) -> TransferReport {
-    let status = child
-        .wait_timeout(timeout)
-        .expect("wait for the transfer")
-        .unwrap_or_else(|| {
-            panic!(
-                "transfer still running after {timeout:?}: {}",
-                child.output_so_far()
-            )
-        });
-    let out = child.stdout_so_far();
-    eprintln!("  transfer: {}", out.trim());
-    let t = parse_transfer_report(&out);
-    assert!(
-        status.success() && t.ok,
-        "transfer failed ({status}): {}",
-        child.output_so_far()
-    );
-    assert_eq!((t.sent, t.received), (bytes, bytes), "{t:?}");
-    t
 }
 
 /// A per-backend counter of the main VIP (indexed like the topology's

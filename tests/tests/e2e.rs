@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use lb_tests::{
-    harness::{assert_all_ok, assert_data_plane_removed, Timing},
+    harness::{assert_all_ok, assert_data_plane_removed, finish_transfer, Timing},
     netns_exists, netns_list,
     topology::{default_bin_dir, Topology, BACKENDS, BACKEND_PORT, VIP_NAME},
     wait_until, Child, ClientReport,
@@ -223,24 +223,7 @@ fn long_transfer_survives_backend_churn() {
         "the re-added backend got no connections: {r:?}"
     );
 
-    let status = transfer
-        .wait_timeout(Duration::from_secs(120))
-        .expect("wait for the transfer")
-        .unwrap_or_else(|| {
-            panic!(
-                "transfer still running after 120 s: {}",
-                transfer.output_so_far()
-            )
-        });
-    let out = transfer.stdout_so_far();
-    eprintln!("  transfer: {}", out.trim());
-    let t = lb_tests::parse_transfer_report(&out);
-    assert!(
-        status.success() && t.ok,
-        "transfer failed ({status}): {}",
-        transfer.output_so_far()
-    );
-    assert_eq!((t.sent, t.received), (BYTES, BYTES), "{t:?}");
+    finish_transfer(transfer, BYTES, Duration::from_secs(120));
 
     let table = topo.lbctl(&["backends"]);
     eprintln!("{table}");
