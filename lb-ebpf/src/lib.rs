@@ -194,7 +194,7 @@ pub struct Flow {
     /// the flow entry alone, without looking the VIP up.
     pub vip_id: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_coarse_ns` of the last packet.
+    /// Time of the last packet (see [`Config::ns_per_tick`]).
     pub last_seen_ns: u64,
     /// Toward the backend.
     pub hop: NextHop,
@@ -255,7 +255,12 @@ pub struct Config {
     pub nat_port_min: u16,
     pub nat_port_max: u16,
     pub ring_size: u32,
-    pub _pad: u32,
+    /// Nanoseconds per kernel tick (10^9 / `CONFIG_HZ`). The program tells
+    /// time as `bpf_jiffies64() * ns_per_tick`: the verifier turns that
+    /// helper into a plain load, where `bpf_ktime_get_coarse_ns` (same
+    /// resolution, one tick) costs a function call on every packet. 0 means
+    /// not configured.
+    pub ns_per_tick: u32,
     /// A flow with no packet for this long is forgotten.
     pub idle_timeout_ns: u64,
     /// A closed flow (FIN both ways or RST) is forgotten after this long.

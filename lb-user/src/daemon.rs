@@ -44,18 +44,18 @@ use crate::{
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// The kernel's view of the global settings.
-pub fn kernel_config(cfg: &Config) -> lb_ebpf::Config {
-    lb_ebpf::Config {
+pub fn kernel_config(cfg: &Config) -> Result<lb_ebpf::Config> {
+    Ok(lb_ebpf::Config {
         nat_addr_be: addr_be(cfg.nat.source),
         nat_port_min: cfg.nat.port_min,
         nat_port_max: cfg.nat.port_max,
         ring_size: cfg.dataplane.ring_size,
-        _pad: 0,
+        ns_per_tick: crate::host::ns_per_tick()?,
         idle_timeout_ns: cfg.flows.idle_timeout_secs * NS_PER_SEC,
         closed_timeout_ns: cfg.flows.closed_timeout_secs * NS_PER_SEC,
         port_hold_ns: cfg.nat.port_hold_secs * NS_PER_SEC,
         vip_filter: vip_filter(cfg.vips.iter().map(|v| v.address)),
-    }
+    })
 }
 
 /// The kernel's VIP address filter for a set of VIP addresses.
@@ -139,7 +139,7 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
     };
     let mut balancer = None;
     let up = (|| -> Result<()> {
-        dataplane.set_config(&kernel_config(&cfg))?;
+        dataplane.set_config(&kernel_config(&cfg)?)?;
         let kernel = if adopted {
             dataplane.kernel_state()?
         } else {
@@ -412,9 +412,10 @@ pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
     let result = (|| -> Result<ReloadSummary, ApiError> {
         let new = Config::from_file(&st.config_path)
             .map_err(|e| ApiError::invalid(format!("invalid configuration: {e}")))?;
+        let kernel = kernel_config(&new).map_err(|e| ApiError::internal(format!("{e:#}")))?;
         let summary = st.balancer.reload(&mut st.dataplane, &st.cfg, &new)?;
         st.dataplane
-            .set_config(&kernel_config(&new))
+            .set_config(&kernel)
             .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         st.monitor.set_targets(st.balancer.health_targets());
         st.cfg = new;

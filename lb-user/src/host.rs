@@ -225,3 +225,97 @@ pub fn ensure_bpffs() -> Result<()> {
     tracing::info!("mounted the BPF filesystem on {BPFFS}");
     Ok(())
 }
+
+/// Nanoseconds per kernel tick (10^9 / `CONFIG_HZ`), which the XDP program
+/// needs to tell time from `jiffies` (see `lb_ebpf::Config::ns_per_tick`).
+/// Read from the kernel's build configuration when it is installed, else
+/// measured from `/proc/timer_list`; found once per process.
+pub fn ns_per_tick() -> Result<u32> {
+    static TICK: std::sync::OnceLock<Result<u32, String>> = std::sync::OnceLock::new();
+    TICK.get_or_init(|| {
+        find_hz()
+            .map(|hz| 1_000_000_000 / hz)
+            .map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// The tick rates Linux can be built with.
+const HZ_CHOICES: [u32; 4] = [100, 250, 300, 1000];
+
+fn find_hz() -> Result<u32> {
+    let release = read(&PathBuf::from("/proc/sys/kernel/osrelease"))?;
+    if let Ok(text) = fs::read_to_string(format!("/boot/config-{release}")) {
+        if let Some(hz) = hz_from_kconfig(&text) {
+            return Ok(hz);
+        }
+    }
+    measure_hz().context("finding the kernel's tick rate (CONFIG_HZ)")
+}
+
+/// `CONFIG_HZ=<n>` from a kernel build configuration.
+pub fn hz_from_kconfig(text: &str) -> Option<u32> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|hz| HZ_CHOICES.contains(hz))
+}
+
+/// The global `jiffies` counter as `/proc/timer_list` shows it.
+fn jiffies() -> Result<u64> {
+    let text = fs::read_to_string("/proc/timer_list").context("reading /proc/timer_list")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("jiffies: "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("/proc/timer_list has no `jiffies:` line")
+}
+
+/// Counts ticks over a quarter of a second and picks the standard rate it
+/// matches.
+fn measure_hz() -> Result<u32> {
+    let window = std::time::Duration::from_millis(250);
+    let (j0, t0) = (jiffies()?, std::time::Instant::now());
+    std::thread::sleep(window);
+    let (j1, elapsed) = (jiffies()?, t0.elapsed());
+    hz_from_rate(j1.saturating_sub(j0) as f64 / elapsed.as_secs_f64())
+}
+
+/// The standard tick rate within 10% of `rate`.
+pub fn hz_from_rate(rate: f64) -> Result<u32> {
+    HZ_CHOICES
+        .into_iter()
+        .find(|&hz| (rate - hz as f64).abs() <= hz as f64 * 0.1)
+        .with_context(|| {
+            format!("the kernel ticked {rate:.0} times a second, which is no standard CONFIG_HZ")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hz_comes_from_the_kernel_config() {
+        let text = "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n";
+        assert_eq!(hz_from_kconfig(text), Some(250));
+        assert_eq!(hz_from_kconfig("CONFIG_HZ=123\n"), None);
+        assert_eq!(hz_from_kconfig("CONFIG_HZ_1000=y\n"), None);
+    }
+
+    #[test]
+    fn a_measured_rate_rounds_to_a_standard_hz() {
+        assert_eq!(hz_from_rate(251.3).unwrap(), 250);
+        assert_eq!(hz_from_rate(296.0).unwrap(), 300);
+        assert_eq!(hz_from_rate(97.0).unwrap(), 100);
+        assert_eq!(hz_from_rate(1004.0).unwrap(), 1000);
+        let e = hz_from_rate(500.0).unwrap_err().to_string();
+        assert!(e.contains("500") && e.contains("CONFIG_HZ"), "{e}");
+    }
+
+    #[test]
+    fn this_kernel_has_a_tick() {
+        let ns = ns_per_tick().unwrap();
+        assert!(HZ_CHOICES.iter().any(|hz| 1_000_000_000 / hz == ns), "{ns}");
+    }
+}

@@ -285,7 +285,7 @@ pub fn control_plane(rounds: usize) -> Result<ControlPlane> {
     let mut cfg65k = cfg.clone();
     cfg65k.dataplane.ring_size = 65_537;
     let mut dp = Dataplane::load(&xdp_fixture::object(), &load_options(&cfg65k), None)?;
-    dp.set_config(&kernel_config(&cfg65k))?;
+    dp.set_config(&kernel_config(&cfg65k)?)?;
     let mut balancer = Balancer::new(&cfg65k);
     balancer.install(&mut dp, &Default::default())?;
     let b = balancer.vips()[0].backends[2].clone();

@@ -216,7 +216,7 @@ pub fn fixture(test: &str, tweak: impl FnOnce(&mut lb_ebpf::Config)) -> Fixture 
 
     let cfg = Config::from_toml_str(CONFIG).unwrap();
     let mut dp = Dataplane::load(&object(), &load_options(&cfg), None).unwrap();
-    let mut kcfg = kernel_config(&cfg);
+    let mut kcfg = kernel_config(&cfg).unwrap();
     tweak(&mut kcfg);
     dp.set_config(&kcfg).unwrap();
     let mut balancer = Balancer::new(&cfg);
