@@ -64,7 +64,7 @@ const DEFAULT_WEIGHT: u32 = 1;
 const DEFAULT_METRICS_LISTEN: SocketAddr =
     SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9650));
 
-const DEFAULT_CHECK_INTERVAL_MS: u64 = 2_000;
+pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 2_000;
 const CHECK_INTERVAL_MS_MIN: u64 = 100;
 const CHECK_INTERVAL_MS_MAX: u64 = 3_600_000;
 /// The default timeout, or `interval_ms` when that is smaller.

@@ -273,7 +273,8 @@ pub fn ring_builds(rounds: usize) -> Result<Vec<RingBuild>> {
 /// Control-plane figures measured against the real kernel maps.
 #[derive(Clone, Debug)]
 pub struct ControlPlane {
-    /// From "backend leaves" to its ring live in the kernel (build + write + flip).
+    /// From a health verdict "down" to its VIP's new ring live in the kernel
+    /// (build + write + flip).
     pub change_to_kernel_ms: Spread,
     pub ring_size: u32,
     /// Kernel memory of the flow and NAT tables sized for one million flows.
@@ -292,12 +293,15 @@ pub fn control_plane(rounds: usize) -> Result<ControlPlane> {
     let mut ms = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();
-        balancer
-            .remove_backend(&mut dp, "web", b.address, b.port)
+        // The path a health verdict takes in lbd (daemon.rs): the backend
+        // goes down, its VIP's ring is rebuilt, written and flipped live.
+        let changed = balancer
+            .set_health(&mut dp, "web", b.address, b.port, false)
             .map_err(anyhow::Error::from)?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
+        ensure!(changed, "the health verdict changed nothing");
         balancer
-            .add_backend(&mut dp, "web", b.address, b.port, b.weight)
+            .set_health(&mut dp, "web", b.address, b.port, true)
             .map_err(anyhow::Error::from)?;
     }
     drop(dp);

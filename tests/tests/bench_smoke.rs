@@ -42,7 +42,9 @@ fn quick_bench_writes_a_complete_report() {
         "| other address (pass) | XDP_PASS |",
         "| floor (parse, swap MACs, XDP_TX) | XDP_TX |",
         "| 1000 | 65537 |",
-        "Backend change to kernel",
+        "Health change to kernel",
+        "Against the reference",
+        "Target: 1,000 backends",
         "1,048,576 flows",
     ] {
         assert!(
