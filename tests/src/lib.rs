@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod bench;
 pub mod bench_e2e;
+pub mod bench_failover;
 pub mod harness;
 pub mod netns;
 pub mod packet;

@@ -54,3 +54,44 @@ fn quick_bench_writes_a_complete_report() {
     }
     assert_eq!(svgs, [true, true], "plots written");
 }
+
+/// The failover section against a real keepalived pair (`cargo xtask test`
+/// installs keepalived): one round at a 100 ms advert interval.
+#[test]
+fn quick_failover_bench_measures_keepalived() {
+    let bench = env!("CARGO_BIN_EXE_lb-bench");
+    let out = std::env::temp_dir().join(format!("lb-bench-failover-{}", std::process::id()));
+    let status = Command::new(bench)
+        .args(["--quick", "--only", "failover", "--out"])
+        .arg(&out)
+        .output()
+        .expect("running lb-bench");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(
+        status.status.success(),
+        "lb-bench failed: {}\n{}",
+        String::from_utf8_lossy(&status.stderr),
+        String::from_utf8_lossy(&status.stdout)
+    );
+    assert!(
+        report.contains("| keepalived | 100 ms |"),
+        "the report lacks keepalived's gap:\n{report}"
+    );
+}
+
+#[test]
+fn an_unknown_section_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-bench"))
+        .args([
+            "--only",
+            "packet,failovr",
+            "--out",
+            "/nonexistent/never-written",
+        ])
+        .output()
+        .expect("running lb-bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("unknown section \"failovr\""), "{stderr}");
+}

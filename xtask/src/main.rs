@@ -57,7 +57,7 @@ enum Task {
         /// Tiny sample counts and durations: a smoke run.
         #[arg(long)]
         quick: bool,
-        /// Sections to run, comma-separated: packet, control, e2e.
+        /// Sections to run, comma-separated: packet, control, e2e, failover.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
@@ -177,6 +177,7 @@ fn forward_signals_to(pid: u32) {
 
 fn test(args: Vec<String>) -> Result<()> {
     setup::ensure()?;
+    setup::ensure_test_peers()?;
     let bin = build(false)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args(["test", "--no-fail-fast"]);

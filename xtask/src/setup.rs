@@ -92,19 +92,40 @@ fn nightly_with_rust_src() -> bool {
 }
 
 /// The peers `cargo xtask bench` measures lbd against, and its load generators.
-const BENCH_PACKAGES: &[&str] = &["haproxy", "nftables", "nginx-light", "wrk", "iperf3"];
+const BENCH_PACKAGES: &[&str] = &[
+    "haproxy",
+    "nftables",
+    "nginx-light",
+    "wrk",
+    "iperf3",
+    "keepalived",
+];
+
+/// Real peers the test suite runs (the failover benchmark's smoke run).
+const TEST_PACKAGES: &[&str] = &["keepalived"];
+
+/// Installs the test suite's peers if missing.
+pub fn ensure_test_peers() -> Result<()> {
+    install_missing(TEST_PACKAGES)?;
+    stop_system_services();
+    Ok(())
+}
 
 /// Installs the benchmark peers if missing.
 pub fn ensure_bench_peers() -> Result<()> {
     install_missing(BENCH_PACKAGES)?;
-    // nginx-light's package starts a system-wide nginx; the benchmark runs its
-    // own instances in namespaces and needs none outside them.
+    stop_system_services();
+    Ok(())
+}
+
+/// The peers' packages start system-wide services; the benchmarks and tests
+/// run their own instances in namespaces and need none outside them.
+fn stop_system_services() {
     let _ = Command::new("systemctl")
-        .args(["disable", "--now", "nginx", "haproxy"])
+        .args(["disable", "--now", "nginx", "haproxy", "keepalived"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    Ok(())
 }
 
 fn install_missing(packages: &[&str]) -> Result<()> {

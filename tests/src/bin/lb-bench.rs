@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use lb_tests::{
     bench::{self, bar_chart, fmt_num},
-    bench_e2e,
+    bench_e2e, bench_failover,
 };
 
 #[derive(Parser)]
@@ -15,7 +15,8 @@ struct Args {
     /// Directory for report.md and the plots.
     #[arg(long)]
     out: PathBuf,
-    /// Sections to run (comma-separated): packet, control, e2e. Default: all.
+    /// Sections to run (comma-separated): packet, control, e2e, failover.
+    /// Default: all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Tiny sample counts and durations (a smoke run, seconds instead of minutes).
@@ -27,8 +28,16 @@ fn wanted(args: &Args, section: &str) -> bool {
     args.only.is_empty() || args.only.iter().any(|s| s == section)
 }
 
+const SECTIONS: [&str; 4] = ["packet", "control", "e2e", "failover"];
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(bad) = args.only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        anyhow::bail!(
+            "unknown section {bad:?} in --only (sections: {})",
+            SECTIONS.join(", ")
+        );
+    }
     fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let mut md = String::new();
     let _ = writeln!(md, "# lb benchmark report\n");
@@ -200,6 +209,16 @@ fn main() -> Result<()> {
             "bench: end to end took {:.0} s",
             results.elapsed.as_secs_f64()
         );
+    }
+
+    if wanted(&args, "failover") {
+        let options = bench_failover::FailoverOptions::new(args.quick);
+        eprintln!(
+            "bench: failover (keepalived pair, advert {:?} ms, {} round(s) each)",
+            options.adverts_ms, options.rounds
+        );
+        let results = bench_failover::run(&options)?;
+        md.push_str(&bench_failover::render(&results));
     }
 
     fs::write(args.out.join("report.md"), &md)?;

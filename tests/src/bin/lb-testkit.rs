@@ -104,6 +104,25 @@ enum Cmd {
         #[arg(long)]
         http: bool,
     },
+    /// Starts one `ID` exchange every `--interval-ms` for `--duration-secs`,
+    /// each in its own thread with a short timeout, and prints when each
+    /// began and who answered, as JSON: the raw data of a failover gap.
+    Probe {
+        /// Address to connect to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Time between probe starts, in milliseconds.
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// How long to probe, in seconds (at most 120).
+        #[arg(long)]
+        duration_secs: f64,
+        /// A probe that has not finished by then counts as lost, in
+        /// milliseconds. Keep it under TCP's 1 s SYN retransmission, so a
+        /// probe that only succeeds by retransmitting counts as lost.
+        #[arg(long, default_value_t = 200)]
+        timeout_ms: u64,
+    },
     /// Streams verified pseudo-random data through one `ECHO` connection.
     Transfer {
         /// Address to connect to.
@@ -169,6 +188,17 @@ fn main() -> Result<()> {
             status_file,
             name,
         } => serve(&listen, &http_listen, status_file, &name),
+        Cmd::Probe {
+            target,
+            interval_ms,
+            duration_secs,
+            timeout_ms,
+        } => probe(
+            target,
+            Duration::from_millis(interval_ms.max(1)),
+            Duration::from_secs_f64(duration_secs.clamp(0.0, 120.0)),
+            Duration::from_millis(timeout_ms.max(1)),
+        ),
         Cmd::Fetch { url, timeout_ms } => fetch(&url, Duration::from_millis(timeout_ms.max(1))),
         Cmd::Client {
             target,
@@ -779,6 +809,51 @@ fn error_kind(phase: &str, e: &io::Error) -> String {
         },
     };
     format!("{phase}_{kind}")
+}
+
+/// `probe`: one `ID` exchange started every `interval` for `duration`. Prints
+/// `{"interval_ms": .., "probes": [[start_ms, "name" or null], ..]}`, start
+/// times relative to the first probe, in start order.
+fn probe(
+    target: SocketAddr,
+    interval: Duration,
+    duration: Duration,
+    timeout: Duration,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let mut workers = Vec::new();
+    let mut k: u32 = 0;
+    loop {
+        let due = interval * k;
+        if due > duration {
+            break;
+        }
+        if let Some(wait) = due.checked_sub(t0.elapsed()) {
+            thread::sleep(wait);
+        }
+        let start_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        workers.push(thread::spawn(move || {
+            let begun = Instant::now();
+            let (_, answer) = one_connection(target, timeout);
+            // Late answers (a retransmitted SYN, say) count as lost.
+            let name = answer.ok().filter(|_| begun.elapsed() <= timeout);
+            (start_ms, name)
+        }));
+        k += 1;
+    }
+    let mut probes = Vec::with_capacity(workers.len());
+    for w in workers {
+        probes.push(
+            w.join()
+                .map_err(|_| anyhow::anyhow!("probe thread panicked"))?,
+        );
+    }
+    let json = serde_json::json!({
+        "interval_ms": interval.as_secs_f64() * 1000.0,
+        "probes": probes,
+    });
+    println!("{json}");
+    Ok(())
 }
 
 /// One `ID` exchange. Returns the connect time (if the connection was

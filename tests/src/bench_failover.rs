@@ -1,0 +1,381 @@
+//! The failover benchmark: how long traffic to a VIP stops when the master of
+//! a VRRP pair loses its link. Peers: keepalived (unicast VRRPv3, the tool lb
+//! replaces), and lbd once it speaks VRRP.
+//!
+//! Topology, all in namespaces made here: a client, two load-balancer hosts
+//! and a switch (a bridge) joining them on one /24. Both hosts run a server
+//! on the VIP's port; whichever holds the VIP answers. The client starts a
+//! short TCP exchange with the VIP every 10 ms; one second in, the master's
+//! interface goes down. The gap is the longest time between two probes
+//! that were answered, less the probe interval: zero when nothing is lost.
+
+use std::{fmt::Write as _, fs, path::PathBuf, time::Duration};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::{
+    netns::{self, unique_prefix, wait_until, Child, Netns},
+    topology::default_bin_dir,
+};
+
+const SUBNET: &str = "10.9.0";
+const VIP: &str = "10.9.0.100";
+const PORT: u16 = 7000;
+const PROBE_INTERVAL_MS: u64 = 10;
+/// When the master's link goes down, after the probes start.
+const FAIL_AT: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct FailoverOptions {
+    /// VRRP advertisement intervals to measure, in milliseconds.
+    pub adverts_ms: Vec<u64>,
+    /// Measurements per interval, each on a fresh topology.
+    pub rounds: usize,
+}
+
+impl FailoverOptions {
+    pub fn new(quick: bool) -> FailoverOptions {
+        if quick {
+            FailoverOptions {
+                adverts_ms: vec![100],
+                rounds: 1,
+            }
+        } else {
+            FailoverOptions {
+                adverts_ms: vec![1000, 100],
+                rounds: 3,
+            }
+        }
+    }
+}
+
+/// The gaps measured for one peer at one advert interval.
+#[derive(Clone, Debug)]
+pub struct Gaps {
+    pub peer: &'static str,
+    pub advert_ms: u64,
+    /// One per round, in milliseconds.
+    pub gaps_ms: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FailoverResults {
+    pub gaps: Vec<Gaps>,
+    pub keepalived_version: String,
+}
+
+/// Probe start times (ms) and who answered (`None`: lost), in start order,
+/// as `lb-testkit probe` prints them.
+pub type Probes = Vec<(f64, Option<String>)>;
+
+pub fn parse_probes(json: &str) -> Result<Probes> {
+    #[derive(serde::Deserialize)]
+    struct Out {
+        probes: Vec<(f64, Option<String>)>,
+    }
+    let out: Out = serde_json::from_str(json.trim()).context("parsing lb-testkit probe output")?;
+    Ok(out.probes)
+}
+
+/// What a probe run says about one failover.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outage {
+    /// The longest time between two answered probes, less the interval.
+    pub gap_ms: f64,
+    /// Who answered first and last.
+    pub first: String,
+    pub last: String,
+}
+
+pub fn outage(probes: &Probes, interval_ms: f64) -> Result<Outage> {
+    let answered: Vec<(f64, &str)> = probes
+        .iter()
+        .filter_map(|(t, name)| name.as_deref().map(|n| (*t, n)))
+        .collect();
+    ensure!(
+        answered.len() >= 2,
+        "only {} of {} probes were answered",
+        answered.len(),
+        probes.len()
+    );
+    let longest = answered
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .fold(0.0f64, f64::max);
+    Ok(Outage {
+        gap_ms: (longest - interval_ms).max(0.0),
+        first: answered[0].1.to_owned(),
+        last: answered[answered.len() - 1].1.to_owned(),
+    })
+}
+
+/// keepalived's configuration for one side of the pair.
+pub fn keepalived_config(me: u8, peer: u8, priority: u8, advert_ms: u64) -> String {
+    format!(
+        "global_defs {{\n  router_id lb{me}\n  vrrp_version 3\n}}\n\
+         vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n  \
+         priority {priority}\n  advert_int {advert}\n  unicast_src_ip {SUBNET}.{me}\n  \
+         unicast_peer {{\n    {SUBNET}.{peer}\n  }}\n  virtual_ipaddress {{\n    {VIP}/24 dev eth0\n  \
+         }}\n}}\n",
+        advert = advert_ms as f64 / 1000.0,
+    )
+}
+
+/// One side of a pair: its namespace and the processes in it (stopped first).
+struct Side {
+    _server: Child,
+    _vrrp: Child,
+    ns: Netns,
+}
+
+fn has_vip(ns: &Netns) -> bool {
+    ns.ip(&["-br", "addr", "show", "dev", "eth0"])
+        .map(|out| out.contains(&format!("{VIP}/")))
+        .unwrap_or(false)
+}
+
+/// One failover of a keepalived pair at `advert_ms`.
+fn keepalived_round(testkit: &str, advert_ms: u64, dir: &std::path::Path) -> Result<f64> {
+    let prefix = unique_prefix("failover");
+    let switch = Netns::new(&format!("{prefix}sw"))?;
+    let client = Netns::new(&format!("{prefix}c"))?;
+    switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+    switch.ip(&["link", "set", "br0", "up"])?;
+    netns::veth(&client, "eth0", &switch, "pc")?;
+    switch.ip(&["link", "set", "pc", "master", "br0"])?;
+    netns::addr(&client, "eth0", &format!("{SUBNET}.10/24"))?;
+
+    let mut sides = Vec::new();
+    for (me, peer, priority) in [(21u8, 22u8, 101u8), (22, 21, 100)] {
+        let ns = Netns::new(&format!("{prefix}l{me}"))?;
+        let port = format!("p{me}");
+        netns::veth(&ns, "eth0", &switch, &port)?;
+        switch.ip(&["link", "set", &port, "master", "br0"])?;
+        netns::addr(&ns, "eth0", &format!("{SUBNET}.{me}/24"))?;
+        let conf = dir.join(format!("keepalived-{me}.conf"));
+        fs::write(&conf, keepalived_config(me, peer, priority, advert_ms))?;
+        let file = |name: &str| dir.join(format!("{name}-{me}.pid")).display().to_string();
+        let listen = format!("0.0.0.0:{PORT}");
+        let mut server = ns.spawn(&[
+            testkit,
+            "serve",
+            "--listen",
+            &listen,
+            "--name",
+            &format!("lb{me}"),
+        ])?;
+        server.wait_for_stdout("ready", Duration::from_secs(20))?;
+        let conf = conf.display().to_string();
+        let vrrp = ns.spawn(&[
+            "keepalived",
+            "--dont-fork",
+            "--log-console",
+            "--vrrp",
+            "--use-file",
+            &conf,
+            "--pid",
+            &file("keepalived"),
+            "--vrrp_pid",
+            &file("vrrp"),
+        ])?;
+        sides.push(Side {
+            _server: server,
+            _vrrp: vrrp,
+            ns,
+        });
+    }
+    let master = &sides[0].ns;
+    // Both start as backups; the higher priority takes over after the
+    // master-down interval (3 adverts and a skew).
+    wait_until(
+        Duration::from_millis(advert_ms * 4 + 10_000),
+        "the VIP on the first keepalived",
+        || has_vip(master),
+    )?;
+    let target = format!("{VIP}:{PORT}");
+    let secs = FAIL_AT.as_secs_f64() + (advert_ms * 4) as f64 / 1000.0 + 2.0;
+    let mut probe = client.spawn(&[
+        testkit,
+        "probe",
+        "--target",
+        &target,
+        "--interval-ms",
+        &PROBE_INTERVAL_MS.to_string(),
+        "--duration-secs",
+        &format!("{secs:.2}"),
+    ])?;
+    std::thread::sleep(FAIL_AT);
+    master.ip(&["link", "set", "eth0", "down"])?;
+    let status = probe
+        .wait_timeout(Duration::from_secs_f64(secs + 30.0))?
+        .context("lb-testkit probe did not finish")?;
+    ensure!(
+        status.success(),
+        "lb-testkit probe failed: {}",
+        probe.stderr_so_far()
+    );
+    let o = outage(
+        &parse_probes(&probe.stdout_so_far())?,
+        PROBE_INTERVAL_MS as f64,
+    )?;
+    if o.first != "lb21" || o.last != "lb22" {
+        bail!(
+            "no failover seen: first answer from {}, last from {}",
+            o.first,
+            o.last
+        );
+    }
+    Ok(o.gap_ms)
+}
+
+fn keepalived_version() -> String {
+    std::process::Command::new("keepalived")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stderr).to_string()
+                + &String::from_utf8_lossy(&o.stdout);
+            text.lines().next().unwrap_or_default().trim().to_owned()
+        })
+        .unwrap_or_default()
+}
+
+pub fn run(options: &FailoverOptions) -> Result<FailoverResults> {
+    let testkit = default_bin_dir().join("lb-testkit");
+    ensure!(
+        testkit.is_file(),
+        "{} is missing: run `cargo xtask build`",
+        testkit.display()
+    );
+    let testkit = testkit.display().to_string();
+    let version = keepalived_version();
+    ensure!(
+        !version.is_empty(),
+        "keepalived is not installed (`cargo xtask bench` installs it)"
+    );
+    let dir: PathBuf = std::env::temp_dir().join(format!("lb-failover-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let mut results = FailoverResults {
+        keepalived_version: version,
+        ..FailoverResults::default()
+    };
+    let outcome = (|| -> Result<()> {
+        for &advert_ms in &options.adverts_ms {
+            let mut gaps = Gaps {
+                peer: "keepalived",
+                advert_ms,
+                gaps_ms: Vec::new(),
+            };
+            for round in 0..options.rounds {
+                eprintln!(
+                    "bench failover: keepalived, advert {advert_ms} ms, round {}/{}",
+                    round + 1,
+                    options.rounds
+                );
+                gaps.gaps_ms
+                    .push(keepalived_round(&testkit, advert_ms, &dir)?);
+            }
+            results.gaps.push(gaps);
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    outcome.map(|()| results)
+}
+
+pub fn render(r: &FailoverResults) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "## Failover\n");
+    let _ = writeln!(
+        md,
+        "Two load-balancer hosts and a client on one bridge; both hosts serve the VIP's \
+         port, and whichever holds the VIP answers. The client starts a TCP exchange with \
+         the VIP every {PROBE_INTERVAL_MS} ms (200 ms timeout, so an answer that needed a \
+         SYN retransmission counts as lost); {:.0} s in, the master's interface goes down. \
+         Gap: the longest time between two answered probes, less the interval. Each round \
+         on a fresh topology. Peer: {} (unicast VRRPv3, priorities 101/100).\n",
+        FAIL_AT.as_secs_f64(),
+        r.keepalived_version
+    );
+    let _ = writeln!(
+        md,
+        "| peer | advert interval | gap per round (ms) | median gap |"
+    );
+    let _ = writeln!(md, "|---|---:|---|---:|");
+    for g in &r.gaps {
+        let per_round: Vec<String> = g.gaps_ms.iter().map(|v| format!("{v:.0}")).collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} ms | {} | {} ms |",
+            g.peer,
+            g.advert_ms,
+            per_round.join(", "),
+            crate::bench_e2e::median(&g.gaps_ms)
+                .map(|m| format!("{m:.0}"))
+                .unwrap_or_else(|| "–".into())
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nlbd: not measured — it does not speak VRRP yet, so there is no lbd pair to fail \
+         over. Connection survival across a failover waits for the same work.\n"
+    );
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probes(spec: &[(f64, Option<&str>)]) -> Probes {
+        spec.iter()
+            .map(|(t, n)| (*t, n.map(str::to_owned)))
+            .collect()
+    }
+
+    #[test]
+    fn the_gap_is_the_longest_silence_less_the_interval() {
+        let p = probes(&[
+            (0.0, Some("a")),
+            (10.0, Some("a")),
+            (20.0, None),
+            (30.0, None),
+            (40.0, Some("b")),
+            (50.0, Some("b")),
+        ]);
+        let o = outage(&p, 10.0).unwrap();
+        assert_eq!(o.gap_ms, 20.0);
+        assert_eq!((o.first.as_str(), o.last.as_str()), ("a", "b"));
+        let steady = probes(&[(0.0, Some("a")), (10.0, Some("a")), (20.0, Some("a"))]);
+        assert_eq!(outage(&steady, 10.0).unwrap().gap_ms, 0.0);
+    }
+
+    #[test]
+    fn too_few_answers_is_an_error() {
+        let p = probes(&[(0.0, Some("a")), (10.0, None)]);
+        let e = outage(&p, 10.0).unwrap_err().to_string();
+        assert!(e.contains("only 1 of 2"), "{e}");
+    }
+
+    #[test]
+    fn probe_output_parses() {
+        let p =
+            parse_probes(r#"{"interval_ms":10.0,"probes":[[0.1,"lb21"],[10.2,null]]}"#).unwrap();
+        assert_eq!(p, vec![(0.1, Some("lb21".to_owned())), (10.2, None)]);
+    }
+
+    #[test]
+    fn keepalived_config_is_unicast_v3() {
+        let c = keepalived_config(21, 22, 101, 100);
+        for needle in [
+            "vrrp_version 3",
+            "priority 101",
+            "advert_int 0.1",
+            "unicast_src_ip 10.9.0.21",
+            "10.9.0.22",
+            "10.9.0.100/24 dev eth0",
+        ] {
+            assert!(c.contains(needle), "{needle} missing from\n{c}");
+        }
+    }
+}
