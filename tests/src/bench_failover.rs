@@ -124,7 +124,7 @@ pub fn keepalived_config(me: u8, peer: u8, priority: u8, advert_ms: u64) -> Stri
 /// One side of a pair: its namespace and the processes in it (stopped first).
 struct Side {
     _server: Child,
-    _vrrp: Child,
+    vrrp: Child,
     ns: Netns,
 }
 
@@ -180,10 +180,31 @@ fn keepalived_round(testkit: &str, advert_ms: u64, dir: &std::path::Path) -> Res
         ])?;
         sides.push(Side {
             _server: server,
-            _vrrp: vrrp,
+            vrrp,
             ns,
         });
     }
+    let outcome = fail_master(testkit, advert_ms, &client, &sides);
+    // keepalived's own account, when something went wrong.
+    outcome.map_err(|e| {
+        let logs: Vec<String> = sides
+            .iter()
+            .map(|s| {
+                format!(
+                    "--- keepalived in {}:\n{}{}",
+                    s.ns.name(),
+                    s.vrrp.stdout_so_far(),
+                    s.vrrp.stderr_so_far()
+                )
+            })
+            .collect();
+        anyhow::anyhow!("{e:#}\n{}", logs.join("\n"))
+    })
+}
+
+/// Waits for the first side to hold the VIP, fails its link while probing,
+/// and returns the gap.
+fn fail_master(testkit: &str, advert_ms: u64, client: &Netns, sides: &[Side]) -> Result<f64> {
     let master = &sides[0].ns;
     // Both start as backups; the higher priority takes over after the
     // master-down interval (3 adverts and a skew).
