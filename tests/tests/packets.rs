@@ -628,3 +628,33 @@ fn flows_of_a_removed_backend_move_at_their_next_packet() {
         fx.expected_backend(0, fresh, vip)
     );
 }
+
+#[test]
+fn entries_expire_on_the_real_clock() {
+    // The program tells time from jiffies times lbd's ns-per-tick: a wrong
+    // scale would expire entries far too early (or far too late).
+    let fx = fixture("clock", |c| c.idle_timeout_ns = 1_000_000_000);
+    let client = (CLIENT, 41000);
+    let vip = (WEB, 80);
+    let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    let p = parse_tcp(&o.out);
+    let reply = Frame::tcp((p.dst, p.dport), (NAT, p.sport), SYN | ACK).build();
+    // Well inside the idle timeout: the NAT entry is alive (and refreshed).
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(fx.run(&reply, fx.lbt1).reason, Reason::RedirectReply);
+    // Well past it: gone.
+    thread::sleep(Duration::from_millis(1_600));
+    assert_eq!(fx.run(&reply, fx.lbt1).reason, Reason::DropNatMiss);
+}
+
+#[test]
+fn a_data_plane_without_a_clock_passes_everything() {
+    // `ns_per_tick == 0`: not configured yet, like an empty NAT address.
+    let fx = fixture("noclock", |c| c.ns_per_tick = 0);
+    let o = fx.run(
+        &Frame::tcp((CLIENT, 41001), (WEB, 80), SYN).build(),
+        fx.lbt0,
+    );
+    assert_eq!((o.action, o.reason), (XDP_PASS, Reason::PassNoVip));
+}
