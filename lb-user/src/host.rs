@@ -228,67 +228,35 @@ pub fn ensure_bpffs() -> Result<()> {
 
 /// Nanoseconds per kernel tick (10^9 / `CONFIG_HZ`), which the XDP program
 /// needs to tell time from `jiffies` (see `lb_ebpf::Config::ns_per_tick`).
-/// Read from the kernel's build configuration when it is installed, else
-/// measured from `/proc/timer_list`; found once per process.
+/// The resolution of `CLOCK_MONOTONIC_COARSE` is exactly that: the coarse
+/// clocks advance once per tick. No privilege, no file, no waiting.
 pub fn ns_per_tick() -> Result<u32> {
-    static TICK: std::sync::OnceLock<Result<u32, String>> = std::sync::OnceLock::new();
-    TICK.get_or_init(|| {
-        find_hz()
-            .map(|hz| 1_000_000_000 / hz)
-            .map_err(|e| format!("{e:#}"))
-    })
-    .clone()
-    .map_err(|e| anyhow::anyhow!(e))
-}
-
-/// The tick rates Linux can be built with.
-const HZ_CHOICES: [u32; 4] = [100, 250, 300, 1000];
-
-fn find_hz() -> Result<u32> {
-    let release = read(&PathBuf::from("/proc/sys/kernel/osrelease"))?;
-    if let Ok(text) = fs::read_to_string(format!("/boot/config-{release}")) {
-        if let Some(hz) = hz_from_kconfig(&text) {
-            return Ok(hz);
-        }
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `res` is a valid, writable timespec.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("clock_getres(CLOCK_MONOTONIC_COARSE) for the kernel's tick length");
     }
-    measure_hz().context("finding the kernel's tick rate (CONFIG_HZ)")
+    tick_from_resolution(res.tv_sec as i64, res.tv_nsec as i64)
 }
 
-/// `CONFIG_HZ=<n>` from a kernel build configuration.
-pub fn hz_from_kconfig(text: &str) -> Option<u32> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|hz| HZ_CHOICES.contains(hz))
-}
+/// Longest plausible tick: 10 ms is `CONFIG_HZ=100`, the lowest Linux offers
+/// today; anything from 1 ms to this is accepted.
+const MAX_TICK_NS: i64 = 50_000_000;
 
-/// The global `jiffies` counter as `/proc/timer_list` shows it.
-fn jiffies() -> Result<u64> {
-    let text = fs::read_to_string("/proc/timer_list").context("reading /proc/timer_list")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("jiffies: "))
-        .and_then(|v| v.trim().parse().ok())
-        .context("/proc/timer_list has no `jiffies:` line")
-}
-
-/// Counts ticks over a quarter of a second and picks the standard rate it
-/// matches.
-fn measure_hz() -> Result<u32> {
-    let window = std::time::Duration::from_millis(250);
-    let (j0, t0) = (jiffies()?, std::time::Instant::now());
-    std::thread::sleep(window);
-    let (j1, elapsed) = (jiffies()?, t0.elapsed());
-    hz_from_rate(j1.saturating_sub(j0) as f64 / elapsed.as_secs_f64())
-}
-
-/// The standard tick rate within 10% of `rate`.
-pub fn hz_from_rate(rate: f64) -> Result<u32> {
-    HZ_CHOICES
-        .into_iter()
-        .find(|&hz| (rate - hz as f64).abs() <= hz as f64 * 0.1)
-        .with_context(|| {
-            format!("the kernel ticked {rate:.0} times a second, which is no standard CONFIG_HZ")
-        })
+pub fn tick_from_resolution(secs: i64, nanos: i64) -> Result<u32> {
+    let ns = secs.saturating_mul(1_000_000_000).saturating_add(nanos);
+    if !(1_000_000..=MAX_TICK_NS).contains(&ns) {
+        bail!(
+            "the coarse monotonic clock's resolution is {ns} ns, not a kernel tick \
+             (1 ms to {} ms expected): cannot tell time in the data plane",
+            MAX_TICK_NS / 1_000_000
+        );
+    }
+    Ok(ns as u32)
 }
 
 #[cfg(test)]
@@ -296,26 +264,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hz_comes_from_the_kernel_config() {
-        let text = "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n";
-        assert_eq!(hz_from_kconfig(text), Some(250));
-        assert_eq!(hz_from_kconfig("CONFIG_HZ=123\n"), None);
-        assert_eq!(hz_from_kconfig("CONFIG_HZ_1000=y\n"), None);
-    }
-
-    #[test]
-    fn a_measured_rate_rounds_to_a_standard_hz() {
-        assert_eq!(hz_from_rate(251.3).unwrap(), 250);
-        assert_eq!(hz_from_rate(296.0).unwrap(), 300);
-        assert_eq!(hz_from_rate(97.0).unwrap(), 100);
-        assert_eq!(hz_from_rate(1004.0).unwrap(), 1000);
-        let e = hz_from_rate(500.0).unwrap_err().to_string();
-        assert!(e.contains("500") && e.contains("CONFIG_HZ"), "{e}");
+    fn a_tick_is_between_one_and_fifty_milliseconds() {
+        assert_eq!(tick_from_resolution(0, 4_000_000).unwrap(), 4_000_000);
+        assert_eq!(tick_from_resolution(0, 1_000_000).unwrap(), 1_000_000);
+        assert_eq!(tick_from_resolution(0, 3_333_333).unwrap(), 3_333_333);
+        for (s, n) in [(0, 1), (0, 999_999), (0, 50_000_001), (1, 0), (0, 0), (0, -5)] {
+            let e = tick_from_resolution(s, n).unwrap_err().to_string();
+            assert!(e.contains("not a kernel tick"), "{e}");
+        }
     }
 
     #[test]
     fn this_kernel_has_a_tick() {
         let ns = ns_per_tick().unwrap();
-        assert!(HZ_CHOICES.iter().any(|hz| 1_000_000_000 / hz == ns), "{ns}");
+        assert!((1_000_000..=10_000_000).contains(&ns), "{ns}");
     }
 }
