@@ -545,6 +545,63 @@ impl Balancer {
         Ok(true)
     }
 
+    /// Refuses a reload that needs more backend or VIP ids than are free
+    /// once the backends and VIPs it drops have let theirs go (run-time
+    /// `lbctl` additions use ids too), before anything changes.
+    fn check_reload_capacity(&self, new: &Config) -> Result<(), ApiError> {
+        let mut freed = 0usize;
+        let mut needed = 0usize;
+        let mut new_vips = 0usize;
+        for v in &self.vips {
+            match new.vips.iter().find(|n| n.name == v.name) {
+                None => freed += v.backends.len(),
+                Some(nv) => {
+                    freed += v
+                        .backends
+                        .iter()
+                        .filter(|b| {
+                            !nv.backends
+                                .iter()
+                                .any(|c| c.address == b.address && c.port == b.port)
+                        })
+                        .count();
+                    needed += nv
+                        .backends
+                        .iter()
+                        .filter(|c| v.find(c.address, c.port).is_none())
+                        .count();
+                }
+            }
+        }
+        for nv in &new.vips {
+            if !self.vips.iter().any(|v| v.name == nv.name) {
+                needed += nv.backends.len();
+                new_vips += 1;
+            }
+        }
+        let available = self.free_ids.len() + freed;
+        if needed > available {
+            return Err(ApiError::conflict(format!(
+                "the new configuration adds {needed} backends but only {available} backend \
+                 slots would be free (backends added with lbctl use slots too); nothing was \
+                 changed"
+            )));
+        }
+        let gone_vips = self
+            .vips
+            .iter()
+            .filter(|v| !new.vips.iter().any(|n| n.name == v.name))
+            .count();
+        let vip_ids = self.free_vip_ids.len() + gone_vips;
+        if new_vips > vip_ids {
+            return Err(ApiError::conflict(format!(
+                "the new configuration adds {new_vips} VIPs but only {vip_ids} VIP slots would \
+                 be free; nothing was changed"
+            )));
+        }
+        Ok(())
+    }
+
     /// Reconciles to a new configuration: VIPs are matched by name and
     /// backends by address and port. Kept backends keep their health state and
     /// ids (so their flows stay); admin state and weights are reset to the file.
@@ -556,6 +613,7 @@ impl Balancer {
         new: &Config,
     ) -> Result<ReloadSummary, ApiError> {
         restart_only_changes(old, new)?;
+        self.check_reload_capacity(new)?;
         let mut summary = ReloadSummary::default();
         // VIPs that are gone.
         let gone: Vec<usize> = (0..self.vips.len())
@@ -578,6 +636,45 @@ impl Balancer {
             self.free_vip_ids.push_back(v.id);
             summary.vips_removed.push(v.name);
         }
+        // Backends that are gone, from every kept VIP, before anything is
+        // added: they leave the ring first, then their slots, and their ids
+        // are free for the additions below.
+        for i in 0..self.vips.len() {
+            let Some(nv) = new.vips.iter().find(|v| v.name == self.vips[i].name) else {
+                continue;
+            };
+            let mut removed = Vec::new();
+            self.vips[i].backends.retain(|b| {
+                let keep = nv
+                    .backends
+                    .iter()
+                    .any(|c| c.address == b.address && c.port == b.port);
+                if !keep {
+                    removed.push(b.clone());
+                }
+                keep
+            });
+            if removed.is_empty() {
+                continue;
+            }
+            self.publish_ring(maps, i).map_err(internal)?;
+            let vip_id = self.vips[i].id;
+            for b in removed {
+                maps.set_backend(
+                    b.id,
+                    Backend {
+                        flags: 0,
+                        ..b.kernel_value(vip_id)
+                    },
+                )
+                .map_err(internal)?;
+                self.free_ids.push_back(b.id);
+                summary.backends_removed += 1;
+            }
+        }
+        // Keys (address, port) that kept VIPs leave: removed at the end, and
+        // only if no VIP holds them then (two VIPs may swap addresses).
+        let mut left_keys = Vec::new();
         for nv in &new.vips {
             let Some(i) = self.vips.iter().position(|v| v.name == nv.name) else {
                 let entry = self.vip_from_config(nv);
@@ -601,18 +698,6 @@ impl Balancer {
                 v.on_empty = nv.on_empty;
                 v.default_check = nv.health.clone();
             }
-            // Backends that are gone leave the ring first, then their slots.
-            let mut removed = Vec::new();
-            self.vips[i].backends.retain(|b| {
-                let keep = nv
-                    .backends
-                    .iter()
-                    .any(|c| c.address == b.address && c.port == b.port);
-                if !keep {
-                    removed.push(b.clone());
-                }
-                keep
-            });
             for nb in &nv.backends {
                 match self.vips[i].find(nb.address, nb.port) {
                     Some(j) => {
@@ -631,7 +716,7 @@ impl Balancer {
                         let id = self
                             .free_ids
                             .pop_front()
-                            .ok_or_else(|| ApiError::invalid("no free backend slots"))?;
+                            .expect("check_reload_capacity counted the ids");
                         maps.reset_backend_counters(id).map_err(internal)?;
                         self.vips[i].backends.push(entry_from_config(id, nb));
                         summary.backends_added += 1;
@@ -645,19 +730,12 @@ impl Balancer {
             }
             self.publish_ring(maps, i).map_err(internal)?;
             if old_key != self.vips[i].key() {
-                maps.remove_vip(old_key).map_err(internal)?;
+                left_keys.push(old_key);
             }
-            for b in removed {
-                maps.set_backend(
-                    b.id,
-                    Backend {
-                        flags: 0,
-                        ..b.kernel_value(vip_id)
-                    },
-                )
-                .map_err(internal)?;
-                self.free_ids.push_back(b.id);
-                summary.backends_removed += 1;
+        }
+        for key in left_keys {
+            if !self.vips.iter().any(|v| v.key() == key) {
+                maps.remove_vip(key).map_err(internal)?;
             }
         }
         // Keep the configuration's order (lbctl lists VIPs as the file does).
@@ -1232,5 +1310,99 @@ mod tests {
         assert!(e.message.contains("dataplane.ring_size"), "{e}");
         assert_eq!(maps.log.len(), log);
         assert_eq!(b.vips()[0].backends.len(), 2);
+    }
+
+    const TWO_VIPS: &str = r#"
+        [dataplane]
+        interfaces = ["eth0"]
+        ring_size = 1009
+        [nat]
+        source = "10.0.2.10"
+        [[vip]]
+        name = "a"
+        address = "10.0.0.1"
+        port = 80
+        [[vip.backend]]
+        address = "10.0.2.11"
+        [[vip]]
+        name = "b"
+        address = "10.0.0.2"
+        port = 80
+        [[vip.backend]]
+        address = "10.0.2.12"
+        "#;
+
+    #[test]
+    fn reload_lets_two_vips_swap_addresses() {
+        let old = Config::from_toml_str(TWO_VIPS).unwrap();
+        let mut maps = FakeMaps::default();
+        let mut b = Balancer::new(&old);
+        b.install(&mut maps, &KernelState::default()).unwrap();
+        let new = Config::from_toml_str(
+            &TWO_VIPS
+                .replace("10.0.0.1\"", "10.0.0.X\"")
+                .replace("10.0.0.2\"", "10.0.0.1\"")
+                .replace("10.0.0.X\"", "10.0.0.2\""),
+        )
+        .unwrap();
+        b.reload(&mut maps, &old, &new).unwrap();
+        assert_eq!(maps.vips.len(), 2, "both VIPs are still in the kernel");
+        for v in b.vips() {
+            assert_eq!(
+                maps.vips[&v.key()].id,
+                v.id,
+                "{} at its new address",
+                v.name
+            );
+        }
+        let a = &b.vips()[0];
+        assert_eq!((a.name.as_str(), a.address), ("a", addr("10.0.0.2")));
+    }
+
+    #[test]
+    fn reload_needing_more_backend_slots_than_are_free_changes_nothing() {
+        // Two run-time additions, and (as if other VIPs held the rest) one
+        // slot left free...
+        let (mut maps, mut b) = installed();
+        for i in 0..2 {
+            let address = Ipv4Addr::from(0x0a05_0000 + i as u32);
+            b.add_backend(&mut maps, "web", address, 80, 1).unwrap();
+        }
+        b.free_ids.truncate(1);
+        // ...and the file keeps them all, adding a VIP with two backends.
+        let mut old = config();
+        for v in &b.vips()[0].backends {
+            let known = old.vips[0]
+                .backends
+                .iter()
+                .any(|c| c.address == v.address && c.port == v.port);
+            if !known {
+                let mut c = old.vips[0].backends[0].clone();
+                c.address = v.address;
+                old.vips[0].backends.push(c);
+            }
+        }
+        let mut new = old.clone();
+        let mut api = new.vips[0].clone();
+        api.name = "api".into();
+        api.address = addr("10.0.0.101");
+        api.backends.truncate(2);
+        new.vips.push(api);
+        let log = maps.log.len();
+        let before = format!("{:?}", b.vips());
+        let e = b.reload(&mut maps, &old, &new).unwrap_err();
+        assert!(
+            e.message
+                .contains("adds 2 backends but only 1 backend slots"),
+            "{e}"
+        );
+        assert_eq!(maps.log.len(), log, "nothing written");
+        assert_eq!(format!("{:?}", b.vips()), before, "model unchanged");
+        // Dropping the run-time backends from the file frees their slots.
+        let mut fits = config();
+        fits.vips.push(new.vips[1].clone());
+        b.reload(&mut maps, &old, &fits).unwrap();
+        assert_eq!(b.vips().len(), 2);
+        assert_eq!(maps.vips.len(), 2);
     }
 }

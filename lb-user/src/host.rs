@@ -268,7 +268,14 @@ mod tests {
         assert_eq!(tick_from_resolution(0, 4_000_000).unwrap(), 4_000_000);
         assert_eq!(tick_from_resolution(0, 1_000_000).unwrap(), 1_000_000);
         assert_eq!(tick_from_resolution(0, 3_333_333).unwrap(), 3_333_333);
-        for (s, n) in [(0, 1), (0, 999_999), (0, 50_000_001), (1, 0), (0, 0), (0, -5)] {
+        for (s, n) in [
+            (0, 1),
+            (0, 999_999),
+            (0, 50_000_001),
+            (1, 0),
+            (0, 0),
+            (0, -5),
+        ] {
             let e = tick_from_resolution(s, n).unwrap_err().to_string();
             assert!(e.contains("not a kernel tick"), "{e}");
         }
