@@ -240,7 +240,10 @@ pub fn ns_per_tick() -> Result<u32> {
         return Err(std::io::Error::last_os_error())
             .context("clock_getres(CLOCK_MONOTONIC_COARSE) for the kernel's tick length");
     }
-    tick_from_resolution(res.tv_sec as i64, res.tv_nsec as i64)
+    // time_t and c_long are narrower than i64 on 32-bit targets.
+    #[allow(clippy::unnecessary_cast)]
+    let (secs, nanos) = (res.tv_sec as i64, res.tv_nsec as i64);
+    tick_from_resolution(secs, nanos)
 }
 
 /// Longest plausible tick: 10 ms is `CONFIG_HZ=100`, the lowest Linux offers
