@@ -243,13 +243,18 @@ pub async fn run(
 ) -> Result<()> {
     let socket = cfg.control.socket.clone();
     let listener = bind_control(&socket)?;
-    let metrics_listener =
-        match cfg.metrics.listen {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("binding the metrics endpoint {addr} (metrics.listen)")
-            })?),
-            None => None,
-        };
+    let metrics_listener = match cfg.metrics.listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = std::fs::remove_file(&socket);
+                return Err(anyhow::Error::new(e).context(format!(
+                    "binding the metrics endpoint {addr} (metrics.listen)"
+                )));
+            }
+        },
+        None => None,
+    };
     let mut running = match start(cfg, config_path, object) {
         Ok(r) => r,
         Err(e) => {

@@ -30,15 +30,19 @@ fn object(args: &Args) -> Result<Vec<u8>> {
 }
 
 /// SIGTERM and SIGINT stop cleanly; SIGQUIT leaves the data plane forwarding
-/// for the next lbd (restart, upgrade).
-async fn shutdown_signal() -> daemon::Exit {
+/// for the next lbd (restart, upgrade). The handlers are installed here, at
+/// once, so a signal that arrives while lbd is still starting is not lost
+/// (nor fatal): it is acted on as soon as start-up is done.
+fn shutdown_signal() -> impl std::future::Future<Output = daemon::Exit> {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
-    tokio::select! {
-        _ = term.recv() => daemon::Exit::Clean,
-        _ = int.recv() => daemon::Exit::Clean,
-        _ = quit.recv() => daemon::Exit::KeepForwarding,
+    async move {
+        tokio::select! {
+            _ = term.recv() => daemon::Exit::Clean,
+            _ = int.recv() => daemon::Exit::Clean,
+            _ = quit.recv() => daemon::Exit::KeepForwarding,
+        }
     }
 }
 
@@ -90,8 +94,9 @@ fn main() -> ExitCode {
             .build()
             .context("starting the runtime")?;
         rt.block_on(async {
+            let shutdown = shutdown_signal();
             let reloads = reload_signals();
-            daemon::run(cfg, args.config.clone(), &obj, shutdown_signal(), reloads).await
+            daemon::run(cfg, args.config.clone(), &obj, shutdown, reloads).await
         })
     });
     match result {
