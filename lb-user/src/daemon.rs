@@ -127,9 +127,18 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
         }
     }
     host::ensure_bpffs()?;
+    // Everything that can be refused is checked before the host or the maps
+    // change.
+    let kernel_cfg = kernel_config(&cfg)?;
     let mut dataplane =
         Dataplane::load(object, &load_options(&cfg), Some(&cfg.dataplane.pin_path))?;
     let adopted = dataplane.adopted();
+    if adopted {
+        if let Err(e) = check_adoptable(&dataplane, &cfg) {
+            abandon(dataplane, adopted);
+            return Err(e);
+        }
+    }
     let mut host = match HostSettings::apply(&cfg, adopted) {
         Ok(h) => h,
         Err(e) => {
@@ -139,7 +148,7 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
     };
     let mut balancer = None;
     let up = (|| -> Result<()> {
-        dataplane.set_config(&kernel_config(&cfg)?)?;
+        dataplane.set_config(&kernel_cfg)?;
         let kernel = if adopted {
             dataplane.kernel_state()?
         } else {
@@ -158,7 +167,12 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
         Ok(())
     })();
     if let Err(e) = up {
-        host.restore();
+        if adopted {
+            // The data plane goes on forwarding, and needs the host as it is.
+            host.forget();
+        } else {
+            host.restore();
+        }
         abandon(dataplane, adopted);
         return Err(e);
     }
@@ -190,6 +204,22 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
         host,
         health_rx: Some(rx),
     })
+}
+
+/// Refuses to adopt a data plane whose entries this lbd would misread.
+fn check_adoptable(dataplane: &Dataplane, cfg: &Config) -> Result<()> {
+    let running = dataplane.config()?;
+    if running.nat_addr_be != 0 && running.ns_per_tick == 0 {
+        anyhow::bail!(
+            "the data plane pinned under {} was started by an older lbd that kept time with \
+             bpf_ktime_get_coarse_ns; this lbd keeps time in kernel ticks and would misread the \
+             age of every flow. Stop it cleanly with the lbd that started it (SIGTERM), or \
+             detach it and remove the pins (`rm -r {}`), then start again",
+            cfg.dataplane.pin_path.display(),
+            cfg.dataplane.pin_path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Undoes a failed bring-up: a fresh data plane is removed; an adopted one

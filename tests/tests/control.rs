@@ -309,6 +309,25 @@ fn lb_sysctls(topo: &Topology) -> Vec<String> {
 }
 
 /// Names in lbd's pin directory (empty if it does not exist).
+fn pinned_config_map(topo: &Topology) -> aya::maps::Array<aya::maps::MapData, lb_ebpf::Config> {
+    let path = topo.pin_path().join(lb_ebpf::map::CONFIG);
+    let data = aya::maps::MapData::from_pin(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("LB_CONFIG is an array")
+}
+
+fn pinned_config(topo: &Topology) -> lb_ebpf::Config {
+    pinned_config_map(topo)
+        .get(&0, 0)
+        .expect("reading LB_CONFIG")
+}
+
+fn set_pinned_config(topo: &Topology, config: lb_ebpf::Config) {
+    pinned_config_map(topo)
+        .set(0, config, 0)
+        .expect("writing LB_CONFIG");
+}
+
 fn pins(topo: &Topology) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(topo.pin_path())
         .map(|d| {
@@ -1515,6 +1534,25 @@ fn sigquit_leaves_forwarding_then_clean_stop() {
             "{r:?}"
         );
         assert_eq!(answered_by(&topo, &r, 2), 0, "b3 is drained: {r:?}");
+
+        // A data plane left by an lbd that kept time differently (its
+        // configuration has no tick length) is refused, and left running.
+        let original = pinned_config(&topo);
+        set_pinned_config(
+            &topo,
+            lb_ebpf::Config {
+                ns_per_tick: 0,
+                ..original
+            },
+        );
+        let e = topo
+            .try_start_lbd_config(&text)
+            .expect_err("adopted a data plane with another clock");
+        let e = format!("{e:#}");
+        assert!(e.contains("older lbd") && e.contains("rm -r"), "{e}");
+        assert!(topo.lb_xdp_attached("eth0").expect("ip link"), "detached");
+        assert!(pins(&topo).iter().any(|p| p == "link_eth0"), "unpinned");
+        set_pinned_config(&topo, original);
 
         topo.try_start_lbd_config(&text)
             .unwrap_or_else(|e| panic!("{e:#}"));

@@ -455,6 +455,13 @@ impl Dataplane {
         drop(self);
     }
 
+    /// The global settings the program runs with now.
+    pub fn config(&self) -> Result<Config> {
+        self.config
+            .get(&0, 0)
+            .with_context(|| format!("reading {}", map::CONFIG))
+    }
+
     pub fn set_config(&mut self, config: &Config) -> Result<()> {
         self.config
             .set(0, config, 0)
