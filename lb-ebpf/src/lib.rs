@@ -352,7 +352,8 @@ reasons! {
     PassMalformed = 9, "pass_malformed";
     /// A non-first IPv4 fragment (no ports to match on).
     PassFragment = 10, "pass_fragment";
-    /// TTL would expire: the kernel sends the ICMP time exceeded.
+    /// A client's packet to a VIP whose TTL would expire: the kernel sends
+    /// the ICMP time exceeded.
     PassTtl = 11, "pass_ttl";
     /// TCP to the NAT address outside the NAT port range.
     PassNatOtherPort = 12, "pass_nat_other_port";
@@ -375,9 +376,13 @@ reasons! {
     DropRedirect = 20, "drop_redirect";
     /// The VIP's ring is empty and it is set to refuse: a TCP RST was sent back.
     TxReset = 21, "tx_reset";
+    /// A backend's reply with TTL 1 or less. Not passed: the NAT address is
+    /// the host's own, so the kernel would deliver it locally, find no
+    /// socket, and answer with a RST that kills the connection.
+    DropTtl = 22, "drop_ttl";
 }
 
-pub const REASON_COUNT: u32 = 22;
+pub const REASON_COUNT: u32 = 23;
 
 impl Reason {
     pub const fn is_drop(self) -> bool {
@@ -391,6 +396,7 @@ impl Reason {
                 | Reason::DropNatMiss
                 | Reason::DropMapUpdate
                 | Reason::DropRedirect
+                | Reason::DropTtl
         )
     }
 }

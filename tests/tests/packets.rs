@@ -658,3 +658,25 @@ fn a_data_plane_without_a_clock_passes_everything() {
     );
     assert_eq!((o.action, o.reason), (XDP_PASS, Reason::PassNoVip));
 }
+
+#[test]
+fn a_reply_whose_ttl_expires_is_dropped_not_passed() {
+    // Passed, it would reach this host's own stack (the NAT address is ours),
+    // which would answer the backend with a RST and kill the connection.
+    let fx = fixture("replyttl", |_| {});
+    let o = fx.run(
+        &Frame::tcp((CLIENT, 41002), (WEB, 80), SYN).build(),
+        fx.lbt0,
+    );
+    let p = parse_tcp(&o.out);
+    let reply = Frame::tcp((p.dst, p.dport), (NAT, p.sport), SYN | ACK);
+    let expiring = Frame {
+        ttl: 1,
+        ..reply.clone()
+    };
+    let o = fx.run(&expiring.build(), fx.lbt1);
+    assert_eq!((o.action, o.reason), (XDP_DROP, Reason::DropTtl));
+    // The connection is untouched: the next reply goes through.
+    let o = fx.run(&reply.build(), fx.lbt1);
+    assert_eq!(o.reason, Reason::RedirectReply);
+}

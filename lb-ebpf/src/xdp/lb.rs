@@ -99,8 +99,11 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !fresh_syn {
         if let Some(f) = FLOWS.get_ptr_mut(key) {
-            // SAFETY: the pointer comes from a successful map lookup; racing
-            // writers of the same flow only store equivalent values.
+            // SAFETY: the pointer comes from a successful map lookup and the
+            // value stays allocated (LRU nodes are preallocated). A racing
+            // update of the same tuple may recycle it for another flow: a
+            // write here then lands in that flow's entry, which costs at most
+            // one packet's state (docs/dataplane.md, "Concurrency").
             if let Some(verdict) = established(ctx, &pkt, cfg, unsafe { &mut *f }, now) {
                 return verdict;
             }
@@ -485,7 +488,8 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
         return drop(Reason::DropNatMiss);
     }
     if ttl_expires(pkt) {
-        return pass(Reason::PassTtl);
+        // Passing it would get the backend a RST from this host's stack.
+        return drop(Reason::DropTtl);
     }
     if e.last_seen_ns != now {
         e.last_seen_ns = now;
