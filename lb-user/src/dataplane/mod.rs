@@ -220,6 +220,27 @@ impl Dataplane {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
+        let loaded = Self::finish_load(loader, object, opts, pin_dir, adopted);
+        if loaded.is_err() && !adopted {
+            // The maps this attempt created and pinned would otherwise pass
+            // for a running data plane at the next start.
+            if let Some(dir) = pin_dir {
+                for name in map::ALL.iter().chain([&prog::LB]) {
+                    let _ = fs::remove_file(dir.join(name));
+                }
+                let _ = fs::remove_dir(dir);
+            }
+        }
+        loaded
+    }
+
+    fn finish_load(
+        mut loader: EbpfLoader<'_>,
+        object: &[u8],
+        opts: &LoadOptions,
+        pin_dir: Option<&Path>,
+        adopted: bool,
+    ) -> Result<Dataplane> {
         let mut ebpf = loader
             .load(object)
             .context("loading the XDP object into the kernel (are you root, with CAP_BPF and CAP_NET_ADMIN?)")?;
