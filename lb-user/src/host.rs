@@ -22,9 +22,11 @@ const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct HostSettings {
     saved: Vec<(PathBuf, String)>,
-    /// The NAT range lbd reserved (taken out again on restore, leaving any
-    /// other entries alone).
-    reserved: Option<String>,
+    /// The reserved ports lbd added (those of the NAT range that were not
+    /// reserved already), as inclusive ranges: taken out again on restore,
+    /// leaving everything else as it is.
+    #[serde(default)]
+    reserved_added: Vec<(u16, u16)>,
     #[serde(skip)]
     state_file: Option<PathBuf>,
 }
@@ -103,18 +105,17 @@ impl HostSettings {
         if cfg.nat.reserve_ports {
             let path = PathBuf::from(RESERVED_PORTS);
             let old = read(&path)?;
-            let range = format!("{}-{}", cfg.nat.port_min, cfg.nat.port_max);
-            // An lbd that exited leaving the data plane running left it there.
-            if !old.split(',').any(|r| r == range) {
-                let new = if old.is_empty() {
-                    range.clone()
-                } else {
-                    format!("{old},{range}")
-                };
+            let mut ports = PortSet::parse(&old)
+                .with_context(|| format!("reading {RESERVED_PORTS} ({old:?})"))?;
+            // Ports already reserved (by the admin, or by the lbd whose data
+            // plane this one adopts) are not ours to release later.
+            let added = ports.insert_range(cfg.nat.port_min, cfg.nat.port_max);
+            if !added.is_empty() {
+                let new = ports.to_string();
                 fs::write(&path, format!("{new}\n"))
                     .with_context(|| format!("writing {new:?} to {RESERVED_PORTS}"))?;
+                self.reserved_added.extend(added);
             }
-            self.reserved = Some(range);
         }
         for ifname in &cfg.dataplane.interfaces {
             let dir = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{ifname}"));
@@ -134,7 +135,7 @@ impl HostSettings {
     /// state file for the lbd that adopts it.
     pub fn forget(&mut self) {
         self.saved.clear();
-        self.reserved = None;
+        self.reserved_added.clear();
         self.state_file = None;
     }
 
@@ -142,13 +143,14 @@ impl HostSettings {
     /// of the reserved ports (leaving other entries alone), and removes the
     /// state file.
     pub fn restore(&mut self) {
-        if let Some(range) = self.reserved.take() {
+        let added = std::mem::take(&mut self.reserved_added);
+        if !added.is_empty() {
             let result = read(&PathBuf::from(RESERVED_PORTS)).and_then(|now| {
-                let rest: Vec<&str> = now
-                    .split(',')
-                    .filter(|r| *r != range && !r.is_empty())
-                    .collect();
-                fs::write(RESERVED_PORTS, format!("{}\n", rest.join(",")))
+                let mut ports = PortSet::parse(&now)?;
+                for (lo, hi) in added {
+                    ports.remove_range(lo, hi);
+                }
+                fs::write(RESERVED_PORTS, format!("{ports}\n"))
                     .context("writing ip_local_reserved_ports")
             });
             if let Err(e) = result {
@@ -165,6 +167,95 @@ impl HostSettings {
         if let Some(file) = self.state_file.take() {
             let _ = fs::remove_file(file);
         }
+    }
+}
+
+/// A set of TCP/UDP ports, read and written in the kernel's
+/// `ip_local_reserved_ports` syntax (`8080,20000-30000`). The kernel merges
+/// and reorders ranges when it reads the value back, so the set is what
+/// counts, not the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSet(Vec<bool>);
+
+impl PortSet {
+    pub fn parse(text: &str) -> Result<PortSet> {
+        let mut set = PortSet(vec![false; 65_536]);
+        for part in text
+            .trim()
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let num = |s: &str| -> Result<u16> {
+                s.trim()
+                    .parse()
+                    .with_context(|| format!("{part:?} is not a port or a port range"))
+            };
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (num(a)?, num(b)?),
+                None => (num(part)?, num(part)?),
+            };
+            if lo > hi {
+                bail!("{part:?} is not a port range (its start is past its end)");
+            }
+            set.insert_range(lo, hi);
+        }
+        Ok(set)
+    }
+
+    /// Adds `lo..=hi`; returns the ranges that were not in the set before.
+    pub fn insert_range(&mut self, lo: u16, hi: u16) -> Vec<(u16, u16)> {
+        let mut added = PortSet(vec![false; 65_536]);
+        for p in lo..=hi {
+            let slot = &mut self.0[usize::from(p)];
+            if !*slot {
+                *slot = true;
+                added.0[usize::from(p)] = true;
+            }
+        }
+        added.ranges()
+    }
+
+    pub fn remove_range(&mut self, lo: u16, hi: u16) {
+        for p in lo..=hi {
+            self.0[usize::from(p)] = false;
+        }
+    }
+
+    pub fn ranges(&self) -> Vec<(u16, u16)> {
+        let mut out = Vec::new();
+        let mut start = None;
+        for (p, &on) in self.0.iter().enumerate() {
+            match (on, start) {
+                (true, None) => start = Some(p),
+                (false, Some(s)) => {
+                    out.push((s as u16, (p - 1) as u16));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            out.push((s as u16, u16::MAX));
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .ranges()
+            .into_iter()
+            .map(|(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect();
+        f.write_str(&parts.join(","))
     }
 }
 
@@ -281,6 +372,25 @@ mod tests {
         ] {
             let e = tick_from_resolution(s, n).unwrap_err().to_string();
             assert!(e.contains("not a kernel tick"), "{e}");
+        }
+    }
+
+    #[test]
+    fn reserved_ports_are_a_set() {
+        let mut set = PortSet::parse("8080, 20000-30000,19000-19999\n").unwrap();
+        assert_eq!(set.to_string(), "8080,19000-30000");
+        // Only what was not reserved yet is lbd's to release later.
+        let added = set.insert_range(25000, 40000);
+        assert_eq!(added, [(30001, 40000)]);
+        assert_eq!(set.to_string(), "8080,19000-40000");
+        for (lo, hi) in added {
+            set.remove_range(lo, hi);
+        }
+        assert_eq!(set.to_string(), "8080,19000-30000");
+        assert_eq!(PortSet::parse("").unwrap().to_string(), "");
+        assert_eq!(PortSet::parse("65535").unwrap().ranges(), [(65535, 65535)]);
+        for bad in ["x", "5-3", "70000", "1-"] {
+            assert!(PortSet::parse(bad).is_err(), "{bad}");
         }
     }
 

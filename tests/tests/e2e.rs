@@ -286,11 +286,17 @@ fn stopping_lbd_stops_forwarding_and_cleans_up() {
             }
             v
         };
+        // The admin's own reservations, one overlapping the NAT range
+        // (20000-59999): they must be exactly as they were after lbd.
+        topo.lb_ns()
+            .sysctl("net.ipv4.ip_local_reserved_ports", "8080,19000-20500")
+            .expect("reserve ports");
         let before = sysctls(&topo);
+        assert_eq!(before[0], "8080,19000-20500");
         topo.start_lbd([1, 1, 1]);
         let during = sysctls(&topo);
         eprintln!("  sysctls before: {before:?}; while lbd runs: {during:?}");
-        assert!(during[0].contains("20000-59999"), "{during:?}");
+        assert_eq!(during[0], "8080,19000-59999", "{during:?}");
         assert!(
             during.iter().any(|s| s == "eth0/forwarding=1"),
             "{during:?}"
