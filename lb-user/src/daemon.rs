@@ -343,7 +343,7 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(metrics::serve(
             l,
-            move || snapshot(&state.lock().expect("state lock")),
+            move || snapshot_counting_tables(&state),
             async move {
                 let _ = stop.changed().await;
             },
@@ -470,6 +470,26 @@ pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
 }
 
 /// The numbers the metrics endpoint shows.
+/// [`snapshot`], with the flow and NAT tables counted after the state lock
+/// is released: a walk of a big table takes a while, and health verdicts
+/// and lbctl commands must not wait for it.
+fn snapshot_counting_tables(state: &Mutex<State>) -> metrics::Snapshot {
+    let (mut snap, counter) = {
+        let st = state.lock().expect("state lock");
+        (snapshot(&st), st.dataplane.table_counter())
+    };
+    match counter {
+        Ok(c) => {
+            snap.flows = c.flows() as u64;
+            snap.nat_entries = c.nat_entries() as u64;
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot count the flow tables"),
+    }
+    snap
+}
+
+/// The metrics, but for the table sizes (0 here; see
+/// [`snapshot_counting_tables`]).
 pub fn snapshot(st: &State) -> metrics::Snapshot {
     let counters = st.dataplane.reason_counters().unwrap_or_default();
     let reasons = Reason::ALL
@@ -516,8 +536,8 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
     metrics::Snapshot {
         vips,
         reasons,
-        flows: st.dataplane.flow_count() as u64,
-        nat_entries: st.dataplane.nat_count() as u64,
+        flows: 0,
+        nat_entries: 0,
         max_flows: st.cfg.dataplane.max_flows as u64,
         up_since_unix: st.started_unix,
         reloads: st.reloads,
@@ -575,9 +595,26 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>) {
         let state = state.clone();
         let result = tokio::task::spawn_blocking(move || {
             let request = api::parse_request(&line)?;
-            let mut st = state
-                .lock()
-                .map_err(|_| ApiError::internal("state lock poisoned"))?;
+            let lock = || {
+                state
+                    .lock()
+                    .map_err(|_| ApiError::internal("state lock poisoned"))
+            };
+            if matches!(request, Request::Stats) {
+                // Counted without the lock held (see snapshot_counting_tables).
+                let (mut value, counter) = {
+                    let mut st = lock()?;
+                    let counter = st
+                        .dataplane
+                        .table_counter()
+                        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                    (handle(&mut st, request)?, counter)
+                };
+                value["flows"] = counter.flows().into();
+                value["nat_entries"] = counter.nat_entries().into();
+                return Ok(value);
+            }
+            let mut st = lock()?;
             handle(&mut st, request)
         })
         .await
@@ -680,10 +717,12 @@ pub fn handle(st: &mut State, request: Request) -> Result<serde_json::Value, Api
                     bytes: c.bytes,
                 })
                 .collect();
+            // The table sizes are filled in by the caller, outside the
+            // state lock (serve_connection).
             to_value(Stats {
                 reasons,
-                flows: dataplane.flow_count() as u64,
-                nat_entries: dataplane.nat_count() as u64,
+                flows: 0,
+                nat_entries: 0,
                 max_flows: cfg.dataplane.max_flows as u64,
             })
         }

@@ -889,6 +889,13 @@ fn lbctl_every_command_table_and_json() {
         assert!(table.contains("REASON"), "{table}");
         let stats: Stats = serde_json::from_value(lbctl_json(&topo, &["stats"])).expect("stats");
         assert_eq!(stats.max_flows, 262_144);
+        // Counted from the kernel's tables (after the state lock is released).
+        assert!(
+            stats.flows > 0 && stats.nat_entries >= stats.flows,
+            "{} flows, {} NAT entries",
+            stats.flows,
+            stats.nat_entries
+        );
         assert_eq!(stats.reasons.len(), lb_ebpf::Reason::ALL.len());
         for r in lb_ebpf::Reason::ALL {
             let label = r.label();
@@ -1670,7 +1677,10 @@ fn metrics_endpoint() {
             metric(&text, "lb_flow_table_capacity", &[]),
             Some(262_144.0)
         );
-        assert!(metric(&text, "lb_flow_table_entries", &[]).is_some());
+        let entries = metric(&text, "lb_flow_table_entries", &[]);
+        assert!(entries.is_some_and(|n| n > 0.0), "{entries:?}");
+        let nat = metric(&text, "lb_nat_table_entries", &[]);
+        assert!(nat.is_some_and(|n| n > 0.0), "{nat:?}");
         assert_eq!(metric(&text, "lb_reloads_total", &[]), Some(0.0));
         for family in ["lb_vip_packets_total", "lb_backend_up", "lb_packets_total"] {
             assert!(

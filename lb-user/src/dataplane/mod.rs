@@ -192,6 +192,22 @@ fn sum(values: aya::maps::PerCpuValues<Counters>) -> Counters {
     total
 }
 
+/// See [`Dataplane::table_counter`].
+pub struct TableCounter {
+    flows: HashMap<MapData, FlowKey, Flow>,
+    nat: HashMap<MapData, FlowKey, NatEntry>,
+}
+
+impl TableCounter {
+    pub fn flows(&self) -> usize {
+        self.flows.keys().filter(|k| k.is_ok()).count()
+    }
+
+    pub fn nat_entries(&self) -> usize {
+        self.nat.keys().filter(|k| k.is_ok()).count()
+    }
+}
+
 impl Dataplane {
     /// Loads the object (programs are verified and loaded, nothing attached).
     ///
@@ -504,6 +520,27 @@ impl Dataplane {
     /// Number of entries in the NAT table.
     pub fn nat_count(&self) -> usize {
         self.nat.keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// Handles of their own on the flow and NAT tables, for counting their
+    /// entries (a walk of up to millions of system calls) without holding
+    /// whatever guards this `Dataplane`.
+    pub fn table_counter(&self) -> Result<TableCounter> {
+        fn reopen(map: &MapData) -> Result<MapData> {
+            use std::os::fd::AsFd as _;
+            let fd = map
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating a map descriptor")?;
+            Ok(MapData::from_fd(fd)?)
+        }
+        let flows = reopen(aya::maps::IterableMap::map(&self.flows))?;
+        let nat = reopen(aya::maps::IterableMap::map(&self.nat))?;
+        Ok(TableCounter {
+            flows: HashMap::try_from(Map::LruHashMap(flows))?,
+            nat: HashMap::try_from(Map::LruHashMap(nat))?,
+        })
     }
 
     /// Looks up a flow by its client-side 5-tuple (tests and debugging).
