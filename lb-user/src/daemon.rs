@@ -164,6 +164,11 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
         for ifname in &cfg.dataplane.interfaces {
             dataplane.attach(ifname, !native)?;
         }
+        if adopted {
+            for ifname in dataplane.detach_others(&cfg.dataplane.interfaces)? {
+                tracing::info!(interface = %ifname, "detached: no longer in dataplane.interfaces");
+            }
+        }
         Ok(())
     })();
     if let Err(e) = up {

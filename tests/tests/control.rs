@@ -1617,6 +1617,46 @@ fn sigquit_leaves_forwarding_then_clean_stop() {
     assert_cleaned_up(&prefix);
 }
 
+#[test]
+fn adopting_detaches_interfaces_dropped_from_the_configuration() {
+    let test = "adopting_detaches_dropped_interfaces";
+    let _t = Timing::start(test);
+    let prefix = {
+        let mut topo = Topology::for_test(test);
+        topo.start_lbd([1, 1, 1]);
+        let text = fs::read_to_string(topo.config_path()).expect("read the configuration");
+        let status = signal_lbd(&mut topo, libc::SIGQUIT);
+        assert_eq!(status.code(), Some(0), "lbd's exit on SIGQUIT: {status}");
+        assert!(topo.lb_xdp_attached("eth1").expect("ip link"));
+        let only_eth0 = text.replace(r#"["eth0", "eth1"]"#, r#"["eth0"]"#);
+        assert_ne!(only_eth0, text, "the configuration lists eth0 and eth1");
+        topo.try_start_lbd_config(&only_eth0)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(status_adopted(&topo), "the new lbd did not adopt");
+        assert!(topo.lb_xdp_attached("eth0").expect("ip link"), "eth0");
+        assert!(
+            !topo.lb_xdp_attached("eth1").expect("ip link"),
+            "eth1 left attached after it was dropped from the configuration"
+        );
+        assert!(
+            !pins(&topo).iter().any(|p| p == "link_eth1"),
+            "{:?}",
+            pins(&topo)
+        );
+        assert!(
+            topo.lbd_output()
+                .contains("no longer in dataplane.interfaces"),
+            "{}",
+            topo.lbd_output()
+        );
+        let status = topo.stop_lbd().expect("lbd stops on SIGTERM");
+        assert!(status.success(), "lbd exited with {status}");
+        assert_data_plane_removed(&topo);
+        topo.prefix().to_owned()
+    };
+    assert_cleaned_up(&prefix);
+}
+
 // ---------------------------------------------------------------------------
 // 9. Metrics
 

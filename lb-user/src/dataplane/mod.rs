@@ -441,6 +441,31 @@ impl Dataplane {
         self.attached.iter().map(|(i, _)| i.clone()).collect()
     }
 
+    /// Detaches the program from interfaces an earlier lbd attached it to
+    /// that are not in `keep` (removed from the configuration since):
+    /// removing a link's pin destroys it. Returns their names.
+    pub fn detach_others(&mut self, keep: &[String]) -> Result<Vec<String>> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(Vec::new());
+        };
+        let mut gone = Vec::new();
+        let entries = fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(ifname) = name.strip_prefix("link_") else {
+                continue;
+            };
+            if keep.iter().any(|k| k == ifname) {
+                continue;
+            }
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            gone.push(ifname.to_owned());
+        }
+        Ok(gone)
+    }
+
     /// A clean stop: detaches from every interface and removes every pin.
     /// Afterwards this value only holds file descriptors of objects that are
     /// gone once it is dropped.
@@ -465,6 +490,11 @@ impl Dataplane {
             let p: &mut Xdp = p;
             // Drops the links this program still owns (unpinned attachments).
             let _ = p.unload();
+        }
+        // Links pinned by an earlier lbd on interfaces not attached by this
+        // one (normally none: adoption detaches them).
+        if let Err(e) = self.detach_others(&[]) {
+            first_error.get_or_insert(e);
         }
         if let Some(dir) = self.pin_dir.take() {
             let dir = &dir;
