@@ -680,3 +680,55 @@ fn a_reply_whose_ttl_expires_is_dropped_not_passed() {
     let o = fx.run(&reply.build(), fx.lbt1);
     assert_eq!(o.reason, Reason::RedirectReply);
 }
+
+#[test]
+fn a_connection_without_its_flow_entry_keeps_its_nat_port() {
+    // Two NAT ports toward SINGLE_VIP's one backend, and entries that go
+    // stale (idle, free for others) after a millisecond.
+    let (min, max) = (20000u16, 20001u16);
+    let fx = fixture("keepport", |c| {
+        c.nat_port_min = min;
+        c.nat_port_max = max;
+        c.idle_timeout_ns = 1_000_000;
+        c.port_hold_ns = 1_000_000;
+    });
+    let vip: (Ipv4Addr, u16) = (SINGLE_VIP, 80);
+    let first_candidate = |client: (Ipv4Addr, u16)| {
+        let h = lb_ebpf::hash::flow_hash(
+            addr_be(client.0),
+            addr_be(vip.0),
+            client.1.to_be(),
+            vip.1.to_be(),
+            IPPROTO_TCP,
+            lb_ebpf::SEED_NAT_PORT,
+        );
+        lb_ebpf::hash::nat_port_candidate(h, 0, min, u32::from(max - min) + 1)
+    };
+    let b = (CLIENT2, 47000);
+    let p = first_candidate(b);
+    // A client whose first candidate is the port B will hold.
+    let x = (47001..48000)
+        .map(|port| (CLIENT, port))
+        .find(|&c| first_candidate(c) == p)
+        .expect("a client port with the same first candidate");
+    let o = fx.run(&Frame::tcp(b, vip, SYN).build(), fx.lbt0);
+    assert_eq!(parse_tcp(&o.out).sport, p);
+    let o = fx.run(&Frame::tcp(x, vip, SYN).build(), fx.lbt0);
+    let q = parse_tcp(&o.out).sport;
+    assert_ne!(q, p, "B holds X's first candidate");
+
+    // Both go idle: X's flow entry expires, and B's port is free for anyone.
+    thread::sleep(Duration::from_millis(30));
+    // X's connection goes on: its next packet must keep the port the
+    // backend knows, not move to the now free first candidate.
+    let o = fx.run(&Frame::tcp(x, vip, ACK).build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    assert_eq!(
+        parse_tcp(&o.out).sport,
+        q,
+        "X's connection moved to another NAT port"
+    );
+    // A new connection from X's port may take the first free candidate.
+    let o = fx.run(&Frame::tcp(x, vip, SYN).build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+}

@@ -413,8 +413,22 @@ fn new_flow_for(
         last_seen_ns: now,
         hop,
     };
-    flow.nat_port_be = claim_nat_port(cfg, &flow, key, &entry, now)?;
+    // A fresh SYN starts a connection. Anything else without a usable flow
+    // entry may belong to a live connection whose flow entry was lost
+    // (evicted, or the other load balancer of a pair handled it so far):
+    // it must keep the NAT port the backend knows, if its entry is there.
+    let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    flow.nat_port_be = claim_nat_port(cfg, &flow, key, &entry, now, fresh_syn)?;
     Ok(flow)
+}
+
+/// The NAT entry `e` is for the same client and VIP as `entry`.
+#[inline(always)]
+fn same_client(e: &NatEntry, entry: &NatEntry) -> bool {
+    e.client_addr_be == entry.client_addr_be
+        && e.client_port_be == entry.client_port_be
+        && e.vip_addr_be == entry.vip_addr_be
+        && e.vip_port_be == entry.vip_port_be
 }
 
 /// Finds a NAT port for the flow toward its backend. The first candidate is a
@@ -428,6 +442,7 @@ fn claim_nat_port(
     key: &FlowKey,
     entry: &NatEntry,
     now: u64,
+    fresh_syn: bool,
 ) -> Result<u16, Reason> {
     let h = flow_hash(
         key.src_addr_be,
@@ -447,6 +462,22 @@ fn claim_nat_port(
         _pad1: 0,
         _pad2: 0,
     };
+    if !fresh_syn {
+        // This client's own entry first, wherever it is among the candidates.
+        let mut i = 0;
+        while i < NAT_PORT_PROBES {
+            probe.dst_port_be = nat_port_candidate(h, i, cfg.nat_port_min, range).to_be();
+            if let Some(e) = NAT.get_ptr_mut(probe) {
+                // SAFETY: the pointer comes from a successful map lookup.
+                let e = unsafe { &mut *e };
+                if same_client(e, entry) {
+                    *e = *entry;
+                    return Ok(probe.dst_port_be);
+                }
+            }
+            i += 1;
+        }
+    }
     let mut i = 0;
     while i < NAT_PORT_PROBES {
         probe.dst_port_be = nat_port_candidate(h, i, cfg.nat_port_min, range).to_be();
@@ -460,11 +491,7 @@ fn claim_nat_port(
             Some(e) => {
                 // SAFETY: the pointer comes from a successful map lookup.
                 let e = unsafe { &mut *e };
-                let same_client = e.client_addr_be == entry.client_addr_be
-                    && e.client_port_be == entry.client_port_be
-                    && e.vip_addr_be == entry.vip_addr_be
-                    && e.vip_port_be == entry.vip_port_be;
-                if same_client || nat_port_free(cfg, e, now) {
+                if same_client(e, entry) || nat_port_free(cfg, e, now) {
                     *e = *entry;
                     return Ok(probe.dst_port_be);
                 }
@@ -508,7 +535,15 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
         };
         if let Some(f) = FLOWS.get_ptr_mut(client) {
             // SAFETY: the pointer comes from a successful map lookup.
-            record_close(unsafe { &mut (*f).close }, close, false);
+            let f = unsafe { &mut *f };
+            // Only if the client's flow is still this connection (it may
+            // have been re-created toward another backend or NAT port).
+            if f.nat_port_be == key.dst_port_be
+                && f.backend_addr_be == key.src_addr_be
+                && f.backend_port_be == key.src_port_be
+            {
+                record_close(&mut f.close, close, false);
+            }
         }
     }
     stats::count_flow(

@@ -184,6 +184,24 @@ fn check_pinned_sizes(dir: &Path, opts: &LoadOptions, rings: u32) -> Result<()> 
     Ok(())
 }
 
+/// Loads `p`, trying again when the verifier gave up with EAGAIN: it does
+/// when a signal (or other task work) is pending for the loading thread, as
+/// it may be in a busy process. libbpf retries the same way.
+fn load_retrying(p: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+    let mut attempts = 0;
+    loop {
+        match p.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 =>
+            {
+                attempts += 1;
+                tracing::debug!(attempts, "the verifier was interrupted; loading again");
+            }
+            other => return other,
+        }
+    }
+}
+
 fn sum(values: aya::maps::PerCpuValues<Counters>) -> Counters {
     let mut total = Counters::default();
     for v in values.iter() {
@@ -265,8 +283,7 @@ impl Dataplane {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
                 .try_into()?;
-            p.load()
-                .with_context(|| format!("the kernel refused program {name}"))?;
+            load_retrying(p).with_context(|| format!("the kernel refused program {name}"))?;
         }
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
