@@ -732,3 +732,42 @@ fn a_connection_without_its_flow_entry_keeps_its_nat_port() {
     let o = fx.run(&Frame::tcp(x, vip, SYN).build(), fx.lbt0);
     assert_eq!(o.reason, Reason::RedirectForward);
 }
+
+#[test]
+fn a_fin_from_an_old_connection_does_not_close_the_new_one() {
+    let mut fx = fixture("oldfin", |_| {});
+    let vip = (WEB, 80);
+    let victim = (Ipv4Addr::new(10, 1, 2, 11), 8080);
+    let client = (30000..40000u16)
+        .map(|p| (CLIENT, p))
+        .find(|c| fx.expected_backend(0, *c, vip) == victim)
+        .unwrap();
+    let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    let old_port = parse_tcp(&o.out).sport;
+    // The backend leaves; the client's next packet makes a new flow elsewhere.
+    let Fixture { dp, balancer, .. } = &mut fx;
+    balancer
+        .remove_backend(dp, "web", victim.0, victim.1)
+        .unwrap();
+    let o = fx.run(&Frame::tcp(client, vip, ACK).build(), fx.lbt0);
+    assert_ne!((parse_tcp(&o.out).dst, parse_tcp(&o.out).dport), victim);
+    // The old backend's FIN still finds its NAT entry...
+    let o = fx.run(
+        &Frame::tcp(victim, (NAT, old_port), FIN | ACK).build(),
+        fx.lbt1,
+    );
+    assert_eq!(o.reason, Reason::RedirectReply);
+    // ...but is not recorded in the client's flow, which is another
+    // connection now.
+    let key = FlowKey {
+        src_addr_be: addr_be(client.0),
+        dst_addr_be: addr_be(vip.0),
+        src_port_be: client.1.to_be(),
+        dst_port_be: vip.1.to_be(),
+        proto: IPPROTO_TCP,
+        _pad1: 0,
+        _pad2: 0,
+    };
+    let flow = fx.dp.flow(&key).expect("the client's flow");
+    assert_eq!(flow.close.fin_backend, 0, "{flow:?}");
+}
