@@ -67,6 +67,7 @@ fn quick_failover_bench_measures_keepalived() {
         .output()
         .expect("running lb-bench");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap_or_default();
+    let plot = out.join("failover-gap.svg").exists();
     let _ = std::fs::remove_dir_all(&out);
     assert!(
         status.status.success(),
@@ -74,6 +75,7 @@ fn quick_failover_bench_measures_keepalived() {
         String::from_utf8_lossy(&status.stderr),
         String::from_utf8_lossy(&status.stdout)
     );
+    assert!(plot, "failover-gap.svg written");
     assert!(
         report.contains("| keepalived | 100 ms |"),
         "the report lacks keepalived's gap:\n{report}"

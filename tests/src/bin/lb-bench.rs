@@ -219,6 +219,19 @@ fn main() -> Result<()> {
         );
         let results = bench_failover::run(&options)?;
         md.push_str(&bench_failover::render(&results));
+        let bars: Vec<(String, f64)> = results
+            .gaps
+            .iter()
+            .filter_map(|g| {
+                bench_e2e::median(&g.gaps_ms)
+                    .map(|m| (format!("{}, advert {} ms", g.peer, g.advert_ms), m))
+            })
+            .collect();
+        fs::write(
+            args.out.join("failover-gap.svg"),
+            bar_chart("Traffic gap on master link-down (median)", "ms", &bars),
+        )?;
+        let _ = writeln!(md, "![failover gap](failover-gap.svg)\n");
     }
 
     fs::write(args.out.join("report.md"), &md)?;
