@@ -181,6 +181,13 @@ fn entry_from_config(id: u32, b: &BackendConfig) -> BackendEntry {
     }
 }
 
+/// The configured VIP `nv` lists backend `b` (by address and port).
+fn listed_in(nv: &config::Vip, b: &BackendEntry) -> bool {
+    nv.backends
+        .iter()
+        .any(|c| c.address == b.address && c.port == b.port)
+}
+
 impl Balancer {
     fn empty(cfg: &Config) -> Balancer {
         Balancer {
@@ -552,19 +559,15 @@ impl Balancer {
         let mut freed = 0usize;
         let mut needed = 0usize;
         let mut new_vips = 0usize;
+        let mut gone_vips = 0usize;
         for v in &self.vips {
             match new.vips.iter().find(|n| n.name == v.name) {
-                None => freed += v.backends.len(),
+                None => {
+                    freed += v.backends.len();
+                    gone_vips += 1;
+                }
                 Some(nv) => {
-                    freed += v
-                        .backends
-                        .iter()
-                        .filter(|b| {
-                            !nv.backends
-                                .iter()
-                                .any(|c| c.address == b.address && c.port == b.port)
-                        })
-                        .count();
+                    freed += v.backends.iter().filter(|b| !listed_in(nv, b)).count();
                     needed += nv
                         .backends
                         .iter()
@@ -587,11 +590,6 @@ impl Balancer {
                  changed"
             )));
         }
-        let gone_vips = self
-            .vips
-            .iter()
-            .filter(|v| !new.vips.iter().any(|n| n.name == v.name))
-            .count();
         let vip_ids = self.free_vip_ids.len() + gone_vips;
         if new_vips > vip_ids {
             return Err(ApiError::conflict(format!(
@@ -645,10 +643,7 @@ impl Balancer {
             };
             let mut removed = Vec::new();
             self.vips[i].backends.retain(|b| {
-                let keep = nv
-                    .backends
-                    .iter()
-                    .any(|c| c.address == b.address && c.port == b.port);
+                let keep = listed_in(nv, b);
                 if !keep {
                     removed.push(b.clone());
                 }
