@@ -9,24 +9,29 @@ use std::process::Command;
 
 use lb_tests::topology::default_ebpf_object;
 
-#[test]
-fn quick_bench_writes_a_complete_report() {
-    let bench = env!("CARGO_BIN_EXE_lb-bench");
+/// Runs `lb-bench --quick --only SECTIONS` into a temporary directory and
+/// returns its report and which of `files` it wrote; panics with the
+/// output if it failed.
+fn quick_bench<const N: usize>(sections: &str, files: [&str; N]) -> (String, [bool; N]) {
     let object = default_ebpf_object();
     assert!(
         object.exists(),
         "the XDP object {} is missing: run `cargo xtask build` (or `cargo xtask test`)",
         object.display()
     );
-    let out = std::env::temp_dir().join(format!("lb-bench-smoke-{}", std::process::id()));
-    let status = Command::new(bench)
-        .args(["--quick", "--only", "packet,control", "--out"])
+    let out = std::env::temp_dir().join(format!(
+        "lb-bench-smoke-{}-{}",
+        sections.replace(',', "-"),
+        std::process::id()
+    ));
+    let status = Command::new(env!("CARGO_BIN_EXE_lb-bench"))
+        .args(["--quick", "--only", sections, "--out"])
         .arg(&out)
         .env("LB_EBPF_OBJECT", &object)
         .output()
         .expect("running lb-bench");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap_or_default();
-    let svgs = ["packet-cost.svg", "ring-build.svg"].map(|f| out.join(f).exists());
+    let written = files.map(|f| out.join(f).exists());
     let _ = std::fs::remove_dir_all(&out);
     assert!(
         status.status.success(),
@@ -34,6 +39,12 @@ fn quick_bench_writes_a_complete_report() {
         String::from_utf8_lossy(&status.stderr),
         String::from_utf8_lossy(&status.stdout)
     );
+    (report, written)
+}
+
+#[test]
+fn quick_bench_writes_a_complete_report() {
+    let (report, svgs) = quick_bench("packet,control", ["packet-cost.svg", "ring-build.svg"]);
     for needle in [
         "| new flow (SYN) | XDP_REDIRECT |",
         "| new flow (SYN), XDP_TX | XDP_TX |",
@@ -59,22 +70,7 @@ fn quick_bench_writes_a_complete_report() {
 /// installs keepalived): one round at a 100 ms advert interval.
 #[test]
 fn quick_failover_bench_measures_keepalived() {
-    let bench = env!("CARGO_BIN_EXE_lb-bench");
-    let out = std::env::temp_dir().join(format!("lb-bench-failover-{}", std::process::id()));
-    let status = Command::new(bench)
-        .args(["--quick", "--only", "failover", "--out"])
-        .arg(&out)
-        .output()
-        .expect("running lb-bench");
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap_or_default();
-    let plot = out.join("failover-gap.svg").exists();
-    let _ = std::fs::remove_dir_all(&out);
-    assert!(
-        status.status.success(),
-        "lb-bench failed: {}\n{}",
-        String::from_utf8_lossy(&status.stderr),
-        String::from_utf8_lossy(&status.stdout)
-    );
+    let (report, [plot]) = quick_bench("failover", ["failover-gap.svg"]);
     assert!(plot, "failover-gap.svg written");
     assert!(
         report.contains("| keepalived | 100 ms |"),

@@ -593,16 +593,24 @@ fn a_closed_flows_port_is_reused_after_the_hold() {
     assert_eq!((parse_tcp(&o.out).dst, parse_tcp(&o.out).dport), b);
 }
 
+/// A client whose flow to `vip` lands on 10.1.2.11:8080, and that backend.
+fn client_on_first_backend(
+    fx: &Fixture,
+    vip: (Ipv4Addr, u16),
+) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
+    let backend = (Ipv4Addr::new(10, 1, 2, 11), 8080);
+    let client = (30000..40000u16)
+        .map(|p| (CLIENT, p))
+        .find(|c| fx.expected_backend(0, *c, vip) == backend)
+        .expect("a client port landing on the first backend");
+    (client, backend)
+}
+
 #[test]
 fn flows_of_a_removed_backend_move_at_their_next_packet() {
     let mut fx = fixture("remove", |_| {});
     let vip = (WEB, 80);
-    // Find a client port whose flow lands on 10.1.2.11.
-    let victim = (Ipv4Addr::new(10, 1, 2, 11), 8080);
-    let client = (30000..40000u16)
-        .map(|p| (CLIENT, p))
-        .find(|c| fx.expected_backend(0, *c, vip) == victim)
-        .unwrap();
+    let (client, victim) = client_on_first_backend(&fx, vip);
     let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
     assert_eq!((parse_tcp(&o.out).dst, parse_tcp(&o.out).dport), victim);
 
@@ -737,11 +745,7 @@ fn a_connection_without_its_flow_entry_keeps_its_nat_port() {
 fn a_fin_from_an_old_connection_does_not_close_the_new_one() {
     let mut fx = fixture("oldfin", |_| {});
     let vip = (WEB, 80);
-    let victim = (Ipv4Addr::new(10, 1, 2, 11), 8080);
-    let client = (30000..40000u16)
-        .map(|p| (CLIENT, p))
-        .find(|c| fx.expected_backend(0, *c, vip) == victim)
-        .unwrap();
+    let (client, victim) = client_on_first_backend(&fx, vip);
     let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
     let old_port = parse_tcp(&o.out).sport;
     // The backend leaves; the client's next packet makes a new flow elsewhere.
