@@ -227,6 +227,17 @@ fn check_adoptable(dataplane: &Dataplane, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// The daemon's state, even after a panic while it was held (a request
+/// handler's bug, say): health verdicts, commands and the clean stop must go
+/// on working rather than all panic in turn on the poisoned lock.
+fn lock_state<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    state.lock().unwrap_or_else(|poisoned| {
+        tracing::error!("a task panicked while holding the daemon state; carrying on");
+        state.clear_poison();
+        poisoned.into_inner()
+    })
+}
+
 /// Undoes a failed bring-up: a fresh data plane is removed; an adopted one
 /// is left as it was found, still forwarding.
 fn abandon(mut dataplane: Dataplane, adopted: bool) {
@@ -245,11 +256,8 @@ impl Running {
     /// Stops as asked. Works through the lock, so a request or scrape still
     /// holding the state cannot prevent a clean stop.
     pub fn stop(mut self, exit: Exit) -> Result<()> {
-        let mut st = match self.state.lock() {
-            Ok(st) => st,
-            // A panicked request handler must not leave the data plane behind.
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        // A panicked request handler must not leave the data plane behind.
+        let mut st = lock_state(&self.state);
         st.monitor.shutdown();
         match exit {
             Exit::Clean => {
@@ -298,7 +306,7 @@ pub async fn run(
         }
     };
     {
-        let st = running.state.lock().expect("state lock");
+        let st = lock_state(&running.state);
         tracing::info!(
             vips = st.balancer.vips().len(),
             interfaces = ?st.dataplane.attached(),
@@ -317,12 +325,7 @@ pub async fn run(
         running.state(),
         stop_rx.clone(),
     )));
-    let kernel_logger = running
-        .state
-        .lock()
-        .expect("state lock")
-        .dataplane
-        .take_logger();
+    let kernel_logger = lock_state(&running.state).dataplane.take_logger();
     if let Some(logger) = kernel_logger {
         // SAFETY: the logger owns its ring buffer's fd, which stays open and
         // the same for as long as the logger lives inside the AsyncFd.
@@ -359,7 +362,7 @@ pub async fn run(
         while reload_signal.recv().await.is_some() {
             let state = reload_state.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                let mut st = state.lock().expect("state lock");
+                let mut st = lock_state(&state);
                 match reload(&mut st) {
                     Ok(s) => tracing::info!(summary = ?s, "reloaded on SIGHUP"),
                     Err(e) => tracing::error!(error = %e, "reload on SIGHUP refused; running state unchanged"),
@@ -391,7 +394,7 @@ async fn apply_health(mut rx: mpsc::UnboundedReceiver<HealthEvent>, state: Arc<M
     while let Some(event) = rx.recv().await {
         let state = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let mut st = state.lock().expect("state lock");
+            let mut st = lock_state(&state);
             let st = &mut *st;
             match event {
                 HealthEvent::Checked {
@@ -480,7 +483,7 @@ pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
 /// and lbctl commands must not wait for it.
 fn snapshot_counting_tables(state: &Mutex<State>) -> metrics::Snapshot {
     let (mut snap, counter) = {
-        let st = state.lock().expect("state lock");
+        let st = lock_state(state);
         (snapshot(&st), st.dataplane.table_counter())
     };
     match counter {
@@ -600,15 +603,10 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>) {
         let state = state.clone();
         let result = tokio::task::spawn_blocking(move || {
             let request = api::parse_request(&line)?;
-            let lock = || {
-                state
-                    .lock()
-                    .map_err(|_| ApiError::internal("state lock poisoned"))
-            };
             if matches!(request, Request::Stats) {
                 // Counted without the lock held (see snapshot_counting_tables).
                 let (mut value, counter) = {
-                    let mut st = lock()?;
+                    let mut st = lock_state(&state);
                     let counter = st
                         .dataplane
                         .table_counter()
@@ -619,8 +617,7 @@ async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>) {
                 value["nat_entries"] = counter.nat_entries().into();
                 return Ok(value);
             }
-            let mut st = lock()?;
-            handle(&mut st, request)
+            handle(&mut lock_state(&state), request)
         })
         .await
         .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))));
@@ -756,4 +753,24 @@ fn status(st: &State) -> Result<serde_json::Value, ApiError> {
         reload_failures: st.reload_failures,
         last_reload_error: st.last_reload_error.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_lock_outlives_a_panic_while_held() {
+        let state = Arc::new(Mutex::new(1u32));
+        let s = state.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = s.lock().unwrap();
+            panic!("a request handler's bug");
+        })
+        .join();
+        assert!(panicked.is_err() && state.is_poisoned());
+        *lock_state(&state) += 1;
+        assert!(!state.is_poisoned(), "cleared once recovered");
+        assert_eq!(*lock_state(&state), 2);
+    }
 }
