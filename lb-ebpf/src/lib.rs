@@ -73,8 +73,20 @@ pub mod prog {
     pub const FLOOR: &str = "lb_xdp_floor";
 }
 
-/// Capacities compiled into the object. At load time lbd sizes the flow tables
-/// (`dataplane.max_flows`) and the ring array (`dataplane.max_vips * 2 * ring_size`).
+/// Capacity of the NAT table for a flow table of `max_flows`: half as large
+/// again. A NAT entry can outlive its flow entry (a flow re-created toward
+/// another backend leaves the old one behind), so an equal size would fill
+/// the NAT table first, and evicting the NAT entry of a live flow would free
+/// its port for a stranger while the flow still sends from it. With the
+/// margin, under pressure flow entries go first, and a connection that lost
+/// its flow entry finds its NAT entry again and keeps its port.
+pub const fn nat_entries_for(max_flows: u32) -> u32 {
+    max_flows.saturating_add(max_flows / 2)
+}
+
+/// Capacities compiled into the object. At load time lbd sizes the flow
+/// table (`dataplane.max_flows`), the NAT table ([`nat_entries_for`] that)
+/// and the ring array (`dataplane.max_vips * 2 * ring_size`).
 pub const MAX_VIPS: u32 = 64;
 pub const MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_RING_SIZE: u32 = 65_537;
@@ -472,6 +484,13 @@ mod tests {
         // Neighbours of a VIP address land on other bits.
         assert!(!vip_filter_contains(&filter, 0x0a00_0065u32.to_be()));
         assert!(!vip_filter_contains(&[0; 4], 0x0a00_0064u32.to_be()));
+    }
+
+    #[test]
+    fn the_nat_table_is_half_as_large_again() {
+        assert_eq!(nat_entries_for(1024), 1536);
+        assert_eq!(nat_entries_for(262_144), 393_216);
+        assert_eq!(nat_entries_for(u32::MAX), u32::MAX);
     }
 
     #[test]

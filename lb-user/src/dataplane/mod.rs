@@ -160,7 +160,11 @@ fn remove_stale_pin(path: &Path) -> Result<()> {
 fn check_pinned_sizes(dir: &Path, opts: &LoadOptions, rings: u32) -> Result<()> {
     for (name, want, key) in [
         (map::FLOWS, opts.max_flows, "dataplane.max_flows"),
-        (map::NAT, opts.max_flows, "dataplane.max_flows"),
+        (
+            map::NAT,
+            lb_ebpf::nat_entries_for(opts.max_flows),
+            "dataplane.max_flows",
+        ),
         (
             map::RINGS,
             rings,
@@ -241,7 +245,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(map::FLOWS, opts.max_flows)
-            .map_max_entries(map::NAT, opts.max_flows)
+            .map_max_entries(map::NAT, lb_ebpf::nat_entries_for(opts.max_flows))
             .map_max_entries(map::RINGS, rings);
         let mut adopted = false;
         if let Some(dir) = pin_dir {
