@@ -433,8 +433,10 @@ fn same_client(e: &NatEntry, entry: &NatEntry) -> bool {
 
 /// Finds a NAT port for the flow toward its backend. The first candidate is a
 /// hash of the client's 5-tuple, so another load balancer with the same
-/// backends picks the same port for the same flow; later candidates follow it.
-/// A port is taken if unused, already this client's, or idle past the hold time.
+/// backends picks the same port for the same flow; later candidates are
+/// independent rehashes of it. A port is taken if unused, already this
+/// client's, or idle past the hold time; a packet that is not a fresh SYN
+/// first looks for this client's own entry among all the candidates.
 #[inline(always)]
 fn claim_nat_port(
     cfg: &Config,
