@@ -191,7 +191,7 @@ fn check_pinned_sizes(dir: &Path, opts: &LoadOptions, rings: u32) -> Result<()> 
 /// Loads `p`, trying again when the verifier gave up with EAGAIN: it does
 /// when a signal (or other task work) is pending for the loading thread, as
 /// it may be in a busy process. libbpf retries the same way.
-fn load_retrying(p: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+pub fn load_retrying(p: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
     let mut attempts = 0;
     loop {
         match p.load() {

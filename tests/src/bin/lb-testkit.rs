@@ -1245,7 +1245,7 @@ fn xdp_pass(object: &std::path::Path, mode: Mode, ifnames: &[String]) -> Result<
         .with_context(|| format!("no program {name} in {}", object.display()))?
         .try_into()
         .with_context(|| format!("{name} is not an XDP program"))?;
-    prog.load().with_context(|| format!("loading {name}"))?;
+    lb_user::dataplane::load_retrying(prog).with_context(|| format!("loading {name}"))?;
     let mode = match mode {
         Mode::Driver => XdpMode::Driver,
         Mode::Skb => XdpMode::Skb,
