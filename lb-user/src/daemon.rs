@@ -284,6 +284,9 @@ pub async fn run(
     shutdown: impl Future<Output = Exit>,
     mut reload_signal: mpsc::UnboundedReceiver<()>,
 ) -> Result<()> {
+    // The stop signals are already handled (lbd installs their handlers
+    // first): one that arrives from here on stops lbd cleanly once it is up.
+    tracing::info!(config = %config_path.display(), "starting");
     let socket = cfg.control.socket.clone();
     let listener = bind_control(&socket)?;
     let metrics_listener = match cfg.metrics.listen {

@@ -1629,6 +1629,38 @@ fn sigquit_leaves_forwarding_then_clean_stop() {
 }
 
 #[test]
+fn sigterm_during_start_up_still_stops_cleanly() {
+    let test = "sigterm_during_start_up_still_stops_cleanly";
+    let _t = Timing::start(test);
+    let prefix = {
+        let mut topo = Topology::for_test(test);
+        topo.start_lbd([1, 1, 1]);
+        let status = topo.stop_lbd().expect("lbd stops on SIGTERM");
+        assert!(status.success(), "lbd exited with {status}");
+        // Again, with SIGTERM while it loads, verifies and attaches.
+        let config = topo.config_path();
+        let mut lbd = topo.spawn_lbd(&config).expect("spawn lbd");
+        wait_until(Duration::from_secs(30), "lbd to start", || {
+            lbd.stderr_so_far().contains("starting")
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lbd.output_so_far()));
+        lbd.signal(libc::SIGTERM);
+        let status = lbd
+            .wait_timeout(Duration::from_secs(30))
+            .expect("wait for lbd")
+            .unwrap_or_else(|| panic!("lbd kept running: {}", lbd.output_so_far()));
+        assert!(
+            status.success(),
+            "lbd's exit on an early SIGTERM: {status}\n{}",
+            lbd.output_so_far()
+        );
+        assert_data_plane_removed(&topo);
+        topo.prefix().to_owned()
+    };
+    assert_cleaned_up(&prefix);
+}
+
+#[test]
 fn adopting_detaches_interfaces_dropped_from_the_configuration() {
     let test = "adopting_detaches_dropped_interfaces";
     let _t = Timing::start(test);
