@@ -814,38 +814,25 @@ fn check_weight(weight: u32) -> Result<(), ApiError> {
 /// Settings a running lbd cannot change: they size or place the kernel
 /// objects, or bind sockets.
 fn restart_only_changes(old: &Config, new: &Config) -> Result<(), ApiError> {
-    let mut changed = Vec::new();
     let (o, n) = (&old.dataplane, &new.dataplane);
-    if o.interfaces != n.interfaces {
-        changed.push("dataplane.interfaces");
-    }
-    if o.xdp_mode != n.xdp_mode {
-        changed.push("dataplane.xdp_mode");
-    }
-    if o.ring_size != n.ring_size {
-        changed.push("dataplane.ring_size");
-    }
-    if o.max_flows != n.max_flows {
-        changed.push("dataplane.max_flows");
-    }
-    if o.max_vips != n.max_vips {
-        changed.push("dataplane.max_vips");
-    }
-    if o.pin_path != n.pin_path {
-        changed.push("dataplane.pin_path");
-    }
-    if old.control != new.control {
-        changed.push("control.socket");
-    }
-    if old.metrics != new.metrics {
-        changed.push("metrics.listen");
-    }
-    if old.nat.reserve_ports != new.nat.reserve_ports
-        || old.nat.port_min != new.nat.port_min
-        || old.nat.port_max != new.nat.port_max
-    {
-        changed.push("nat.ports/nat.reserve_ports");
-    }
+    let nat_ports = |c: &Config| (c.nat.reserve_ports, c.nat.port_min, c.nat.port_max);
+    let changed: Vec<&str> = [
+        (o.interfaces != n.interfaces, "dataplane.interfaces"),
+        (o.xdp_mode != n.xdp_mode, "dataplane.xdp_mode"),
+        (o.ring_size != n.ring_size, "dataplane.ring_size"),
+        (o.max_flows != n.max_flows, "dataplane.max_flows"),
+        (o.max_vips != n.max_vips, "dataplane.max_vips"),
+        (o.pin_path != n.pin_path, "dataplane.pin_path"),
+        (old.control != new.control, "control.socket"),
+        (old.metrics != new.metrics, "metrics.listen"),
+        (
+            nat_ports(old) != nat_ports(new),
+            "nat.ports/nat.reserve_ports",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(differs, key)| differs.then_some(key))
+    .collect();
     if changed.is_empty() {
         return Ok(());
     }
