@@ -25,11 +25,14 @@ pub mod map {
     /// `ring_size` entries per VIP. Writer: lbd, through a shared mapping.
     /// Reader: XDP.
     pub const RINGS: &str = "LB_RINGS";
-    /// `LRU_HASH` client-side [`super::FlowKey`] -> [`super::Flow`].
-    /// Writer: XDP. Reader: XDP, lbd (occupancy).
+    /// `ARRAY` (`BPF_F_MMAPABLE`) of [`super::Flow`]: the flow table, a
+    /// set-associative cache of client-side 5-tuples, [`super::FLOW_WAYS`]
+    /// ways per bucket ([`super::flow_bucket`]). Writer: XDP. Reader: XDP,
+    /// lbd (occupancy, through a shared mapping).
     pub const FLOWS: &str = "LB_FLOWS";
-    /// `LRU_HASH` backend-side [`super::FlowKey`] -> [`super::NatEntry`].
-    /// Writer: XDP. Reader: XDP, lbd.
+    /// `ARRAY` (`BPF_F_MMAPABLE`) of [`super::NatEntry`]: the NAT table,
+    /// [`super::NAT_WAYS`] ways per bucket ([`super::nat_bucket`]). Writer:
+    /// XDP. Reader: XDP, lbd.
     pub const NAT: &str = "LB_NAT";
     /// `ARRAY[1]` [`super::Config`]. Writer: lbd. Reader: XDP.
     pub const CONFIG: &str = "LB_CONFIG";
@@ -73,20 +76,80 @@ pub mod prog {
     pub const FLOOR: &str = "lb_xdp_floor";
 }
 
-/// Capacity of the NAT table for a flow table of `max_flows`: half as large
-/// again. A NAT entry can outlive its flow entry (a flow re-created toward
-/// another backend leaves the old one behind), so an equal size would fill
-/// the NAT table first, and evicting the NAT entry of a live flow would free
-/// its port for a stranger while the flow still sends from it. With the
-/// margin, under pressure flow entries go first, and a connection that lost
-/// its flow entry finds its NAT entry again and keeps its port.
-pub const fn nat_entries_for(max_flows: u32) -> u32 {
-    max_flows.saturating_add(max_flows / 2)
+/// Ways per bucket of the flow table: a new flow takes a free way of its
+/// bucket, or else the one idle longest.
+pub const FLOW_WAYS: u32 = 4;
+
+/// Ways per bucket of the NAT table: a NAT entry takes a free way of its
+/// tuple's bucket; a tuple whose bucket is full of live entries is not
+/// used (the flow tries its next candidate port).
+pub const NAT_WAYS: u32 = 4;
+
+/// Slots of the flow table for `dataplane.max_flows` flows: the next power
+/// of two, doubled, so that at full load a bucket is half used on average
+/// and a new flow rarely has to displace a live one.
+pub const fn flow_slots_for(max_flows: u32) -> u32 {
+    table_slots_for(max_flows)
+}
+
+/// Slots of the NAT table for `dataplane.max_flows` flows, sized like the
+/// flow table. A NAT entry is never displaced while its connection may be
+/// alive: a new flow whose candidate port's bucket is full tries its next
+/// candidate port instead, and the margin keeps that rare.
+pub const fn nat_slots_for(max_flows: u32) -> u32 {
+    table_slots_for(max_flows)
+}
+
+const fn table_slots_for(max_flows: u32) -> u32 {
+    let n = if max_flows < FLOW_WAYS {
+        FLOW_WAYS
+    } else {
+        max_flows
+    };
+    match n.checked_next_power_of_two() {
+        Some(p) if p <= u32::MAX / 2 => p * 2,
+        _ => 1 << 31,
+    }
+}
+
+/// The flow table bucket of a client-side tuple, for a table of `buckets`
+/// buckets (a power of two): its ways are slots `bucket * FLOW_WAYS ..`.
+#[inline(always)]
+pub const fn flow_bucket(key: &FlowKey, buckets: u32) -> u32 {
+    hash::flow_hash(
+        key.src_addr_be,
+        key.dst_addr_be,
+        key.src_port_be,
+        key.dst_port_be,
+        key.proto,
+        SEED_FLOW_TABLE,
+    ) & buckets.wrapping_sub(1)
+}
+
+/// The NAT table bucket of a backend-side tuple (backend address and port,
+/// NAT port), for a table of `buckets` buckets (a power of two): its ways
+/// are slots `bucket * NAT_WAYS ..`.
+#[inline(always)]
+pub const fn nat_bucket(
+    backend_addr_be: u32,
+    backend_port_be: u16,
+    nat_port_be: u16,
+    buckets: u32,
+) -> u32 {
+    hash::flow_hash(
+        backend_addr_be,
+        0,
+        backend_port_be,
+        nat_port_be,
+        IPPROTO_TCP,
+        SEED_NAT_TABLE,
+    ) & buckets.wrapping_sub(1)
 }
 
 /// Capacities compiled into the object. At load time lbd sizes the flow
-/// table (`dataplane.max_flows`), the NAT table ([`nat_entries_for`] that)
-/// and the ring array (`dataplane.max_vips * 2 * ring_size`).
+/// and NAT tables ([`flow_slots_for`] and [`nat_slots_for`]
+/// `dataplane.max_flows`) and the ring array
+/// (`dataplane.max_vips * 2 * ring_size`).
 pub const MAX_VIPS: u32 = 64;
 pub const MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_RING_SIZE: u32 = 65_537;
@@ -104,6 +167,9 @@ pub const NAT_PORT_PROBES: u32 = 16;
 /// same backend and NAT port for the same flow (failover survival).
 pub const SEED_RING: u32 = 0x6c62_7269; // "lbri"
 pub const SEED_NAT_PORT: u32 = 0x6c62_6e70; // "lbnp"
+/// Seeds of the table indexes (local to one load balancer).
+pub const SEED_FLOW_TABLE: u32 = 0x6c62_6674; // "lbft"
+pub const SEED_NAT_TABLE: u32 = 0x6c62_6e74; // "lbnt"
 
 pub const IPPROTO_TCP: u8 = 6;
 
@@ -160,8 +226,9 @@ pub const BACKEND_F_PRESENT: u32 = 8;
 /// RST instead of dropping them.
 pub const VIP_F_RESET_EMPTY: u32 = 1;
 
-/// Key of both flow tables. In [`map::FLOWS`]: client -> VIP as the client sent
-/// it. In [`map::NAT`]: backend -> NAT address as the backend replies.
+/// A TCP/IPv4 5-tuple. The key of a [`Flow`]: client -> VIP as the client
+/// sent it. Also the form in which lbd's tools name a NAT entry: backend ->
+/// NAT address as the backend replies.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
@@ -176,8 +243,9 @@ pub struct FlowKey {
     pub _pad2: u16,
 }
 
-/// A next hop resolved by `bpf_fib_lookup`, cached in a flow's entries so
-/// that established packets skip the lookup. Re-resolved once older than
+/// A next hop resolved by `bpf_fib_lookup`, cached so that most packets skip
+/// the lookup: per backend ([`map::BACKEND_HOPS`]) toward backends, per
+/// NAT entry toward clients. Re-resolved once older than
 /// [`NEXT_HOP_TTL_NS`]; `resolved_ns == 0` means not resolved yet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -192,37 +260,53 @@ pub struct NextHop {
 /// change) reaches established flows within this time.
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
-/// Value of [`map::FLOWS`].
+/// One way of the flow table ([`map::FLOWS`]): a client's connection
+/// through a VIP. One cache line (64 bytes; the kernel page-aligns a
+/// memory-mappable array, so every way starts a line). A way is free when empty (all zero) or
+/// expired; see docs/dataplane.md, "Tables", for how `gen` keeps readers
+/// from using a way another CPU is rewriting.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Flow {
-    pub backend_id: u32,
-    pub backend_addr_be: u32,
-    pub backend_port_be: u16,
-    pub nat_port_be: u16,
-    /// Also recorded in the flow's [`NatEntry`].
-    pub close: CloseState,
+    /// Even when stable, odd while a writer fills the way.
+    pub gen: u32,
     /// The VIP the flow belongs to: established packets are forwarded from
     /// the flow entry alone, without looking the VIP up.
     pub vip_id: u32,
-    pub _pad: u32,
+    pub key: FlowKey,
+    pub backend_addr_be: u32,
+    pub backend_port_be: u16,
+    pub nat_port_be: u16,
+    pub backend_id: u32,
+    /// Also recorded in the flow's [`NatEntry`].
+    pub close: CloseState,
     /// Time of the last packet (see [`Config::ns_per_tick`]).
     pub last_seen_ns: u64,
-    /// Toward the backend.
-    pub hop: NextHop,
+    /// When the flow's first packet was seen (for display).
+    pub created_ns: u64,
+    pub _spare: u64,
 }
 
-/// Value of [`map::NAT`]: how to turn a reply back into VIP -> client.
+/// One slot of the NAT table ([`map::NAT`]): how to turn a backend's reply
+/// to the NAT address back into VIP -> client. Keyed by the backend's
+/// address and port and the NAT port, which pick its bucket
+/// ([`nat_bucket`]). One cache line, like a [`Flow`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatEntry {
-    pub client_addr_be: u32,
-    pub vip_addr_be: u32,
+    /// Even when stable, odd while a writer fills the slot.
+    pub gen: u32,
+    pub backend_addr_be: u32,
+    pub backend_port_be: u16,
+    pub nat_port_be: u16,
     pub client_port_be: u16,
     pub vip_port_be: u16,
+    pub client_addr_be: u32,
+    pub vip_addr_be: u32,
+    /// Below [`MAX_BACKENDS`] and [`MAX_VIPS`], so 16 bits each.
+    pub backend_id: u16,
+    pub vip_id: u16,
     pub close: CloseState,
-    pub backend_id: u32,
-    pub vip_id: u32,
     pub last_seen_ns: u64,
     /// Toward the client.
     pub hop: NextHop,
@@ -284,6 +368,11 @@ pub struct Config {
     /// A 256-bit filter of VIP addresses ([`vip_filter_bit`]): a packet whose
     /// destination's bit is clear is no VIP's, and passes without a lookup.
     pub vip_filter: [u64; 4],
+    /// Buckets of the flow table ([`flow_slots_for`] / [`FLOW_WAYS`]) and
+    /// of the NAT table ([`nat_slots_for`] / [`NAT_WAYS`]), powers of two,
+    /// as allocated at load time. 0 means not configured.
+    pub flow_buckets: u32,
+    pub nat_buckets: u32,
 }
 
 /// The bit of `addr_be` in [`Config::vip_filter`] (0..=255).
@@ -441,10 +530,13 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 16);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<NextHop>(), 24);
-        assert_eq!(size_of::<Flow>(), 56);
+        assert_eq!(size_of::<Flow>(), 64);
         assert_eq!(align_of::<Flow>(), 8);
-        assert_eq!(size_of::<NatEntry>(), 56);
-        assert_eq!(size_of::<Config>(), 72);
+        assert_eq!(size_of::<NatEntry>(), 64);
+        assert_eq!(core::mem::offset_of!(Flow, key), 8);
+        assert_eq!(core::mem::offset_of!(NatEntry, last_seen_ns), 32);
+        assert_eq!(core::mem::offset_of!(NatEntry, hop), 40);
+        assert_eq!(size_of::<Config>(), 80);
         assert_eq!(size_of::<Counters>(), 24);
     }
 
@@ -487,10 +579,41 @@ mod tests {
     }
 
     #[test]
-    fn the_nat_table_is_half_as_large_again() {
-        assert_eq!(nat_entries_for(1024), 1536);
-        assert_eq!(nat_entries_for(262_144), 393_216);
-        assert_eq!(nat_entries_for(u32::MAX), u32::MAX);
+    fn tables_are_powers_of_two_with_room_to_spare() {
+        assert_eq!(flow_slots_for(1024), 2048);
+        assert_eq!(flow_slots_for(1025), 4096);
+        assert_eq!(flow_slots_for(131_072), 262_144);
+        assert_eq!(nat_slots_for(262_144), 524_288);
+        assert_eq!(flow_slots_for(16_777_216), 33_554_432);
+        assert_eq!(flow_slots_for(0), 8);
+        assert_eq!(flow_slots_for(u32::MAX), 1 << 31);
+        for n in [1024, 5000, 1 << 20] {
+            assert_eq!(flow_slots_for(n) % FLOW_WAYS, 0);
+            assert_eq!(nat_slots_for(n) % NAT_WAYS, 0);
+        }
+    }
+
+    #[test]
+    fn table_indexes_stay_in_range_and_spread() {
+        let mut seen = [0u32; 64];
+        for port in 0..4096u16 {
+            let key = FlowKey {
+                src_addr_be: 0x0a00_0001u32.to_be(),
+                dst_addr_be: 0x0a00_0064u32.to_be(),
+                src_port_be: port.to_be(),
+                dst_port_be: 80u16.to_be(),
+                proto: IPPROTO_TCP,
+                _pad1: 0,
+                _pad2: 0,
+            };
+            let b = flow_bucket(&key, 64);
+            assert!(b < 64);
+            seen[b as usize] += 1;
+            let n = nat_bucket(0x0a00_0001u32.to_be(), 80u16.to_be(), port.to_be(), 64);
+            assert!(n < 64);
+        }
+        // 64 per bucket on average: none empty, none hot.
+        assert!(seen.iter().all(|&c| c > 32 && c < 112), "{seen:?}");
     }
 
     #[test]

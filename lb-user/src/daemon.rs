@@ -55,6 +55,8 @@ pub fn kernel_config(cfg: &Config) -> Result<lb_ebpf::Config> {
         closed_timeout_ns: cfg.flows.closed_timeout_secs * NS_PER_SEC,
         port_hold_ns: cfg.nat.port_hold_secs * NS_PER_SEC,
         vip_filter: vip_filter(cfg.vips.iter().map(|v| v.address)),
+        flow_buckets: lb_ebpf::flow_slots_for(cfg.dataplane.max_flows) / lb_ebpf::FLOW_WAYS,
+        nat_buckets: lb_ebpf::nat_slots_for(cfg.dataplane.max_flows) / lb_ebpf::NAT_WAYS,
     })
 }
 

@@ -304,8 +304,25 @@ impl Fixture {
         client: (Ipv4Addr, u16),
         dst: (Ipv4Addr, u16),
     ) -> (Ipv4Addr, u16) {
+        self.backend_picker(vip)(client, dst)
+    }
+
+    /// [`Fixture::expected_backend`] for many tuples: the ring is built once.
+    pub fn backend_picker(
+        &self,
+        vip: usize,
+    ) -> impl Fn((Ipv4Addr, u16), (Ipv4Addr, u16)) -> (Ipv4Addr, u16) + '_ {
         let v = &self.balancer.vips()[vip];
         let ring = ring_for(&v.backends, RING).unwrap();
+        move |client, dst| Self::pick(v, &ring, client, dst)
+    }
+
+    fn pick(
+        v: &lb_user::balancer::VipEntry,
+        ring: &[u32],
+        client: (Ipv4Addr, u16),
+        dst: (Ipv4Addr, u16),
+    ) -> (Ipv4Addr, u16) {
         let h = flow_hash(
             addr_be(client.0),
             addr_be(dst.0),

@@ -1527,17 +1527,20 @@ fn sigquit_leaves_forwarding_then_clean_stop() {
         let pinned = pins(&topo);
         eprintln!("  pins after SIGQUIT: {pinned:?}");
         assert!(pinned.iter().any(|p| p == "link_eth0"), "{pinned:?}");
-        // The NAT table has room beyond the flow table's (lb_ebpf::nat_entries_for).
+        // Both tables are sized from max_flows with room to spare
+        // (lb_ebpf::flow_slots_for, nat_slots_for).
         let entries = |name: &str| {
             aya::maps::MapInfo::from_pin(topo.pin_path().join(name))
                 .expect("pinned map info")
                 .max_entries()
         };
+        let flows = entries(lb_ebpf::map::FLOWS);
         assert_eq!(
-            entries(lb_ebpf::map::NAT),
-            lb_ebpf::nat_entries_for(entries(lb_ebpf::map::FLOWS))
+            flows,
+            lb_ebpf::flow_slots_for(262_144),
+            "the default max_flows"
         );
-        assert!(entries(lb_ebpf::map::NAT) > entries(lb_ebpf::map::FLOWS));
+        assert_eq!(entries(lb_ebpf::map::NAT), lb_ebpf::nat_slots_for(262_144));
         assert!(!topo.socket_path().exists(), "the socket outlived lbd");
         assert_eq!(
             lb_sysctls(&topo),

@@ -775,3 +775,147 @@ fn a_fin_from_an_old_connection_does_not_close_the_new_one() {
     let flow = fx.dp.flow(&key).expect("the client's flow");
     assert_eq!(flow.close.fin_backend, 0, "{flow:?}");
 }
+
+/// The client-side flow key of `client` -> `vip`.
+fn client_key(client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16)) -> FlowKey {
+    FlowKey {
+        src_addr_be: addr_be(client.0),
+        dst_addr_be: addr_be(vip.0),
+        src_port_be: client.1.to_be(),
+        dst_port_be: vip.1.to_be(),
+        proto: IPPROTO_TCP,
+        _pad1: 0,
+        _pad2: 0,
+    }
+}
+
+/// `n` of the client `ports` whose `bucket` is the same.
+fn ports_sharing_a_bucket(
+    n: usize,
+    ports: impl Iterator<Item = u16>,
+    bucket: impl Fn(u16) -> u32,
+) -> Vec<u16> {
+    let mut by_bucket: std::collections::HashMap<u32, Vec<u16>> = Default::default();
+    for port in ports {
+        let ports = by_bucket.entry(bucket(port)).or_default();
+        ports.push(port);
+        if ports.len() == n {
+            return ports.clone();
+        }
+    }
+    panic!("no bucket with {n} client ports");
+}
+
+#[test]
+fn a_full_flow_bucket_gives_its_oldest_way_and_that_connection_goes_on() {
+    // The flow table is a cache of ways: when a new flow finds its bucket
+    // full, the way idle longest is taken. The connection that lost it must
+    // not notice: its next packet finds its NAT entry (never displaced while
+    // live) and goes on with the same backend and NAT port.
+    let fx = fixture("fullflows", |_| {});
+    let vip = (WEB, 80);
+    let buckets = lb_ebpf::flow_slots_for(131_072) / lb_ebpf::FLOW_WAYS;
+    let ways = lb_ebpf::FLOW_WAYS as usize;
+    let ports = ports_sharing_a_bucket(ways + 1, 1024..=u16::MAX, |p| {
+        lb_ebpf::flow_bucket(&client_key((CLIENT, p), vip), buckets)
+    });
+    let mut first = Vec::new();
+    for &p in &ports[..ways] {
+        let o = fx.run(&Frame::tcp((CLIENT, p), vip, SYN).build(), fx.lbt0);
+        assert_eq!(o.reason, Reason::RedirectForward);
+        let out = parse_tcp(&o.out);
+        first.push((out.dst, out.dport, out.sport));
+    }
+    // A few ticks later all but the first are busy again.
+    thread::sleep(Duration::from_millis(30));
+    for &p in &ports[1..ways] {
+        let o = fx.run(&Frame::tcp((CLIENT, p), vip, ACK).build(), fx.lbt0);
+        assert_eq!(o.reason, Reason::RedirectForward);
+    }
+    let o = fx.run(
+        &Frame::tcp((CLIENT, ports[ways]), vip, SYN).build(),
+        fx.lbt0,
+    );
+    assert_eq!(o.reason, Reason::RedirectForward);
+    assert!(
+        fx.dp.flow(&client_key((CLIENT, ports[0]), vip)).is_none(),
+        "the idlest way was given to the new flow"
+    );
+    for &p in &ports[1..] {
+        assert!(fx.dp.flow(&client_key((CLIENT, p), vip)).is_some(), "{p}");
+    }
+
+    // The displaced connection: same backend, same NAT port, and its entry back.
+    let o = fx.run(&Frame::tcp((CLIENT, ports[0]), vip, ACK).build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    let out = parse_tcp(&o.out);
+    assert_eq!((out.dst, out.dport, out.sport), first[0]);
+    let flow = fx
+        .dp
+        .flow(&client_key((CLIENT, ports[0]), vip))
+        .expect("re-created");
+    assert_eq!(flow.nat_port_be, first[0].2.to_be());
+}
+
+#[test]
+fn a_nat_tuple_whose_bucket_is_full_is_passed_over_for_the_next_port() {
+    // NAT entries are never displaced while they may be in use: a new flow
+    // whose first candidate port lands in a bucket full of live entries
+    // takes its second candidate, and the four connections keep theirs.
+    let fx = fixture("fullnat", |_| {});
+    let vip = (WEB, 80);
+    let buckets = lb_ebpf::nat_slots_for(131_072) / lb_ebpf::NAT_WAYS;
+    let ways = lb_ebpf::NAT_WAYS as usize;
+    let pick = fx.backend_picker(0);
+    let tuple = |p: u16| (pick((CLIENT, p), vip), expected_nat_port((CLIENT, p), vip));
+    // Distinct backend-side tuples only: two clients whose first candidates
+    // coincide would meet on the tuple itself, not just in its bucket.
+    let mut seen = std::collections::HashSet::new();
+    let distinct = (1024..=u16::MAX).filter(|&p| seen.insert(tuple(p)));
+    let ports = ports_sharing_a_bucket(ways + 1, distinct, |p| {
+        let (backend, nat_port) = tuple(p);
+        lb_ebpf::nat_bucket(
+            addr_be(backend.0),
+            backend.1.to_be(),
+            nat_port.to_be(),
+            buckets,
+        )
+    });
+    let mut held = Vec::new();
+    for &p in &ports[..ways] {
+        let o = fx.run(&Frame::tcp((CLIENT, p), vip, SYN).build(), fx.lbt0);
+        let out = parse_tcp(&o.out);
+        assert_eq!(
+            out.sport,
+            expected_nat_port((CLIENT, p), vip),
+            "first candidate"
+        );
+        held.push(((out.dst, out.dport), out.sport, p));
+    }
+    let last = (CLIENT, ports[ways]);
+    let o = fx.run(&Frame::tcp(last, vip, SYN).build(), fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    let h = lb_ebpf::hash::flow_hash(
+        addr_be(last.0),
+        addr_be(vip.0),
+        last.1.to_be(),
+        vip.1.to_be(),
+        IPPROTO_TCP,
+        lb_ebpf::SEED_NAT_PORT,
+    );
+    assert_eq!(
+        parse_tcp(&o.out).sport,
+        lb_ebpf::hash::nat_port_candidate(h, 1, 20000, 40000),
+        "the second candidate"
+    );
+    // Every earlier connection's replies still reach their own client.
+    for (backend, nat_port, client_port) in held {
+        let o = fx.run(
+            &Frame::tcp(backend, (NAT, nat_port), SYN | ACK).build(),
+            fx.lbt1,
+        );
+        assert_eq!(o.reason, Reason::RedirectReply);
+        let out = parse_tcp(&o.out);
+        assert_eq!((out.dst, out.dport), (CLIENT, client_port));
+    }
+}

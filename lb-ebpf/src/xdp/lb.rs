@@ -1,22 +1,20 @@
 //! The load-balancing decisions: which VIP, which flow, which backend, which
 //! NAT port. See docs/dataplane.md for the packet walk.
 
-use aya_ebpf::{
-    bindings::{xdp_action, BPF_ANY, BPF_NOEXIST},
-    helpers::bpf_jiffies64,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_jiffies64, programs::XdpContext};
 use lb_ebpf::{
     hash::{flow_hash, nat_port_candidate},
     vip_filter_contains, CloseState, Config, Flow, FlowKey, NatEntry, NextHop, Reason, VipKey,
-    VipValue, BACKEND_F_IN_USE, IPPROTO_TCP, NAT_PORT_PROBES, NEXT_HOP_TTL_NS, NO_BACKEND,
-    SEED_NAT_PORT, SEED_RING, VIP_F_RESET_EMPTY,
+    VipValue, BACKEND_F_IN_USE, IPPROTO_TCP, NAT_PORT_PROBES, NO_BACKEND, SEED_NAT_PORT, SEED_RING,
+    VIP_F_RESET_EMPTY,
 };
 
 use super::{
     nat::{self, Direction},
     parse::{parse, NotTcp, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    reset, stats, BACKENDS, BACKEND_HOPS, CONFIG, FLOWS, NAT, RINGS, VIPS,
+    reset, stats,
+    table::{claim_nat, find_flow, find_nat, store_flow},
+    BACKENDS, BACKEND_HOPS, CONFIG, RINGS, VIPS,
 };
 
 type Verdict = (u32, Reason);
@@ -63,7 +61,12 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
         return pass(Reason::PassNoVip);
     };
-    if cfg.nat_addr_be == 0 || cfg.ring_size == 0 || cfg.ns_per_tick == 0 {
+    if cfg.nat_addr_be == 0
+        || cfg.ring_size == 0
+        || cfg.ns_per_tick == 0
+        || cfg.flow_buckets == 0
+        || cfg.nat_buckets == 0
+    {
         // Not configured yet: behave as if there were no VIPs.
         return pass(Reason::PassNoVip);
     }
@@ -98,13 +101,12 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     // old flow of the same tuple starts a new connection anyway.
     let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !fresh_syn {
-        if let Some(f) = FLOWS.get_ptr_mut(key) {
-            // SAFETY: the pointer comes from a successful map lookup and the
-            // value stays allocated (LRU nodes are preallocated). A racing
-            // update of the same tuple may recycle it for another flow: a
-            // write here then lands in that flow's entry, which costs at most
-            // one packet's state (docs/dataplane.md, "Concurrency").
-            if let Some(verdict) = established(ctx, &pkt, cfg, unsafe { &mut *f }, now) {
+        if let Some((p, f)) = find_flow(cfg, &key) {
+            // SAFETY: `p` comes from a successful array lookup. Another CPU
+            // may since have given the way to another flow: a write through
+            // it then lands in that flow's entry, which costs at most one
+            // packet's state (docs/dataplane.md, "Tables").
+            if let Some(verdict) = established(ctx, &pkt, cfg, unsafe { &mut *p }, &f, now) {
                 return verdict;
             }
         }
@@ -220,19 +222,6 @@ fn new_close(close: (bool, bool)) -> CloseState {
     c
 }
 
-#[inline(always)]
-fn backend_key(cfg: &Config, f: &Flow) -> FlowKey {
-    FlowKey {
-        src_addr_be: f.backend_addr_be,
-        dst_addr_be: cfg.nat_addr_be,
-        src_port_be: f.backend_port_be,
-        dst_port_be: f.nat_port_be,
-        proto: IPPROTO_TCP,
-        _pad1: 0,
-        _pad2: 0,
-    }
-}
-
 /// The flow's backend is still configured for this VIP (not removed, and its
 /// id not reused for another backend or another VIP).
 #[inline(always)]
@@ -248,15 +237,17 @@ fn backend_live(f: &Flow) -> bool {
     }
 }
 
-/// Client -> VIP on a known flow. `None` if the flow cannot carry this
-/// packet (expired, closed and this is a new SYN, or its backend is gone):
+/// Client -> VIP on a known flow: `f` is a consistent copy of the entry,
+/// `way` the entry itself (for its last-seen time and close state). `None`
+/// if the flow cannot carry this packet (expired, or its backend is gone):
 /// then it is handled as a new connection.
 #[inline(always)]
 fn established(
     ctx: &XdpContext,
     pkt: &Packet,
     cfg: &Config,
-    f: &mut Flow,
+    way: &mut Flow,
+    f: &Flow,
     now: u64,
 ) -> Option<Verdict> {
     let stale = expired(cfg, &f.close, f.last_seen_ns, now);
@@ -270,11 +261,11 @@ fn established(
         return Some(pass(Reason::PassTtl));
     }
     if f.last_seen_ns != now {
-        f.last_seen_ns = now;
+        way.last_seen_ns = now;
     }
     let close = close_flags(pkt.tcp_flags);
     if close.0 || close.1 {
-        record_close(&mut f.close, close, true);
+        record_close(&mut way.close, close, true);
         mark_nat_closed(cfg, f, close);
     }
     stats::count_flow(
@@ -290,7 +281,22 @@ fn established(
         f.nat_port_be,
         f.backend_port_be,
     );
-    Some(nat::transmit(ctx, pkt, Direction::Forward, &mut f.hop, now))
+    Some(forward(ctx, pkt, f.backend_id, now))
+}
+
+/// Sends a rewritten client packet toward its backend, through the next hop
+/// its backend's flows share ([`BACKEND_HOPS`]), resolving it when stale.
+#[inline(always)]
+fn forward(ctx: &XdpContext, pkt: &Packet, backend_id: u32, now: u64) -> Verdict {
+    let mut own = unresolved_hop(ctx, pkt);
+    let hop = match BACKEND_HOPS.get_ptr_mut(backend_id) {
+        // SAFETY: the pointer comes from a successful array lookup. CPUs
+        // racing to refresh it store equivalent hops.
+        Some(h) => unsafe { &mut *h },
+        // Not reached: backend ids are bounded by the same MAX_BACKENDS.
+        None => &mut own,
+    };
+    nat::transmit(ctx, pkt, Direction::Forward, hop, now)
 }
 
 /// Client -> VIP, no usable flow: pick a backend and a NAT port.
@@ -308,7 +314,7 @@ fn new_connection(
     }
     let close = close_flags(pkt.tcp_flags);
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    let mut f = match new_flow_for(ctx, pkt, cfg, vip, key, now, close) {
+    let f = match new_flow_for(ctx, pkt, cfg, vip, key, now, close) {
         Ok(f) => f,
         Err(Reason::DropNoBackend) if vip.flags & VIP_F_RESET_EMPTY != 0 => {
             return reset::reset(ctx, pkt);
@@ -323,38 +329,23 @@ fn new_connection(
         f.nat_port_be,
         f.backend_port_be,
     );
-    // The backend's shared next hop, if fresh, saves this flow a fib lookup;
-    // otherwise `transmit` resolves it and it is shared with the next flows.
-    let shared = BACKEND_HOPS.get_ptr_mut(f.backend_id);
-    if let Some(h) = shared {
-        // SAFETY: the pointer comes from a successful array lookup.
-        let h = unsafe { &*h };
-        if h.resolved_ns != 0 && now.saturating_sub(h.resolved_ns) <= NEXT_HOP_TTL_NS {
-            f.hop = *h;
-        }
-    }
-    let had_hop = f.hop.resolved_ns;
-    let verdict = nat::transmit(ctx, pkt, Direction::Forward, &mut f.hop, now);
-    if f.hop.resolved_ns != had_hop && f.hop.resolved_ns != 0 {
-        if let Some(h) = shared {
-            // SAFETY: as above; a racing writer stores an equivalent hop.
-            unsafe { *h = f.hop };
-        }
-    }
-    // Stored after `transmit`, so the flow keeps its resolved next hop.
-    if let Err(e) = FLOWS.insert(key, f, BPF_ANY as u64) {
-        // Not a per-packet event: LRU maps evict rather than fail.
-        aya_log_ebpf::error!(ctx, "LB_FLOWS insert failed: {}", e);
-        return drop(Reason::DropMapUpdate);
-    }
+    let verdict = forward(ctx, pkt, f.backend_id, now);
+    // Without an entry (its way was being rewritten by another CPU: rare)
+    // the flow's next packet finds its NAT entry and records it then.
+    store_flow(cfg, key, f, |way| {
+        expired(cfg, &way.close, way.last_seen_ns, now)
+    });
     verdict
 }
 
 #[inline(always)]
 fn mark_nat_closed(cfg: &Config, f: &Flow, close: (bool, bool)) {
-    if let Some(e) = NAT.get_ptr_mut(backend_key(cfg, f)) {
-        // SAFETY: the pointer comes from a successful map lookup.
-        record_close(unsafe { &mut (*e).close }, close, true);
+    if let Some((p, e)) = find_nat(cfg, f.backend_addr_be, f.backend_port_be, f.nat_port_be) {
+        // Only while the entry is this client's connection.
+        if e.client_addr_be == f.key.src_addr_be && e.client_port_be == f.key.src_port_be {
+            // SAFETY: the pointer comes from a successful array lookup.
+            record_close(unsafe { &mut (*p).close }, close, true);
+        }
     }
 }
 
@@ -390,35 +381,41 @@ fn new_flow_for(
         Some(b) if b.flags & BACKEND_F_IN_USE != 0 => b,
         _ => return Err(Reason::DropNoBackend),
     };
-    let hop = unresolved_hop(ctx, pkt);
     let mut flow = Flow {
-        backend_id,
+        gen: 0,
+        vip_id: vip.id,
+        key: *key,
         backend_addr_be: backend.addr_be,
         backend_port_be: backend.port_be,
         nat_port_be: 0,
+        backend_id,
         close: new_close(close),
-        vip_id: vip.id,
-        _pad: 0,
         last_seen_ns: now,
-        hop,
+        created_ns: now,
+        _spare: 0,
     };
     let entry = NatEntry {
-        client_addr_be: key.src_addr_be,
-        vip_addr_be: key.dst_addr_be,
+        gen: 0,
+        backend_addr_be: backend.addr_be,
+        backend_port_be: backend.port_be,
+        nat_port_be: 0,
         client_port_be: key.src_port_be,
         vip_port_be: key.dst_port_be,
+        client_addr_be: key.src_addr_be,
+        vip_addr_be: key.dst_addr_be,
+        // Below MAX_BACKENDS and MAX_VIPS (array lookups above bound them).
+        backend_id: backend_id as u16,
+        vip_id: vip.id as u16,
         close: new_close(close),
-        backend_id,
-        vip_id: vip.id,
         last_seen_ns: now,
-        hop,
+        hop: unresolved_hop(ctx, pkt),
     };
     // A fresh SYN starts a connection. Anything else without a usable flow
     // entry may belong to a live connection whose flow entry was lost
-    // (evicted, or the other load balancer of a pair handled it so far):
+    // (displaced, or the other load balancer of a pair handled it so far):
     // it must keep the NAT port the backend knows, if its entry is there.
     let fresh_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    flow.nat_port_be = claim_nat_port(cfg, &flow, key, &entry, now, fresh_syn)?;
+    flow.nat_port_be = claim_nat_port(cfg, key, entry, now, fresh_syn)?;
     Ok(flow)
 }
 
@@ -431,18 +428,19 @@ fn same_client(e: &NatEntry, entry: &NatEntry) -> bool {
         && e.vip_port_be == entry.vip_port_be
 }
 
-/// Finds a NAT port for the flow toward its backend. The first candidate is a
-/// hash of the client's 5-tuple, so another load balancer with the same
-/// backends picks the same port for the same flow; later candidates are
-/// independent rehashes of it. A port is taken if unused, already this
-/// client's, or idle past the hold time; a packet that is not a fresh SYN
-/// first looks for this client's own entry among all the candidates.
+/// Finds a NAT port for the flow toward its backend (`entry` says which)
+/// and records `entry` for it. The first candidate is a hash of the
+/// client's 5-tuple, so another load balancer with the same backends picks
+/// the same port for the same flow; later candidates are independent
+/// rehashes of it. A port is taken if unused, already this client's, or
+/// idle past the hold time, and its bucket has room (docs/dataplane.md,
+/// "Tables"); a packet that is not a fresh SYN first looks for this
+/// client's own entry among all the candidates.
 #[inline(always)]
 fn claim_nat_port(
     cfg: &Config,
-    flow: &Flow,
     key: &FlowKey,
-    entry: &NatEntry,
+    entry: NatEntry,
     now: u64,
     fresh_syn: bool,
 ) -> Result<u16, Reason> {
@@ -455,49 +453,36 @@ fn claim_nat_port(
         SEED_NAT_PORT,
     );
     let range = (cfg.nat_port_max as u32).saturating_sub(cfg.nat_port_min as u32) + 1;
-    let mut probe = FlowKey {
-        src_addr_be: flow.backend_addr_be,
-        dst_addr_be: cfg.nat_addr_be,
-        src_port_be: flow.backend_port_be,
-        dst_port_be: 0,
-        proto: IPPROTO_TCP,
-        _pad1: 0,
-        _pad2: 0,
-    };
+    let mine = |e: &NatEntry| same_client(e, &entry);
     if !fresh_syn {
         // This client's own entry first, wherever it is among the candidates.
         let mut i = 0;
         while i < NAT_PORT_PROBES {
-            probe.dst_port_be = nat_port_candidate(h, i, cfg.nat_port_min, range).to_be();
-            if let Some(e) = NAT.get_ptr_mut(probe) {
-                // SAFETY: the pointer comes from a successful map lookup.
-                let e = unsafe { &mut *e };
-                if same_client(e, entry) {
-                    *e = *entry;
-                    return Ok(probe.dst_port_be);
+            let nat_port = nat_port_candidate(h, i, cfg.nat_port_min, range).to_be();
+            if let Some((_, e)) =
+                find_nat(cfg, entry.backend_addr_be, entry.backend_port_be, nat_port)
+            {
+                if mine(&e) {
+                    let mut renewed = entry;
+                    renewed.nat_port_be = nat_port;
+                    // Keep what the connection has seen of closing.
+                    renewed.close = e.close;
+                    if claim_nat(cfg, renewed, mine, |_| false) {
+                        return Ok(nat_port);
+                    }
                 }
             }
             i += 1;
         }
     }
+    let free = |e: &NatEntry| nat_port_free(cfg, e, now);
     let mut i = 0;
     while i < NAT_PORT_PROBES {
-        probe.dst_port_be = nat_port_candidate(h, i, cfg.nat_port_min, range).to_be();
-        // Insert first: on an unused port (the common case) that is the only
-        // map operation; only a taken port costs a lookup as well.
-        if NAT.insert(probe, entry, BPF_NOEXIST as u64).is_ok() {
-            return Ok(probe.dst_port_be);
-        }
-        match NAT.get_ptr_mut(probe) {
-            None => {}
-            Some(e) => {
-                // SAFETY: the pointer comes from a successful map lookup.
-                let e = unsafe { &mut *e };
-                if same_client(e, entry) || nat_port_free(cfg, e, now) {
-                    *e = *entry;
-                    return Ok(probe.dst_port_be);
-                }
-            }
+        let nat_port = nat_port_candidate(h, i, cfg.nat_port_min, range).to_be();
+        let mut claim = entry;
+        claim.nat_port_be = nat_port;
+        if claim_nat(cfg, claim, |e| mine(e) || free(e), free) {
+            return Ok(nat_port);
         }
         i += 1;
     }
@@ -507,11 +492,9 @@ fn claim_nat_port(
 /// Backend -> NAT address: back to VIP -> client.
 #[inline(always)]
 fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict {
-    let Some(e) = NAT.get_ptr_mut(key) else {
+    let Some((p, e)) = find_nat(cfg, key.src_addr_be, key.src_port_be, key.dst_port_be) else {
         return drop(Reason::DropNatMiss);
     };
-    // SAFETY: the pointer comes from a successful map lookup.
-    let e = unsafe { &mut *e };
     let now = now(cfg);
     if expired(cfg, &e.close, e.last_seen_ns, now) {
         return drop(Reason::DropNatMiss);
@@ -520,12 +503,14 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
         // Passing it would get the backend a RST from this host's stack.
         return drop(Reason::DropTtl);
     }
+    // SAFETY: the pointer comes from a successful array lookup.
+    let slot = unsafe { &mut *p };
     if e.last_seen_ns != now {
-        e.last_seen_ns = now;
+        slot.last_seen_ns = now;
     }
     let close = close_flags(pkt.tcp_flags);
     if close.0 || close.1 {
-        record_close(&mut e.close, close, false);
+        record_close(&mut slot.close, close, false);
         let client = FlowKey {
             src_addr_be: e.client_addr_be,
             dst_addr_be: e.vip_addr_be,
@@ -535,22 +520,21 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
             _pad1: 0,
             _pad2: 0,
         };
-        if let Some(f) = FLOWS.get_ptr_mut(client) {
-            // SAFETY: the pointer comes from a successful map lookup.
-            let f = unsafe { &mut *f };
+        if let Some((fp, f)) = find_flow(cfg, &client) {
             // Only if the client's flow is still this connection (it may
             // have been re-created toward another backend or NAT port).
             if f.nat_port_be == key.dst_port_be
                 && f.backend_addr_be == key.src_addr_be
                 && f.backend_port_be == key.src_port_be
             {
-                record_close(&mut f.close, close, false);
+                // SAFETY: the pointer comes from a successful array lookup.
+                record_close(unsafe { &mut (*fp).close }, close, false);
             }
         }
     }
     stats::count_flow(
-        e.vip_id,
-        e.backend_id,
+        e.vip_id as u32,
+        e.backend_id as u32,
         (ctx.data_end() - ctx.data()) as u64,
         false,
     );
@@ -561,5 +545,5 @@ fn reply(ctx: &XdpContext, pkt: &Packet, cfg: &Config, key: &FlowKey) -> Verdict
         e.vip_port_be,
         e.client_port_be,
     );
-    nat::transmit(ctx, pkt, Direction::Reply, &mut e.hop, now)
+    nat::transmit(ctx, pkt, Direction::Reply, &mut slot.hop, now)
 }

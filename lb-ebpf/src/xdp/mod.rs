@@ -1,23 +1,24 @@
 //! The XDP program: entry points and maps. One concern per file:
 //! `parse` (headers, strict bounds checks), `lb` (VIP, flow and ring lookups,
-//! NAT port choice), `nat` (rewrites, checksums, next hop and transmit),
-//! `stats` (counters).
+//! NAT port choice), `table` (the flow and NAT tables), `nat` (rewrites,
+//! checksums, next hop and transmit), `stats` (counters).
 
 mod lb;
 mod nat;
 mod parse;
 mod reset;
 mod stats;
+mod table;
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_F_MMAPABLE},
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_ebpf::{
-    Backend, Config, Counters, Flow, FlowKey, NatEntry, NextHop, VipKey, VipValue,
-    DEFAULT_MAX_FLOWS, DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, REASON_COUNT,
+    Backend, Config, Counters, Flow, NatEntry, NextHop, VipKey, VipValue, DEFAULT_MAX_FLOWS,
+    DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, REASON_COUNT,
 };
 
 // Map names are spelled out because the attribute needs a literal; they must
@@ -37,14 +38,15 @@ static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "LB_RINGS")]
 static RINGS: Array<u32> = Array::with_max_entries(16 * 2 * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
 
-/// Client-side 5-tuple -> chosen backend and NAT port. XDP writes and reads.
+/// The flow table: client-side 5-tuple -> chosen backend and NAT port, in
+/// buckets of `FLOW_WAYS` ways (`table`). XDP writes and reads; lbd counts.
 #[map(name = "LB_FLOWS")]
-static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+static FLOWS: Array<Flow> = Array::with_max_entries(DEFAULT_MAX_FLOWS * 2, BPF_F_MMAPABLE);
 
-/// Backend-side 5-tuple (backend -> NAT address:port) -> client and VIP. XDP
-/// writes and reads.
+/// The NAT table: backend-side tuple (backend, NAT port) -> client and VIP,
+/// one slot per tuple (`table`). XDP writes and reads; lbd counts.
 #[map(name = "LB_NAT")]
-static NAT: LruHashMap<FlowKey, NatEntry> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+static NAT: Array<NatEntry> = Array::with_max_entries(DEFAULT_MAX_FLOWS * 2, BPF_F_MMAPABLE);
 
 /// Global settings (one entry). lbd writes, XDP reads.
 #[map(name = "LB_CONFIG")]

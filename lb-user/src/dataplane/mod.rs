@@ -20,6 +20,9 @@ use aya::{
 };
 use lb_ebpf::{map, prog, Backend, Config, Counters, Flow, FlowKey, NatEntry, VipKey, VipValue};
 
+mod table;
+use table::TableView;
+
 /// What the balancer needs from the kernel side.
 pub trait Maps {
     fn set_vip(&mut self, key: VipKey, value: VipValue) -> Result<()>;
@@ -55,8 +58,8 @@ pub struct Dataplane {
     vip_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, Counters>,
-    flows: HashMap<MapData, FlowKey, Flow>,
-    nat: HashMap<MapData, FlowKey, NatEntry>,
+    flows: Array<MapData, Flow>,
+    nat: Array<MapData, NatEntry>,
     ring_size: u32,
     /// Where the maps, program and links are pinned (None: nothing pinned).
     pin_dir: Option<PathBuf>,
@@ -158,11 +161,30 @@ fn remove_stale_pin(path: &Path) -> Result<()> {
 
 /// Refuses to reuse pinned maps sized for another configuration.
 fn check_pinned_sizes(dir: &Path, opts: &LoadOptions, rings: u32) -> Result<()> {
+    for name in [map::FLOWS, map::NAT] {
+        let path = dir.join(name);
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let ty = info.map_type()?;
+        if ty != aya::maps::MapType::Array {
+            bail!(
+                "the data plane pinned in {} was made by an older lbd ({name} is a {ty:?}, this \
+                 lbd keeps its tables in arrays). Stop it cleanly first (SIGTERM to the lbd \
+                 running it, or remove {}), then start this one",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
     for (name, want, key) in [
-        (map::FLOWS, opts.max_flows, "dataplane.max_flows"),
+        (
+            map::FLOWS,
+            lb_ebpf::flow_slots_for(opts.max_flows),
+            "dataplane.max_flows",
+        ),
         (
             map::NAT,
-            lb_ebpf::nat_entries_for(opts.max_flows),
+            lb_ebpf::nat_slots_for(opts.max_flows),
             "dataplane.max_flows",
         ),
         (
@@ -216,17 +238,19 @@ fn sum(values: aya::maps::PerCpuValues<Counters>) -> Counters {
 
 /// See [`Dataplane::table_counter`].
 pub struct TableCounter {
-    flows: HashMap<MapData, FlowKey, Flow>,
-    nat: HashMap<MapData, FlowKey, NatEntry>,
+    flows: TableView<Flow>,
+    nat: TableView<NatEntry>,
 }
 
 impl TableCounter {
+    /// Flow table ways in use (expired flows included until reused).
     pub fn flows(&self) -> usize {
-        self.flows.keys().filter(|k| k.is_ok()).count()
+        self.flows.occupied()
     }
 
+    /// NAT table slots in use (expired entries included until reused).
     pub fn nat_entries(&self) -> usize {
-        self.nat.keys().filter(|k| k.is_ok()).count()
+        self.nat.occupied()
     }
 }
 
@@ -244,8 +268,8 @@ impl Dataplane {
             .context("max_vips * 2 * ring_size overflows")?;
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(map::FLOWS, opts.max_flows)
-            .map_max_entries(map::NAT, lb_ebpf::nat_entries_for(opts.max_flows))
+            .map_max_entries(map::FLOWS, lb_ebpf::flow_slots_for(opts.max_flows))
+            .map_max_entries(map::NAT, lb_ebpf::nat_slots_for(opts.max_flows))
             .map_max_entries(map::RINGS, rings);
         let mut adopted = false;
         if let Some(dir) = pin_dir {
@@ -563,52 +587,70 @@ impl Dataplane {
             .collect()
     }
 
-    /// Number of entries in the flow table (walks it: for status, not hot paths).
+    /// Flow table ways in use (walks the table: for status, not hot paths).
     pub fn flow_count(&self) -> usize {
-        self.flows.keys().filter(|k| k.is_ok()).count()
+        self.table_counter().map(|c| c.flows()).unwrap_or(0)
     }
 
-    /// Number of entries in the NAT table.
+    /// NAT table slots in use.
     pub fn nat_count(&self) -> usize {
-        self.nat.keys().filter(|k| k.is_ok()).count()
+        self.table_counter().map(|c| c.nat_entries()).unwrap_or(0)
     }
 
-    /// Handles of their own on the flow and NAT tables, for counting their
-    /// entries (a walk of up to millions of system calls) without holding
-    /// whatever guards this `Dataplane`.
+    /// Views of their own on the flow and NAT tables, for counting their
+    /// entries (a walk of up to millions of slots) without holding whatever
+    /// guards this `Dataplane`.
     pub fn table_counter(&self) -> Result<TableCounter> {
-        fn reopen(map: &MapData) -> Result<MapData> {
-            use std::os::fd::AsFd as _;
-            let fd = map
-                .fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .context("duplicating a map descriptor")?;
-            Ok(MapData::from_fd(fd)?)
-        }
-        let flows = reopen(aya::maps::IterableMap::map(&self.flows))?;
-        let nat = reopen(aya::maps::IterableMap::map(&self.nat))?;
+        use aya::maps::IterableMap;
         Ok(TableCounter {
-            flows: HashMap::try_from(Map::LruHashMap(flows))?,
-            nat: HashMap::try_from(Map::LruHashMap(nat))?,
+            flows: TableView::map(IterableMap::map(&self.flows), map::FLOWS)?,
+            nat: TableView::map(IterableMap::map(&self.nat), map::NAT)?,
         })
+    }
+
+    /// Where a client-side tuple's flow entry is, if it has one.
+    fn flow_index(&self, key: &FlowKey) -> Option<u32> {
+        let buckets = self.flows.len() / lb_ebpf::FLOW_WAYS;
+        let base = lb_ebpf::flow_bucket(key, buckets) * lb_ebpf::FLOW_WAYS;
+        (base..base + lb_ebpf::FLOW_WAYS)
+            .find(|&i| self.flows.get(&i, 0).is_ok_and(|f| f.key == *key))
     }
 
     /// Looks up a flow by its client-side 5-tuple (tests and debugging).
     pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
-        self.flows.get(key, 0).ok()
+        self.flows.get(&self.flow_index(key)?, 0).ok()
     }
 
-    /// Overwrites a flow entry (tests reproducing a state, and debugging).
+    /// Overwrites the flow entry of `key` (tests reproducing a state, and
+    /// debugging); its `key` and `gen` are kept.
     pub fn put_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<()> {
+        let i = self
+            .flow_index(key)
+            .with_context(|| format!("no entry for {key:?} in {}", map::FLOWS))?;
+        let old = self.flows.get(&i, 0)?;
+        let new = Flow {
+            gen: old.gen,
+            key: old.key,
+            ..*flow
+        };
         self.flows
-            .insert(key, flow, 0)
+            .set(i, new, 0)
             .with_context(|| format!("writing {}", map::FLOWS))
     }
 
-    /// Looks up a NAT entry by its backend-side 5-tuple.
+    /// Looks up a NAT entry by its backend-side 5-tuple (backend -> NAT
+    /// address and port).
     pub fn nat_entry(&self, key: &FlowKey) -> Option<NatEntry> {
-        self.nat.get(key, 0).ok()
+        let buckets = self.nat.len() / lb_ebpf::NAT_WAYS;
+        let base = lb_ebpf::nat_bucket(key.src_addr_be, key.src_port_be, key.dst_port_be, buckets)
+            * lb_ebpf::NAT_WAYS;
+        (base..base + lb_ebpf::NAT_WAYS)
+            .filter_map(|i| self.nat.get(&i, 0).ok())
+            .find(|e| {
+                e.backend_addr_be == key.src_addr_be
+                    && e.backend_port_be == key.src_port_be
+                    && e.nat_port_be == key.dst_port_be
+            })
     }
 
     /// Kernel memory charged to the flow and NAT tables, in bytes (from

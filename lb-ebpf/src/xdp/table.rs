@@ -1,0 +1,317 @@
+//! The flow and NAT tables: plain arrays this program manages itself.
+//!
+//! A kernel hash map costs a new connection a locked, out-of-line update per
+//! table (measured at 170–200 ns each on the development VM even with every
+//! line in cache); a slot in an array costs a few stores. The price is doing
+//! here what the kernel did there:
+//!
+//! - **Placement.** A flow lives in one of the [`FLOW_WAYS`] ways of its
+//!   bucket: the way already holding its tuple, else a free one, else the
+//!   one idle longest. A NAT entry lives in a free way of its tuple's
+//!   bucket and is never displaced while it may be in use: as the NAT port
+//!   is ours to choose, a claim whose bucket is full simply tries the flow's
+//!   next candidate port.
+//! - **Concurrent writers.** A writer first turns the entry's `gen` from even
+//!   to odd with a compare-and-swap, so of two CPUs claiming one entry only
+//!   one writes it; the other moves on (another candidate port, or no flow
+//!   entry: the packet is forwarded all the same).
+//! - **Readers.** A reader copies the entry between two reads of `gen` and
+//!   discards the copy if `gen` changed or was odd, so it never acts on half
+//!   of one connection and half of another.
+//!
+//! docs/dataplane.md ("Tables") has the whole argument.
+
+use core::sync::atomic::{compiler_fence, Ordering};
+
+use lb_ebpf::{flow_bucket, nat_bucket, Config, Flow, FlowKey, NatEntry, FLOW_WAYS, NAT_WAYS};
+
+use super::{FLOWS, NAT};
+
+/// Compare-and-swap of a `u32` in map memory: stores `new` if it holds
+/// `old`, returns what it held. A full barrier on every architecture the
+/// kernel JITs eBPF for.
+#[inline(always)]
+fn cas(word: *mut u32, old: u32, new: u32) -> u32 {
+    let mut r0 = old as u64;
+    // SAFETY: `word` points into a map value (checked by the verifier, which
+    // also checks the alignment); BPF_CMPXCHG compares with and returns in r0.
+    unsafe {
+        core::arch::asm!(
+            "w0 = cmpxchg32_32(r1 + 0, w0, w2)",
+            in("r1") word,
+            in("r2") new as u64,
+            inout("r0") r0,
+        );
+    }
+    r0 as u32
+}
+
+#[inline(always)]
+fn read_gen(word: *const u32) -> u32 {
+    // SAFETY: a plain aligned load from map memory.
+    unsafe { core::ptr::read_volatile(word) }
+}
+
+/// Takes an entry for writing: `Some(gen)` if this CPU now holds it.
+#[inline(always)]
+fn begin_write(word: *mut u32) -> Option<u32> {
+    let g = read_gen(word);
+    if g & 1 != 0 || cas(word, g, g.wrapping_add(1)) != g {
+        return None;
+    }
+    Some(g.wrapping_add(1))
+}
+
+/// Releases an entry taken with `begin_write`, after its body is written.
+#[inline(always)]
+fn end_write(word: *mut u32, odd: u32) {
+    // A CAS rather than a store: it orders the body's stores before the
+    // release on weakly ordered CPUs too.
+    cas(word, odd, odd.wrapping_add(1));
+}
+
+/// A consistent copy of the entry at `p` (whose first field is its `gen`),
+/// or `None` while a writer holds it.
+#[inline(always)]
+fn snapshot<T: Copy>(p: *const T) -> Option<T> {
+    let word = p as *const u32;
+    let g = read_gen(word);
+    if g & 1 != 0 {
+        return None;
+    }
+    compiler_fence(Ordering::Acquire);
+    // SAFETY: `p` comes from a successful array lookup.
+    let copy = unsafe { *p };
+    compiler_fence(Ordering::Acquire);
+    if read_gen(word) != g {
+        return None;
+    }
+    Some(copy)
+}
+
+#[inline(always)]
+fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    a.src_addr_be == b.src_addr_be
+        && a.dst_addr_be == b.dst_addr_be
+        && a.src_port_be == b.src_port_be
+        && a.dst_port_be == b.dst_port_be
+        && a.proto == b.proto
+}
+
+/// The flow entry of a client-side tuple: a pointer for updating it in
+/// place, and a consistent copy to decide with.
+#[inline(always)]
+pub fn find_flow(cfg: &Config, key: &FlowKey) -> Option<(*mut Flow, Flow)> {
+    let base = flow_bucket(key, cfg.flow_buckets) * FLOW_WAYS;
+    let mut w = 0;
+    while w < FLOW_WAYS {
+        let p = FLOWS.get_ptr_mut(base + w)?;
+        // SAFETY: from a successful array lookup.
+        if same_key(unsafe { &(*p).key }, key) {
+            return snapshot(p)
+                .filter(|f| same_key(&f.key, key))
+                .map(|f| (p, f));
+        }
+        w += 1;
+    }
+    None
+}
+
+/// Records `flow` for `key` in its bucket. `free` says whether a way's
+/// current occupant may be replaced without cost (empty or expired). Returns
+/// false if the chosen way was being written by another CPU: the flow then
+/// has no entry, and its next packet finds its NAT entry instead.
+#[inline(always)]
+pub fn store_flow(
+    cfg: &Config,
+    key: &FlowKey,
+    mut flow: Flow,
+    free: impl Fn(&Flow) -> bool,
+) -> bool {
+    let base = flow_bucket(key, cfg.flow_buckets) * FLOW_WAYS;
+    let mut own = FLOW_WAYS;
+    let mut first_free = FLOW_WAYS;
+    let mut oldest = 0;
+    let mut oldest_seen = u64::MAX;
+    let mut w = 0;
+    while w < FLOW_WAYS {
+        let Some(p) = FLOWS.get_ptr(base + w) else {
+            return false;
+        };
+        // SAFETY: from a successful array lookup. Fields may be mid-rewrite
+        // by another CPU: they only steer the choice, the CAS below decides.
+        let way = unsafe { &*p };
+        if same_key(&way.key, key) {
+            own = w;
+            break;
+        }
+        if first_free == FLOW_WAYS && free(way) {
+            first_free = w;
+        }
+        if way.last_seen_ns < oldest_seen {
+            oldest_seen = way.last_seen_ns;
+            oldest = w;
+        }
+        w += 1;
+    }
+    let way = if own < FLOW_WAYS {
+        own
+    } else if first_free < FLOW_WAYS {
+        first_free
+    } else {
+        oldest
+    };
+    let Some(p) = FLOWS.get_ptr_mut(base + way) else {
+        return false;
+    };
+    // SAFETY: from a successful array lookup; `gen` is its first field.
+    let word = unsafe { &mut (*p).gen as *mut u32 };
+    let Some(odd) = begin_write(word) else {
+        return false;
+    };
+    flow.gen = odd;
+    flow.key = *key;
+    // SAFETY: this CPU holds the way (odd `gen`); readers skip it meanwhile.
+    unsafe { *p = flow };
+    end_write(word, odd);
+    true
+}
+
+/// The NAT entry `e` is for this backend-side tuple.
+#[inline(always)]
+fn holds(e: &NatEntry, backend_addr_be: u32, backend_port_be: u16, nat_port_be: u16) -> bool {
+    e.backend_addr_be == backend_addr_be
+        && e.backend_port_be == backend_port_be
+        && e.nat_port_be == nat_port_be
+}
+
+/// The NAT entry of a backend-side tuple (a reply's source address and
+/// port, and its destination port): a pointer for updating it in place,
+/// and a consistent copy to decide with.
+#[inline(always)]
+pub fn find_nat(
+    cfg: &Config,
+    backend_addr_be: u32,
+    backend_port_be: u16,
+    nat_port_be: u16,
+) -> Option<(*mut NatEntry, NatEntry)> {
+    let (a, p, n) = (backend_addr_be, backend_port_be, nat_port_be);
+    let base = nat_bucket(a, p, n, cfg.nat_buckets) * NAT_WAYS;
+    let mut w = 0;
+    while w < NAT_WAYS {
+        let slot = NAT.get_ptr_mut(base + w)?;
+        // SAFETY: from a successful array lookup.
+        if holds(unsafe { &*slot }, a, p, n) {
+            return snapshot(slot)
+                .filter(|e| holds(e, a, p, n))
+                .map(|e| (slot, e));
+        }
+        w += 1;
+    }
+    None
+}
+
+/// Records `entry` for its tuple (backend address and port, NAT port),
+/// unless the tuple is taken. `reuse` says whether the tuple's current
+/// entry may be replaced (it is this client's, or idle past the hold time);
+/// `free` whether a way holding another tuple may be given to it (empty, or
+/// idle past the hold time). False: use another NAT port.
+#[inline(always)]
+pub fn claim_nat(
+    cfg: &Config,
+    entry: NatEntry,
+    reuse: impl Fn(&NatEntry) -> bool,
+    free: impl Fn(&NatEntry) -> bool,
+) -> bool {
+    let (a, p, n) = (
+        entry.backend_addr_be,
+        entry.backend_port_be,
+        entry.nat_port_be,
+    );
+    let base = nat_bucket(a, p, n, cfg.nat_buckets) * NAT_WAYS;
+    let mut first_free = NAT_WAYS;
+    let mut w = 0;
+    while w < NAT_WAYS {
+        let Some(slot) = NAT.get_ptr_mut(base + w) else {
+            return false;
+        };
+        // SAFETY: from a successful array lookup; `gen` is its first field.
+        if read_gen(unsafe { &(*slot).gen }) & 1 != 0 {
+            // Being written: it may be this very tuple, claimed by another
+            // CPU. Leave the port to it.
+            return false;
+        }
+        // SAFETY: as above. Fields may be mid-rewrite: they only steer the
+        // choice; the CAS and the check after writing decide.
+        let e = unsafe { &*slot };
+        if holds(e, a, p, n) {
+            // The tuple's own way: replace it, or give up on this port.
+            return match snapshot(slot) {
+                Some(e) if holds(&e, a, p, n) && reuse(&e) => write_nat(slot, entry),
+                _ => false,
+            };
+        }
+        if first_free == NAT_WAYS && free(e) {
+            first_free = w;
+        }
+        w += 1;
+    }
+    if first_free == NAT_WAYS {
+        // A bucket full of live entries: this tuple cannot be recorded.
+        return false;
+    }
+    let Some(slot) = NAT.get_ptr_mut(base + first_free) else {
+        return false;
+    };
+    if !write_nat(slot, entry) {
+        return false;
+    }
+    // Another CPU may have put the same tuple in another way of the bucket
+    // at the same moment (for another client). Each writer checks the other
+    // ways after its own write, with a full barrier in between (the CAS), so
+    // at least one of the two sees the other and withdraws.
+    let mut w = 0;
+    while w < NAT_WAYS {
+        if w != first_free {
+            if let Some(other) = NAT.get_ptr(base + w) {
+                // SAFETY: from a successful array lookup.
+                if holds(unsafe { &*other }, a, p, n) {
+                    withdraw(slot);
+                    return false;
+                }
+            }
+        }
+        w += 1;
+    }
+    true
+}
+
+/// Empties a NAT way this CPU just wrote (see [`claim_nat`]).
+#[inline(always)]
+fn withdraw(slot: *mut NatEntry) {
+    // SAFETY: from a successful array lookup; `gen` is its first field.
+    let word = unsafe { &mut (*slot).gen as *mut u32 };
+    if let Some(odd) = begin_write(word) {
+        // SAFETY: this CPU holds the way (odd `gen`).
+        unsafe {
+            (*slot).backend_addr_be = 0;
+            (*slot).last_seen_ns = 0;
+        }
+        end_write(word, odd);
+    }
+}
+
+/// Writes `entry` into the way at `slot` unless another CPU holds it.
+#[inline(always)]
+fn write_nat(slot: *mut NatEntry, mut entry: NatEntry) -> bool {
+    // SAFETY: from a successful array lookup; `gen` is its first field.
+    let word = unsafe { &mut (*slot).gen as *mut u32 };
+    let Some(odd) = begin_write(word) else {
+        return false;
+    };
+    entry.gen = odd;
+    // SAFETY: this CPU holds the way (odd `gen`); readers skip it meanwhile.
+    unsafe { *slot = entry };
+    end_write(word, odd);
+    true
+}
