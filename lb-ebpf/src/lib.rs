@@ -471,7 +471,8 @@ reasons! {
     DropNatExhausted = 17, "drop_nat_exhausted";
     /// A packet to the NAT address and port range that matches no flow.
     DropNatMiss = 18, "drop_nat_miss";
-    /// A map update failed (table full beyond LRU eviction, or a race lost).
+    /// No longer produced: table writes cannot fail since the tables became
+    /// arrays. Kept so that numbers and labels stay stable.
     DropMapUpdate = 19, "drop_map_update";
     /// `bpf_redirect_map` refused the egress interface.
     DropRedirect = 20, "drop_redirect";

@@ -551,7 +551,7 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
         reasons,
         flows: 0,
         nat_entries: 0,
-        max_flows: st.cfg.dataplane.max_flows as u64,
+        flow_capacity: lb_ebpf::flow_slots_for(st.cfg.dataplane.max_flows) as u64,
         up_since_unix: st.started_unix,
         reloads: st.reloads,
         reload_failures: st.reload_failures,

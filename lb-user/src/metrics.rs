@@ -27,12 +27,12 @@ pub struct Snapshot {
     /// `(reason label, packets, bytes, is_drop)` for every verdict reason,
     /// e.g. from `lb_ebpf::Reason::ALL`.
     pub reasons: Vec<(&'static str, u64, u64, bool)>,
-    /// Entries in the flow table.
+    /// Ways in use in the flow table (expired flows included until reused).
     pub flows: u64,
-    /// Entries in the NAT (reverse) table.
+    /// Ways in use in the NAT (reverse) table.
     pub nat_entries: u64,
-    /// Capacity of the flow table.
-    pub max_flows: u64,
+    /// Ways of the flow table (`lb_ebpf::flow_slots_for(max_flows)`).
+    pub flow_capacity: u64,
     /// When lbd started, in seconds since the Unix epoch.
     pub up_since_unix: u64,
     pub reloads: u64,
@@ -330,20 +330,20 @@ pub fn render(s: &Snapshot) -> String {
         (
             "lb_flow_table_entries",
             "gauge",
-            "Entries in the flow table.",
+            "Ways in use in the flow table (expired flows included until reused).",
             s.flows,
         ),
         (
             "lb_nat_table_entries",
             "gauge",
-            "Entries in the NAT table.",
+            "Ways in use in the NAT table (expired entries included until reused).",
             s.nat_entries,
         ),
         (
             "lb_flow_table_capacity",
             "gauge",
-            "Capacity of the flow table.",
-            s.max_flows,
+            "Ways of the flow table: room for dataplane.max_flows connections, with a margin.",
+            s.flow_capacity,
         ),
         (
             "lb_start_time_seconds",
@@ -625,7 +625,7 @@ mod tests {
             ],
             flows: 10,
             nat_entries: 10,
-            max_flows: 1_048_576,
+            flow_capacity: 1_048_576,
             up_since_unix: 1_700_000_000,
             reloads: 2,
             reload_failures: 1,

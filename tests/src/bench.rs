@@ -150,6 +150,7 @@ fn packet_costs_here(samples: usize) -> Result<Vec<PacketCost>> {
     // The load balancer's own address (say, SSH to it).
     let host = Frame::tcp(client, (Ipv4Addr::new(10, 1, 1, 1), 22), ACK).build();
     let syn = Frame::tcp(client, vip, SYN).build();
+    let syn_again = Frame::tcp((CLIENT, 19_998), local_vip, SYN).build();
 
     let redirect = (XDP_REDIRECT, "XDP_REDIRECT");
     let mut cases = vec![
@@ -174,6 +175,16 @@ fn packet_costs_here(samples: usize) -> Result<Vec<PacketCost>> {
                 let port = 20_000 + (i % 40_000) as u16;
                 (Frame::tcp((addr, port), local_vip, SYN).build(), lbt0)
             }),
+            samples: Vec::new(),
+        },
+        // One SYN over and over: every call takes the whole new-flow path
+        // (ring, NAT claim, both table writes), with the tables' lines in
+        // cache — how the reference's figure was taken.
+        Case {
+            name: "new flow (SYN), XDP_TX, one tuple repeated",
+            program: prog::LB,
+            want: (XDP_TX, "XDP_TX"),
+            frame_for: Box::new(|_| (syn_again.clone(), lbt0)),
             samples: Vec::new(),
         },
         Case {

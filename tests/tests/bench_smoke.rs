@@ -48,6 +48,7 @@ fn quick_bench_writes_a_complete_report() {
     for needle in [
         "| new flow (SYN) | XDP_REDIRECT |",
         "| new flow (SYN), XDP_TX | XDP_TX |",
+        "| new flow (SYN), XDP_TX, one tuple repeated | XDP_TX |",
         "| established | XDP_REDIRECT |",
         "| reply from backend | XDP_REDIRECT |",
         "| other address (pass) | XDP_PASS |",

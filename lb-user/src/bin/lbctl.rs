@@ -160,8 +160,8 @@ fn print_backends(vips: &[VipStatus]) {
 
 fn print_stats(s: &Stats) {
     println!(
-        "flows {} / {}   nat entries {}",
-        s.flows, s.max_flows, s.nat_entries
+        "flows {}   nat entries {}   (ways in use, expired included; sized for {} connections)",
+        s.flows, s.nat_entries, s.max_flows
     );
     println!("{:<22} {:>12} {:>12}", "REASON", "PACKETS", "BYTES");
     for r in &s.reasons {
