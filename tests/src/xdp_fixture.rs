@@ -161,7 +161,11 @@ fn ifindex_of(ns: &Netns, ifname: &str) -> u32 {
 /// Moves the calling thread (this test's) into `ns`, where the program's
 /// `bpf_fib_lookup` will consult routes and neighbours.
 pub fn enter(ns: &Netns) {
-    let f = File::open(format!("/run/netns/{}", ns.name())).unwrap();
+    enter_handle(&File::open(format!("/run/netns/{}", ns.name())).unwrap());
+}
+
+/// Moves the calling thread into the namespace `f` refers to.
+pub fn enter_handle(f: &File) {
     // SAFETY: a valid namespace fd; affects only this thread.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
@@ -295,6 +299,12 @@ impl Fixture {
 
     pub fn run(&self, frame: &[u8], ingress: u32) -> Outcome {
         self.try_run(frame, ingress).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// A handle on the fixture's namespace, for threads of a test that run
+    /// the program themselves: they must [`enter_handle`] it first.
+    pub fn netns_handle(&self) -> File {
+        File::open(format!("/run/netns/{}", self._ns.name())).unwrap()
     }
 
     /// The backend the userspace ring says a client tuple goes to.

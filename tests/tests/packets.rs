@@ -919,3 +919,175 @@ fn a_nat_tuple_whose_bucket_is_full_is_passed_over_for_the_next_port() {
         assert_eq!((out.dst, out.dport), (CLIENT, client_port));
     }
 }
+
+/// Pins the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET stays within it for any
+    // CPU number below CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// `BPF_PROG_TEST_RUN` of the program behind `prog` on `frame` arriving on
+/// `ingress`, from any thread (aya's handles are not shared between
+/// threads; a descriptor is). Returns the verdict and the frame after it.
+fn test_run_raw(prog: &std::os::fd::OwnedFd, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut out = vec![0u8; frame.len() + 256];
+    // struct xdp_md: data_end at 4, ingress_ifindex at 12.
+    let mut ctx = [0u8; 24];
+    ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+    ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
+    let mut attr = TestAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ctx_size_in: ctx.len() as u32,
+        ctx_in: ctx.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid BPF_PROG_TEST_RUN attribute whose pointers
+    // stay valid for the call; the size passed is its own.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            std::mem::size_of::<TestAttr>() as u32,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
+    out.truncate(attr.data_size_out as usize);
+    (attr.retval, out)
+}
+
+#[test]
+fn two_cpus_claiming_at_once_never_share_a_nat_tuple() {
+    // The NAT table is written by the program itself: two CPUs claiming the
+    // same (backend, NAT port) at the same instant must not both get it, or
+    // one connection's replies would go to the other's client. Two threads,
+    // pinned to two CPUs, run SYNs at the same moment against a four-port
+    // range, round after round (a fresh range each round), and every tuple
+    // forwarded must belong to one client only, the one its replies reach.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cpus >= 2,
+        "this test needs two CPUs to race on, found {cpus}"
+    );
+    let mut fx = fixture("race", |_| {});
+    let vip = (WEB, 80);
+    const ROUNDS: u16 = 500;
+    const PER_THREAD: u16 = 24;
+    let mut forwarded_total = 0;
+    for round in 0..ROUNDS {
+        let mut cfg = fx.dp.config().unwrap();
+        cfg.nat_port_min = 20000 + round * 4;
+        cfg.nat_port_max = cfg.nat_port_min + 3;
+        fx.dp.set_config(&cfg).unwrap();
+        let start = std::sync::Barrier::new(2);
+        let dropped_before = fx.dp.reason_counters().unwrap()[Reason::DropNatExhausted as usize];
+        let results: Vec<(u16, (u32, Vec<u8>))> = thread::scope(|s| {
+            let workers: Vec<_> = (0..2u16)
+                .map(|t| {
+                    let start = &start;
+                    let prog = {
+                        use std::os::fd::AsFd;
+                        let p = fx.dp.program_named(lb_ebpf::prog::LB);
+                        p.fd().unwrap().as_fd().try_clone_to_owned().unwrap()
+                    };
+                    let (lbt0, netns) = (fx.lbt0, fx.netns_handle());
+                    s.spawn(move || {
+                        enter_handle(&netns);
+                        pin_to_cpu(t as usize);
+                        start.wait();
+                        (0..PER_THREAD)
+                            .map(|k| {
+                                let port = 1024 + (round * 2 + t) * PER_THREAD + k;
+                                let syn = Frame::tcp((CLIENT, port), vip, SYN).build();
+                                (port, test_run_raw(&prog, &syn, lbt0))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("worker"))
+                .collect()
+        });
+        let mut owner = std::collections::HashMap::new();
+        let mut dropped = 0;
+        for (client_port, (verdict, out)) in &results {
+            match *verdict {
+                XDP_REDIRECT => {
+                    let out = parse_tcp(out);
+                    let tuple = ((out.dst, out.dport), out.sport);
+                    if let Some(other) = owner.insert(tuple, *client_port) {
+                        panic!(
+                            "round {round}: {tuple:?} given to clients {other} and {client_port}"
+                        );
+                    }
+                }
+                XDP_DROP => dropped += 1,
+                v => panic!("round {round}: unexpected verdict {v}"),
+            }
+        }
+        let dropped_after = fx.dp.reason_counters().unwrap()[Reason::DropNatExhausted as usize];
+        assert_eq!(
+            dropped_after.packets - dropped_before.packets,
+            dropped,
+            "round {round}: every drop is drop_nat_exhausted"
+        );
+        // Four ports toward each of three backends: all twelve tuples are
+        // taken, and each answers for its own client.
+        assert_eq!(owner.len(), 12, "round {round}");
+        forwarded_total += owner.len();
+        for ((backend, nat_port), client_port) in owner {
+            let o = fx.run(
+                &Frame::tcp(backend, (NAT, nat_port), SYN | ACK).build(),
+                fx.lbt1,
+            );
+            assert_eq!(o.reason, Reason::RedirectReply);
+            assert_eq!(parse_tcp(&o.out).dport, client_port, "round {round}");
+        }
+    }
+    assert_eq!(forwarded_total, 12 * ROUNDS as usize);
+}

@@ -52,14 +52,16 @@ fn read_gen(word: *const u32) -> u32 {
     unsafe { core::ptr::read_volatile(word) }
 }
 
-/// Takes an entry for writing: `Some(gen)` if this CPU now holds it.
+/// Takes an entry for writing, provided it is still as the caller saw it
+/// (generation `seen`): `Some(odd gen)` if this CPU now holds it. Without
+/// the `seen` condition, a CPU that chose a free way could overwrite another
+/// CPU's entry written there since.
 #[inline(always)]
-fn begin_write(word: *mut u32) -> Option<u32> {
-    let g = read_gen(word);
-    if g & 1 != 0 || cas(word, g, g.wrapping_add(1)) != g {
+fn begin_write(word: *mut u32, seen: u32) -> Option<u32> {
+    if seen & 1 != 0 || cas(word, seen, seen.wrapping_add(1)) != seen {
         return None;
     }
-    Some(g.wrapping_add(1))
+    Some(seen.wrapping_add(1))
 }
 
 /// Releases an entry taken with `begin_write`, after its body is written.
@@ -129,44 +131,50 @@ pub fn store_flow(
     free: impl Fn(&Flow) -> bool,
 ) -> bool {
     let base = flow_bucket(key, cfg.flow_buckets) * FLOW_WAYS;
-    let mut own = FLOW_WAYS;
-    let mut first_free = FLOW_WAYS;
-    let mut oldest = 0;
+    // Each choice with the generation its way had when its fields were
+    // read (scalars: an array here would be zeroed with a `memset` call).
+    let (mut own, mut own_gen) = (FLOW_WAYS, 0);
+    let (mut first_free, mut free_gen) = (FLOW_WAYS, 0);
+    let (mut oldest, mut oldest_gen) = (0, 0);
     let mut oldest_seen = u64::MAX;
     let mut w = 0;
     while w < FLOW_WAYS {
         let Some(p) = FLOWS.get_ptr(base + w) else {
             return false;
         };
-        // SAFETY: from a successful array lookup. Fields may be mid-rewrite
-        // by another CPU: they only steer the choice, the CAS below decides.
+        // SAFETY: from a successful array lookup; `gen` is its first field.
+        let g = read_gen(unsafe { &(*p).gen });
+        compiler_fence(Ordering::Acquire);
+        // SAFETY: as above. Fields may be mid-rewrite by another CPU: they
+        // only steer the choice; the CAS from the generation read first
+        // decides.
         let way = unsafe { &*p };
         if same_key(&way.key, key) {
-            own = w;
+            (own, own_gen) = (w, g);
             break;
         }
         if first_free == FLOW_WAYS && free(way) {
-            first_free = w;
+            (first_free, free_gen) = (w, g);
         }
         if way.last_seen_ns < oldest_seen {
             oldest_seen = way.last_seen_ns;
-            oldest = w;
+            (oldest, oldest_gen) = (w, g);
         }
         w += 1;
     }
-    let way = if own < FLOW_WAYS {
-        own
+    let (way, seen) = if own < FLOW_WAYS {
+        (own, own_gen)
     } else if first_free < FLOW_WAYS {
-        first_free
+        (first_free, free_gen)
     } else {
-        oldest
+        (oldest, oldest_gen)
     };
     let Some(p) = FLOWS.get_ptr_mut(base + way) else {
         return false;
     };
     // SAFETY: from a successful array lookup; `gen` is its first field.
     let word = unsafe { &mut (*p).gen as *mut u32 };
-    let Some(odd) = begin_write(word) else {
+    let Some(odd) = begin_write(word, seen) else {
         return false;
     };
     flow.gen = odd;
@@ -230,29 +238,35 @@ pub fn claim_nat(
     );
     let base = nat_bucket(a, p, n, cfg.nat_buckets) * NAT_WAYS;
     let mut first_free = NAT_WAYS;
+    let mut free_gen = 0;
     let mut w = 0;
     while w < NAT_WAYS {
         let Some(slot) = NAT.get_ptr_mut(base + w) else {
             return false;
         };
         // SAFETY: from a successful array lookup; `gen` is its first field.
-        if read_gen(unsafe { &(*slot).gen }) & 1 != 0 {
+        let g = read_gen(unsafe { &(*slot).gen });
+        if g & 1 != 0 {
             // Being written: it may be this very tuple, claimed by another
             // CPU. Leave the port to it.
             return false;
         }
+        compiler_fence(Ordering::Acquire);
         // SAFETY: as above. Fields may be mid-rewrite: they only steer the
-        // choice; the CAS and the check after writing decide.
+        // choice; the CAS from `g` and the check after writing decide.
         let e = unsafe { &*slot };
         if holds(e, a, p, n) {
             // The tuple's own way: replace it, or give up on this port.
             return match snapshot(slot) {
-                Some(e) if holds(&e, a, p, n) && reuse(&e) => write_nat(slot, entry),
+                Some(e) if holds(&e, a, p, n) && reuse(&e) => {
+                    write_nat(slot, entry, e.gen).is_some()
+                }
                 _ => false,
             };
         }
         if first_free == NAT_WAYS && free(e) {
             first_free = w;
+            free_gen = g;
         }
         w += 1;
     }
@@ -263,9 +277,9 @@ pub fn claim_nat(
     let Some(slot) = NAT.get_ptr_mut(base + first_free) else {
         return false;
     };
-    if !write_nat(slot, entry) {
+    let Some(written) = write_nat(slot, entry, free_gen) else {
         return false;
-    }
+    };
     // Another CPU may have put the same tuple in another way of the bucket
     // at the same moment (for another client). Each writer checks the other
     // ways after its own write, with a full barrier in between (the CAS), so
@@ -276,7 +290,7 @@ pub fn claim_nat(
             if let Some(other) = NAT.get_ptr(base + w) {
                 // SAFETY: from a successful array lookup.
                 if holds(unsafe { &*other }, a, p, n) {
-                    withdraw(slot);
+                    withdraw(slot, written);
                     return false;
                 }
             }
@@ -286,12 +300,13 @@ pub fn claim_nat(
     true
 }
 
-/// Empties a NAT way this CPU just wrote (see [`claim_nat`]).
+/// Empties a NAT way this CPU just wrote, leaving it at generation
+/// `written` (see [`claim_nat`]).
 #[inline(always)]
-fn withdraw(slot: *mut NatEntry) {
+fn withdraw(slot: *mut NatEntry, written: u32) {
     // SAFETY: from a successful array lookup; `gen` is its first field.
     let word = unsafe { &mut (*slot).gen as *mut u32 };
-    if let Some(odd) = begin_write(word) {
+    if let Some(odd) = begin_write(word, written) {
         // SAFETY: this CPU holds the way (odd `gen`).
         unsafe {
             (*slot).backend_addr_be = 0;
@@ -301,17 +316,17 @@ fn withdraw(slot: *mut NatEntry) {
     }
 }
 
-/// Writes `entry` into the way at `slot` unless another CPU holds it.
+/// Writes `entry` into the way at `slot` if it is still at generation
+/// `seen` (nobody wrote it since the caller looked). Returns the way's new
+/// generation.
 #[inline(always)]
-fn write_nat(slot: *mut NatEntry, mut entry: NatEntry) -> bool {
+fn write_nat(slot: *mut NatEntry, mut entry: NatEntry, seen: u32) -> Option<u32> {
     // SAFETY: from a successful array lookup; `gen` is its first field.
     let word = unsafe { &mut (*slot).gen as *mut u32 };
-    let Some(odd) = begin_write(word) else {
-        return false;
-    };
+    let odd = begin_write(word, seen)?;
     entry.gen = odd;
     // SAFETY: this CPU holds the way (odd `gen`); readers skip it meanwhile.
     unsafe { *slot = entry };
     end_write(word, odd);
-    true
+    Some(odd.wrapping_add(1))
 }
