@@ -1091,3 +1091,119 @@ fn two_cpus_claiming_at_once_never_share_a_nat_tuple() {
     }
     assert_eq!(forwarded_total, 12 * ROUNDS as usize);
 }
+
+/// Creates a map of the given kind and pins it at `path` (raw system calls:
+/// aya creates maps only from an object).
+fn pin_new_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, name: &str) {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CreateAttr {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct PinAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let mut attr = CreateAttr {
+        map_type,
+        key_size: key,
+        value_size: value,
+        max_entries: 1024,
+        ..Default::default()
+    };
+    attr.map_name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: a valid BPF_MAP_CREATE attribute of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &attr as *const CreateAttr,
+            std::mem::size_of::<CreateAttr>() as u32,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let pin = PinAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        file_flags: 0,
+    };
+    // SAFETY: a valid BPF_OBJ_PIN attribute; `c_path` outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &pin as *const PinAttr,
+            std::mem::size_of::<PinAttr>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    // SAFETY: closing the descriptor created above (the pin keeps the map).
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn a_data_plane_pinned_with_the_old_lru_tables_is_refused_untouched() {
+    // An lbd from before the array tables left its data plane pinned: the
+    // new one must say so and change nothing, not adopt maps it would
+    // misread.
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = Pins(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/{}oldlru",
+        lb_tests::netns::unique_prefix("oldlru")
+    )));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    const HASH: u32 = 1;
+    const LRU_HASH: u32 = 9;
+    pin_new_map(&dir.0.join(lb_ebpf::map::VIPS), HASH, 8, 16, "LB_VIPS");
+    pin_new_map(
+        &dir.0.join(lb_ebpf::map::FLOWS),
+        LRU_HASH,
+        16,
+        56,
+        "LB_FLOWS",
+    );
+    pin_new_map(&dir.0.join(lb_ebpf::map::NAT), LRU_HASH, 16, 56, "LB_NAT");
+
+    let cfg = lb_user::config::Config::from_toml_str(CONFIG).unwrap();
+    let e = lb_user::dataplane::Dataplane::load(
+        &object(),
+        &lb_user::daemon::load_options(&cfg),
+        Some(&dir.0),
+    )
+    .err()
+    .expect("adopted maps of the old layout");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("older lbd") && e.contains("LB_FLOWS") && e.contains("rm -r"),
+        "{e}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["LB_FLOWS", "LB_NAT", "LB_VIPS"], "pins touched");
+}

@@ -168,9 +168,10 @@ fn check_pinned_sizes(dir: &Path, opts: &LoadOptions, rings: u32) -> Result<()> 
         let ty = info.map_type()?;
         if ty != aya::maps::MapType::Array {
             bail!(
-                "the data plane pinned in {} was made by an older lbd ({name} is a {ty:?}, this \
-                 lbd keeps its tables in arrays). Stop it cleanly first (SIGTERM to the lbd \
-                 running it, or remove {}), then start this one",
+                "the data plane pinned in {} was made by an older lbd ({name} is a {ty:?}; this \
+                 lbd keeps its tables in arrays and would misread it). Stop it cleanly with the \
+                 lbd that started it (SIGTERM), or detach it and remove the pins (`rm -r {}`), \
+                 then start again",
                 dir.display(),
                 dir.display()
             );
