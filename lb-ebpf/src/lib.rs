@@ -444,7 +444,8 @@ reasons! {
     PassFibOther = 5, "pass_fib_other";
     /// Not IPv4 (ARP, IPv6, ...).
     PassNotIpv4 = 6, "pass_not_ipv4";
-    /// IPv4 but not TCP.
+    /// IPv4 but not TCP (but for an ICMP "fragmentation needed" about a
+    /// VIP's connection: `TxIcmp`, `RedirectIcmp`).
     PassNotTcp = 7, "pass_not_tcp";
     /// TCP to an address/port that is neither a VIP nor the NAT address.
     PassNoVip = 8, "pass_no_vip";
@@ -482,9 +483,15 @@ reasons! {
     /// the host's own, so the kernel would deliver it locally, find no
     /// socket, and answer with a RST that kills the connection.
     DropTtl = 22, "drop_ttl";
+    /// An ICMP "fragmentation needed" about a VIP's connection, rewritten
+    /// for its backend (see docs/dataplane.md) and sent back out of its
+    /// interface.
+    TxIcmp = 23, "tx_icmp";
+    /// The same, redirected to another interface.
+    RedirectIcmp = 24, "redirect_icmp";
 }
 
-pub const REASON_COUNT: u32 = 23;
+pub const REASON_COUNT: u32 = 25;
 
 impl Reason {
     pub const fn is_drop(self) -> bool {

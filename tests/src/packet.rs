@@ -152,7 +152,28 @@ impl Frame {
         f
     }
 
+    /// An ICMP "fragmentation needed" (type 3, code 4) from `router` to
+    /// `to`, quoting the IPv4 header and first 8 bytes of `quoted`'s
+    /// segment, with `mtu` as the next-hop MTU.
+    pub fn icmp_frag_needed(router: Ipv4Addr, to: Ipv4Addr, quoted: &Frame, mtu: u16) -> Frame {
+        let q = quoted.build();
+        let mut icmp = vec![3, 4, 0, 0, 0, 0];
+        icmp.extend_from_slice(&mtu.to_be_bytes());
+        icmp.extend_from_slice(&q[14..14 + 20 + 8]);
+        let c = checksum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        Frame {
+            proto: 1,
+            payload: icmp,
+            ..Frame::tcp((router, 0), (to, 0), 0)
+        }
+    }
+
     fn l4_segment(&self) -> Vec<u8> {
+        if self.proto == 1 {
+            // ICMP: the payload is the whole message, checksum included.
+            return self.payload.clone();
+        }
         let mut s = Vec::new();
         s.extend_from_slice(&self.sport.to_be_bytes());
         s.extend_from_slice(&self.dport.to_be_bytes());

@@ -1207,3 +1207,118 @@ fn a_data_plane_pinned_with_the_old_lru_tables_is_refused_untouched() {
     left.sort();
     assert_eq!(left, ["LB_FLOWS", "LB_NAT", "LB_VIPS"], "pins touched");
 }
+
+/// The fields of an ICMP "fragmentation needed" frame that the program
+/// rewrites, with every checksum verified.
+#[derive(Debug, PartialEq, Eq)]
+struct FragNeeded {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    mtu: u16,
+    quoted_src: (Ipv4Addr, u16),
+    quoted_dst: (Ipv4Addr, u16),
+}
+
+fn parse_frag_needed(frame: &[u8]) -> FragNeeded {
+    use lb_tests::packet::checksum;
+    let ip = &frame[14..34];
+    assert_eq!(checksum(ip), 0, "outer IPv4 checksum");
+    assert_eq!(ip[9], 1, "ICMP");
+    let tot_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let icmp = &frame[34..14 + tot_len];
+    assert_eq!(checksum(icmp), 0, "ICMP checksum");
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "type and code");
+    let quoted = &icmp[8..28];
+    assert_eq!(checksum(quoted), 0, "quoted IPv4 checksum");
+    let ports = &icmp[28..32];
+    let addr = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    FragNeeded {
+        src: addr(&ip[12..16]),
+        dst: addr(&ip[16..20]),
+        ttl: ip[8],
+        mtu: u16::from_be_bytes([icmp[6], icmp[7]]),
+        quoted_src: (
+            addr(&quoted[12..16]),
+            u16::from_be_bytes([ports[0], ports[1]]),
+        ),
+        quoted_dst: (
+            addr(&quoted[16..20]),
+            u16::from_be_bytes([ports[2], ports[3]]),
+        ),
+    }
+}
+
+#[test]
+fn a_fragmentation_needed_for_a_reply_goes_to_its_backend_in_its_terms() {
+    // A router toward the client could not forward one of the backend's
+    // segments and tells the segment's source, the VIP. The backend must
+    // hear of it (path MTU discovery), as if it had talked to the client
+    // itself: from the NAT address, quoting backend -> NAT address:port.
+    let fx = fixture("pmtu", |_| {});
+    let client = (CLIENT, 41000);
+    let vip = (WEB, 80);
+    let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    let syn = parse_tcp(&o.out);
+    let (backend, nat_port) = ((syn.dst, syn.dport), syn.sport);
+
+    let router = Ipv4Addr::new(10, 1, 1, 254);
+    let mut reply = Frame::tcp(vip, client, ACK);
+    reply.payload = vec![0x77; 1400];
+    let icmp = Frame::icmp_frag_needed(router, WEB, &reply, 1400);
+    let o = fx.run(&icmp.build(), fx.lbt0);
+    assert_eq!((o.action, o.reason), (XDP_REDIRECT, Reason::RedirectIcmp));
+    assert_eq!(
+        parse_frag_needed(&o.out),
+        FragNeeded {
+            src: NAT,
+            dst: backend.0,
+            ttl: 63,
+            mtu: 1400,
+            quoted_src: backend,
+            quoted_dst: (NAT, nat_port),
+        }
+    );
+    assert_eq!(&o.out[6..12], &fx.mac1, "out of the backend-side interface");
+    let id = fx.balancer.vips()[0]
+        .backends
+        .iter()
+        .find(|b| (b.address, b.port) == backend)
+        .unwrap()
+        .id;
+    assert_eq!(
+        fx.dp.backend_counters(id).unwrap().packets,
+        2,
+        "SYN and ICMP"
+    );
+
+    // Not about one of our connections, or not a "fragmentation needed":
+    // the kernel's, untouched.
+    let stranger = Frame::tcp(vip, (CLIENT, 41001), ACK);
+    let not_ours = Frame::icmp_frag_needed(router, WEB, &stranger, 1400);
+    let other_source = Frame::icmp_frag_needed(
+        router,
+        WEB,
+        &Frame::tcp((Ipv4Addr::new(10, 1, 1, 77), 80), client, ACK),
+        1400,
+    );
+    let mut echo = Frame::icmp_frag_needed(router, WEB, &reply, 1400);
+    echo.payload[0] = 8; // echo request (checksum left wrong: not looked at)
+    let mut port_unreachable = Frame::icmp_frag_needed(router, WEB, &reply, 1400);
+    port_unreachable.payload[1] = 3;
+    for (what, frame) in [
+        ("unknown connection", not_ours),
+        ("quoting another source", other_source),
+        ("echo request", echo),
+        ("port unreachable", port_unreachable),
+    ] {
+        let bytes = frame.build();
+        let o = fx.run(&bytes, fx.lbt0);
+        assert_eq!(o.out, bytes, "{what}: changed");
+        assert_eq!(
+            (o.action, o.reason),
+            (XDP_PASS, Reason::PassNotTcp),
+            "{what}"
+        );
+    }
+}

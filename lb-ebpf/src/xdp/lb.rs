@@ -10,6 +10,7 @@ use lb_ebpf::{
 };
 
 use super::{
+    icmp,
     nat::{self, Direction},
     parse::{parse, NotTcp, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     reset, stats,
@@ -17,7 +18,7 @@ use super::{
     BACKENDS, BACKEND_HOPS, CONFIG, RINGS, VIPS,
 };
 
-type Verdict = (u32, Reason);
+pub(super) type Verdict = (u32, Reason);
 
 /// An unresolved next hop (`resolved_ns == 0`). The other fields are filled
 /// from the packet rather than zeroed: they are never read while unresolved,
@@ -54,7 +55,7 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     let pkt = match parse(ctx) {
         Ok(pkt) => pkt,
         Err(NotTcp::NotIpv4) => return pass(Reason::PassNotIpv4),
-        Err(NotTcp::OtherProto) => return pass(Reason::PassNotTcp),
+        Err(NotTcp::OtherProto(other)) => return icmp::handle(ctx, &other),
         Err(NotTcp::Malformed) => return pass(Reason::PassMalformed),
         Err(NotTcp::LaterFragment) => return pass(Reason::PassFragment),
     };
@@ -148,7 +149,7 @@ fn unforwardable(pkt: &Packet) -> Option<Reason> {
 /// The time in nanoseconds, to the kernel's tick (as
 /// `bpf_ktime_get_coarse_ns`, without the cost of a helper call).
 #[inline(always)]
-fn now(cfg: &Config) -> u64 {
+pub(super) fn now(cfg: &Config) -> u64 {
     // SAFETY: a helper without arguments (inlined by the verifier).
     let ticks = unsafe { bpf_jiffies64() };
     ticks.wrapping_mul(cfg.ns_per_tick as u64)
@@ -287,7 +288,7 @@ fn established(
 /// Sends a rewritten client packet toward its backend, through the next hop
 /// its backend's flows share ([`BACKEND_HOPS`]), resolving it when stale.
 #[inline(always)]
-fn forward(ctx: &XdpContext, pkt: &Packet, backend_id: u32, now: u64) -> Verdict {
+pub(super) fn forward(ctx: &XdpContext, pkt: &Packet, backend_id: u32, now: u64) -> Verdict {
     let mut own = unresolved_hop(ctx, pkt);
     let hop = match BACKEND_HOPS.get_ptr_mut(backend_id) {
         // SAFETY: the pointer comes from a successful array lookup. CPUs

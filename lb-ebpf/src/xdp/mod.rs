@@ -3,6 +3,7 @@
 //! NAT port choice), `table` (the flow and NAT tables), `nat` (rewrites,
 //! checksums, next hop and transmit), `stats` (counters).
 
+mod icmp;
 mod lb;
 mod nat;
 mod parse;
@@ -73,8 +74,11 @@ static REASONS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(REASON_COU
 #[map(name = "LB_BE_HOPS")]
 static BACKEND_HOPS: Array<NextHop> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// The load balancer.
+/// The load balancer. Inlined into the entry point the macro wraps it in:
+/// left to itself LLVM may make it a function of its own, and every packet
+/// would pay for a call and a return.
 #[xdp]
+#[inline(always)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     // The length as received: a reset trims the frame.
     let len = (ctx.data_end() - ctx.data()) as u64;

@@ -84,8 +84,16 @@ pub fn copy_mac(dst: &mut [u8; 6], src: &[u8; 6]) {
 /// Resolves the next hop of the rewritten packet with `bpf_fib_lookup`.
 #[inline(always)]
 fn resolve(ctx: &XdpContext, pkt: &Packet, hop: &mut NextHop, now: u64) -> Result<(), Reason> {
-    // SAFETY: `ip`/`tcp` were bounds-checked by `parse`.
-    let (ip, tcp) = unsafe { (&*pkt.ip, &*pkt.tcp) };
+    // SAFETY: `ip` was bounds-checked by `parse`. Of `tcp` only the ports
+    // are read, through the raw pointer: an ICMP message's quoted segment
+    // (see `icmp`) has only its first 8 bytes in the frame.
+    let ip = unsafe { &*pkt.ip };
+    let (sport, dport) = unsafe {
+        (
+            core::ptr::addr_of!((*pkt.tcp).source).read_unaligned(),
+            core::ptr::addr_of!((*pkt.tcp).dest).read_unaligned(),
+        )
+    };
     // Zeroed word by word with volatile stores: LLVM would otherwise merge the
     // zeroing into a call to the eBPF `memset`, an out-of-line byte loop.
     let mut words = core::mem::MaybeUninit::<[u64; 8]>::uninit();
@@ -102,8 +110,8 @@ fn resolve(ctx: &XdpContext, pkt: &Packet, hop: &mut NextHop, now: u64) -> Resul
     let fib = unsafe { &mut *(p as *mut FibParams) };
     fib.family = AF_INET;
     fib.l4_protocol = IPPROTO_TCP;
-    fib.sport = u16::from_ne_bytes(tcp.source);
-    fib.dport = u16::from_ne_bytes(tcp.dest);
+    fib.sport = u16::from_ne_bytes(sport);
+    fib.dport = u16::from_ne_bytes(dport);
     fib.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.__bindgen_anon_2.tos = ip.tos;

@@ -30,12 +30,21 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 pub enum NotTcp {
     /// Not IPv4 (after at most one VLAN tag).
     NotIpv4,
-    /// IPv4 but another protocol.
-    OtherProto,
+    /// IPv4 but another protocol (ICMP is looked at: see `icmp`).
+    OtherProto(OtherIp),
     /// A header is cut short, or IPv4 version/IHL is invalid.
     Malformed,
     /// A non-first fragment: no TCP header to read.
     LaterFragment,
+}
+
+/// An IPv4 packet of another protocol than TCP: its headers so far.
+pub struct OtherIp {
+    pub eth: *mut EthHdr,
+    /// Bounds-checked for a header without options (IHL is at least 5).
+    pub ip: *mut Ipv4Hdr,
+    /// Offset of the IPv4 header in the frame.
+    pub l3: usize,
 }
 
 /// The parsed headers of an IPv4/TCP packet.
@@ -93,7 +102,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, NotTcp> {
         return Err(NotTcp::Malformed);
     }
     if proto != IPPROTO_TCP {
-        return Err(NotTcp::OtherProto);
+        return Err(NotTcp::OtherProto(OtherIp { eth, ip, l3 }));
     }
     if frags & 0x1fff != 0 {
         return Err(NotTcp::LaterFragment);
