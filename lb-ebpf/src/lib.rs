@@ -74,6 +74,14 @@ pub mod prog {
     pub const PASS: &str = "lb_xdp_pass";
     /// Benchmark reference: parse, swap MACs, `XDP_TX` (never attached by lbd).
     pub const FLOOR: &str = "lb_xdp_floor";
+    /// The program's clock, for lbd: run with `BPF_PROG_TEST_RUN`, it writes
+    /// the time the tables' entries are stamped with (`jiffies` ×
+    /// `ns_per_tick`) into the first 8 bytes of the frame, in native byte
+    /// order (never attached).
+    pub const CLOCK: &str = "lb_xdp_clock";
+
+    /// Every program in the object.
+    pub const ALL: [&str; 4] = [LB, PASS, FLOOR, CLOCK];
 }
 
 /// Ways per bucket of the flow table: a new flow takes a free way of its
@@ -375,6 +383,19 @@ pub struct Config {
     pub nat_buckets: u32,
 }
 
+/// A flow or NAT entry last seen at `last_seen_ns` is past its timeout at
+/// `now` (both in the program's time, [`Config::ns_per_tick`]): the closed
+/// timeout once its connection has closed, the idle timeout before.
+#[inline(always)]
+pub const fn entry_expired(cfg: &Config, close: &CloseState, last_seen_ns: u64, now: u64) -> bool {
+    let limit = if close.closed() {
+        cfg.closed_timeout_ns
+    } else {
+        cfg.idle_timeout_ns
+    };
+    now.saturating_sub(last_seen_ns) > limit
+}
+
 /// The bit of `addr_be` in [`Config::vip_filter`] (0..=255).
 #[inline(always)]
 pub const fn vip_filter_bit(addr_be: u32) -> u32 {
@@ -553,7 +574,7 @@ mod tests {
         for name in map::ALL {
             assert!(name.len() <= 15, "{name} is longer than 15 bytes");
         }
-        for name in [prog::LB, prog::PASS, prog::FLOOR] {
+        for name in prog::ALL {
             assert!(name.len() <= 15, "{name} is longer than 15 bytes");
         }
     }

@@ -27,9 +27,9 @@ pub struct Snapshot {
     /// `(reason label, packets, bytes, is_drop)` for every verdict reason,
     /// e.g. from `lb_ebpf::Reason::ALL`.
     pub reasons: Vec<(&'static str, u64, u64, bool)>,
-    /// Ways in use in the flow table (expired flows included until reused).
+    /// Flows tracked (flow table entries not expired).
     pub flows: u64,
-    /// Ways in use in the NAT (reverse) table.
+    /// NAT (reverse) table entries not expired.
     pub nat_entries: u64,
     /// Ways of the flow table (`lb_ebpf::flow_slots_for(max_flows)`).
     pub flow_capacity: u64,
@@ -330,13 +330,13 @@ pub fn render(s: &Snapshot) -> String {
         (
             "lb_flow_table_entries",
             "gauge",
-            "Ways in use in the flow table (expired flows included until reused).",
+            "Flows tracked: flow table entries not expired.",
             s.flows,
         ),
         (
             "lb_nat_table_entries",
             "gauge",
-            "Ways in use in the NAT table (expired entries included until reused).",
+            "NAT table entries not expired.",
             s.nat_entries,
         ),
         (

@@ -1322,3 +1322,39 @@ fn a_fragmentation_needed_for_a_reply_goes_to_its_backend_in_its_terms() {
         );
     }
 }
+
+#[test]
+fn expired_entries_are_not_counted_as_flows() {
+    // lbd counts the flows it tracks by the program's own clock: an entry
+    // past its timeout is no flow any more, though its way keeps it until
+    // another flow needs the room.
+    let fx = fixture("livecount", |c| c.closed_timeout_ns = 1_000_000);
+    let vip = (WEB, 80);
+    let (open, closing) = ((CLIENT, 42000), (CLIENT, 42001));
+    let mut backend_side = Vec::new();
+    for client in [open, closing] {
+        let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+        let out = parse_tcp(&o.out);
+        backend_side.push(((out.dst, out.dport), out.sport));
+    }
+    assert_eq!((fx.dp.flow_count(), fx.dp.nat_count()), (2, 2));
+    let stamped = fx.dp.flow(&client_key(open, vip)).unwrap().last_seen_ns;
+    assert!(
+        fx.dp.now().unwrap() >= stamped,
+        "lbd reads the program's clock"
+    );
+
+    // The second connection closes (FIN both ways) and outlives its 1 ms.
+    let (backend, nat_port) = backend_side[1];
+    fx.run(&Frame::tcp(closing, vip, FIN | ACK).build(), fx.lbt0);
+    fx.run(
+        &Frame::tcp(backend, (NAT, nat_port), FIN | ACK).build(),
+        fx.lbt1,
+    );
+    thread::sleep(Duration::from_millis(30));
+    assert_eq!((fx.dp.flow_count(), fx.dp.nat_count()), (1, 1));
+    assert!(
+        fx.dp.flow(&client_key(closing, vip)).is_some(),
+        "its way still holds it"
+    );
+}

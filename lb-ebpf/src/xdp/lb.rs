@@ -166,15 +166,11 @@ fn age(now: u64, last_seen: u64) -> u64 {
     now.saturating_sub(last_seen)
 }
 
-/// The flow (or NAT) entry is past its timeout.
+/// The flow (or NAT) entry is past its timeout (shared with lbd, which
+/// counts live entries the same way).
 #[inline(always)]
 fn expired(cfg: &Config, close: &CloseState, last_seen: u64, now: u64) -> bool {
-    let limit = if close.closed() {
-        cfg.closed_timeout_ns
-    } else {
-        cfg.idle_timeout_ns
-    };
-    age(now, last_seen) > limit
+    lb_ebpf::entry_expired(cfg, close, last_seen, now)
 }
 
 /// A NAT port may go to a different client: its last flow has been quiet long

@@ -112,6 +112,21 @@ pub fn lb_xdp_floor(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// lbd's clock (`lb_ebpf::prog::CLOCK`): the tables' time, written into the
+/// first 8 bytes of the frame it is test-run on. Never attached.
+#[xdp]
+pub fn lb_xdp_clock(ctx: XdpContext) -> u32 {
+    let Some(cfg) = CONFIG.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let Some(p) = parse::ptr_at::<[u8; 8]>(&ctx, 0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: `p` is bounds-checked for 8 bytes just above.
+    unsafe { core::ptr::write_unaligned(p as *mut u64, lb::now(cfg)) };
+    xdp_action::XDP_PASS
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -160,7 +160,7 @@ fn print_backends(vips: &[VipStatus]) {
 
 fn print_stats(s: &Stats) {
     println!(
-        "flows {}   nat entries {}   (ways in use, expired included; sized for {} connections)",
+        "flows {}   nat entries {}   (not expired; tables sized for {} connections)",
         s.flows, s.nat_entries, s.max_flows
     );
     println!("{:<22} {:>12} {:>12}", "REASON", "PACKETS", "BYTES");

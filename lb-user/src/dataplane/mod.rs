@@ -21,7 +21,7 @@ use aya::{
 use lb_ebpf::{map, prog, Backend, Config, Counters, Flow, FlowKey, NatEntry, VipKey, VipValue};
 
 mod table;
-use table::TableView;
+use table::{Slot as _, TableView};
 
 /// What the balancer needs from the kernel side.
 pub trait Maps {
@@ -241,17 +241,25 @@ fn sum(values: aya::maps::PerCpuValues<Counters>) -> Counters {
 pub struct TableCounter {
     flows: TableView<Flow>,
     nat: TableView<NatEntry>,
+    config: Config,
+    now: u64,
 }
 
 impl TableCounter {
-    /// Flow table ways in use (expired flows included until reused).
+    /// Flows tracked: flow table entries not expired.
     pub fn flows(&self) -> usize {
-        self.flows.occupied()
+        self.flows.count(|f| {
+            f.occupied()
+                && !lb_ebpf::entry_expired(&self.config, &f.close, f.last_seen_ns, self.now)
+        })
     }
 
-    /// NAT table slots in use (expired entries included until reused).
+    /// NAT table entries not expired.
     pub fn nat_entries(&self) -> usize {
-        self.nat.occupied()
+        self.nat.count(|e| {
+            e.occupied()
+                && !lb_ebpf::entry_expired(&self.config, &e.close, e.last_seen_ns, self.now)
+        })
     }
 }
 
@@ -307,7 +315,7 @@ impl Dataplane {
         let mut ebpf = loader
             .load(object)
             .context("loading the XDP object into the kernel (are you root, with CAP_BPF and CAP_NET_ADMIN?)")?;
-        for name in [prog::LB, prog::PASS, prog::FLOOR] {
+        for name in prog::ALL {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("the XDP object has no program {name}"))?
@@ -588,25 +596,50 @@ impl Dataplane {
             .collect()
     }
 
-    /// Flow table ways in use (walks the table: for status, not hot paths).
+    /// Flows tracked, expired ones left out (walks the table: for status,
+    /// not hot paths).
     pub fn flow_count(&self) -> usize {
         self.table_counter().map(|c| c.flows()).unwrap_or(0)
     }
 
-    /// NAT table slots in use.
+    /// NAT entries not expired.
     pub fn nat_count(&self) -> usize {
         self.table_counter().map(|c| c.nat_entries()).unwrap_or(0)
     }
 
     /// Views of their own on the flow and NAT tables, for counting their
-    /// entries (a walk of up to millions of slots) without holding whatever
-    /// guards this `Dataplane`.
+    /// live entries (a walk of up to millions of slots) without holding
+    /// whatever guards this `Dataplane`. Entries are judged at the time this
+    /// is called, by the running configuration's timeouts.
     pub fn table_counter(&self) -> Result<TableCounter> {
         use aya::maps::IterableMap;
         Ok(TableCounter {
             flows: TableView::map(IterableMap::map(&self.flows), map::FLOWS)?,
             nat: TableView::map(IterableMap::map(&self.nat), map::NAT)?,
+            config: self.config()?,
+            now: self.now()?,
         })
+    }
+
+    /// The program's time, which the tables' entries are stamped with
+    /// (`jiffies` × `ns_per_tick`), read by running `prog::CLOCK`.
+    pub fn now(&self) -> Result<u64> {
+        use aya::programs::TestRun as _;
+        let mut out = [0u8; 64];
+        let r = self
+            .program_named(prog::CLOCK)
+            .test_run(aya::programs::TestRunOptions {
+                data_in: Some(&[0u8; 64]),
+                data_out: Some(&mut out),
+                repeat: 1,
+                ..Default::default()
+            })
+            .context("running the clock program")?;
+        const XDP_PASS: u32 = 2;
+        if r.return_value != XDP_PASS {
+            bail!("the clock program failed ({})", r.return_value);
+        }
+        Ok(u64::from_ne_bytes(out[..8].try_into().expect("8 bytes")))
     }
 
     /// Where a client-side tuple's flow entry is, if it has one.

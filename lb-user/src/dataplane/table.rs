@@ -76,12 +76,12 @@ impl<T: Slot> TableView<T> {
         })
     }
 
-    /// Slots in use (expired entries included, until they are reused).
-    pub fn occupied(&self) -> usize {
+    /// Slots whose entry satisfies `pred`.
+    pub fn count(&self, pred: impl Fn(&T) -> bool) -> usize {
         (0..self.slots)
             // SAFETY: `i` is within the mapping; volatile, as the kernel
             // writes concurrently (a torn entry is at worst miscounted).
-            .filter(|&i| unsafe { self.ptr.add(i).read_volatile() }.occupied())
+            .filter(|&i| pred(&unsafe { self.ptr.add(i).read_volatile() }))
             .count()
     }
 }
