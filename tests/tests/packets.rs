@@ -108,15 +108,7 @@ fn syn_established_and_reply_are_rewritten_both_ways() {
         &Frame::tcp(backend, (NAT, nat_port), FIN | ACK).build(),
         fx.lbt1,
     );
-    let key = FlowKey {
-        src_addr_be: addr_be(CLIENT),
-        dst_addr_be: addr_be(WEB),
-        src_port_be: 40000u16.to_be(),
-        dst_port_be: 80u16.to_be(),
-        proto: IPPROTO_TCP,
-        _pad1: 0,
-        _pad2: 0,
-    };
+    let key = client_key(client, vip);
     let flow = fx.dp.flow(&key).expect("flow entry");
     assert!(flow.close.closed(), "{:?}", flow.close);
     let nat_key = FlowKey {
@@ -155,15 +147,7 @@ fn a_new_syn_after_a_lost_fin_starts_a_new_connection() {
         &Frame::tcp(backend, (NAT, nat_port), FIN | ACK).build(),
         fx.lbt1,
     );
-    let key = FlowKey {
-        src_addr_be: addr_be(CLIENT),
-        dst_addr_be: addr_be(WEB),
-        src_port_be: client.1.to_be(),
-        dst_port_be: 80u16.to_be(),
-        proto: IPPROTO_TCP,
-        _pad1: 0,
-        _pad2: 0,
-    };
+    let key = client_key(client, vip);
     let mut flow = fx.dp.flow(&key).expect("flow entry");
     flow.close.fin_backend = 0; // the lost update
     fx.dp.put_flow(&key, &flow).unwrap();
@@ -763,15 +747,7 @@ fn a_fin_from_an_old_connection_does_not_close_the_new_one() {
     assert_eq!(o.reason, Reason::RedirectReply);
     // ...but is not recorded in the client's flow, which is another
     // connection now.
-    let key = FlowKey {
-        src_addr_be: addr_be(client.0),
-        dst_addr_be: addr_be(vip.0),
-        src_port_be: client.1.to_be(),
-        dst_port_be: vip.1.to_be(),
-        proto: IPPROTO_TCP,
-        _pad1: 0,
-        _pad2: 0,
-    };
+    let key = client_key(client, vip);
     let flow = fx.dp.flow(&key).expect("the client's flow");
     assert_eq!(flow.close.fin_backend, 0, "{flow:?}");
 }
