@@ -676,13 +676,15 @@ fn a_reply_whose_ttl_expires_is_dropped_not_passed() {
 #[test]
 fn a_connection_without_its_flow_entry_keeps_its_nat_port() {
     // Two NAT ports toward SINGLE_VIP's one backend, and entries that go
-    // stale (idle, free for others) after a millisecond.
+    // stale (idle, free for others) after 20 ms: several ticks of the
+    // program's clock (4 ms at HZ=250), so that B's entry is still held when
+    // X's SYN comes however the two straddle a tick.
     let (min, max) = (20000u16, 20001u16);
     let fx = fixture("keepport", |c| {
         c.nat_port_min = min;
         c.nat_port_max = max;
-        c.idle_timeout_ns = 1_000_000;
-        c.port_hold_ns = 1_000_000;
+        c.idle_timeout_ns = 20_000_000;
+        c.port_hold_ns = 20_000_000;
     });
     let vip: (Ipv4Addr, u16) = (SINGLE_VIP, 80);
     let first_candidate = |client: (Ipv4Addr, u16)| {
@@ -710,7 +712,7 @@ fn a_connection_without_its_flow_entry_keeps_its_nat_port() {
     assert_ne!(q, p, "B holds X's first candidate");
 
     // Both go idle: X's flow entry expires, and B's port is free for anyone.
-    thread::sleep(Duration::from_millis(30));
+    thread::sleep(Duration::from_millis(100));
     // X's connection goes on: its next packet must keep the port the
     // backend knows, not move to the now free first candidate.
     let o = fx.run(&Frame::tcp(x, vip, ACK).build(), fx.lbt0);

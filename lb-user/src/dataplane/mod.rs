@@ -91,30 +91,8 @@ const ARRAY_STRIDE: usize = 8;
 
 impl RingMemory {
     fn map(data: &MapData) -> Result<RingMemory> {
-        use std::os::fd::{AsFd, AsRawFd};
         let entries = data.info()?.max_entries() as usize;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = (entries * ARRAY_STRIDE).div_ceil(page) * page;
-        // SAFETY: a shared mapping of the map's fd, of the size the kernel
-        // allocated for it; checked for failure below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!(
-                "mapping {} into memory: {}",
-                map::RINGS,
-                io::Error::last_os_error()
-            );
-        }
+        let (ptr, len) = table::map_shared(data, map::RINGS, entries * ARRAY_STRIDE, true)?;
         Ok(RingMemory {
             ptr: ptr.cast(),
             entries,

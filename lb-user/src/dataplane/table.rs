@@ -50,26 +50,9 @@ impl<T: Slot> TableView<T> {
             );
         }
         let slots = info.max_entries() as usize;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = (slots * size).div_ceil(page) * page;
-        // SAFETY: a shared read-only mapping of the map's fd, of the size the
-        // kernel allocated for it; checked for failure below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            bail!("mapping {name} into memory: {}", io::Error::last_os_error());
-        }
+        let (ptr, len) = map_shared(data, name, slots * size, false)?;
         Ok(TableView {
-            ptr: ptr.cast(),
+            ptr: ptr.cast_const().cast(),
             slots,
             len,
             _t: PhantomData,
@@ -91,4 +74,39 @@ impl<T: Slot> Drop for TableView<T> {
         // SAFETY: unmapping exactly what `map` mapped.
         unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
     }
+}
+
+/// Maps `bytes` of a `BPF_F_MMAPABLE` map into this process, shared with
+/// the kernel (read-only unless `writable`). Returns the address and the
+/// length mapped (whole pages), for `munmap`.
+pub fn map_shared(
+    data: &MapData,
+    name: &str,
+    bytes: usize,
+    writable: bool,
+) -> Result<(*mut libc::c_void, usize)> {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+    let len = bytes.div_ceil(page) * page;
+    let prot = if writable {
+        libc::PROT_READ | libc::PROT_WRITE
+    } else {
+        libc::PROT_READ
+    };
+    // SAFETY: a shared mapping of the map's fd, no larger than the kernel
+    // allocated for it; checked for failure below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_SHARED,
+            data.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        bail!("mapping {name} into memory: {}", io::Error::last_os_error());
+    }
+    Ok((ptr, len))
 }
