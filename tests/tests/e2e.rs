@@ -604,3 +604,71 @@ fn sandbox_shows_balanced_traffic() {
     assert_no_namespaces("lbsbx");
     assert!(!Path::new("/sys/fs/bpf/lb-lbsbx").exists());
 }
+
+#[test]
+fn a_smaller_mtu_toward_the_client_is_learned_by_the_backend() {
+    // Path MTU discovery through the NAT. The client sits one router further
+    // away (the client namespace forwards for it), and the router's route to
+    // it has a locked MTU of 1400, so the backend's full-size segments
+    // (1500 bytes, DF) cannot pass: the router answers each with an ICMP
+    // "fragmentation needed" to their source, the VIP. Unless lbd carries
+    // that to the backend, the backend never learns, resends the same
+    // segments and the echo transfer stalls.
+    let test = "a_smaller_mtu_toward_the_client_is_learned_by_the_backend";
+    let _t = Timing::start(test);
+    let mut topo = Topology::for_test(test);
+    topo.start_lbd([1, 1, 1]);
+
+    let n = topo.net();
+    let far = lb_tests::Netns::new(&format!("{}f", topo.prefix())).expect("namespace");
+    let router = topo.client_ns();
+    lb_tests::netns::veth(&far, "eth0", router, "far0").expect("veth");
+    lb_tests::netns::addr(&far, "eth0", &format!("10.{n}.9.2/24")).expect("addr");
+    lb_tests::netns::addr(router, "far0", &format!("10.{n}.9.1/24")).expect("addr");
+    lb_tests::netns::route(&far, &["default", "via", &format!("10.{n}.9.1")]).expect("route");
+    lb_tests::netns::disable_offloads(&far, "eth0").expect("offloads");
+    router
+        .sysctl("net.ipv4.ip_forward", "1")
+        .expect("forwarding");
+    router
+        .ip(&[
+            "route",
+            "replace",
+            &format!("10.{n}.9.0/24"),
+            "dev",
+            "far0",
+            "mtu",
+            "lock",
+            "1400",
+        ])
+        .expect("route with a locked MTU");
+    lb_tests::netns::route(
+        topo.lb_ns(),
+        &[&format!("10.{n}.9.0/24"), "via", &format!("10.{n}.1.2")],
+    )
+    .expect("route to the far client");
+
+    const BYTES: u64 = 4_000_000;
+    let testkit = topo.binaries().testkit.display().to_string();
+    let target = topo.vip_target();
+    let bytes = BYTES.to_string();
+    let transfer = far
+        .spawn_net(
+            &[&testkit, "transfer", "--target", &target, "--bytes", &bytes],
+            true,
+        )
+        .expect("start the transfer");
+    finish_transfer(transfer, BYTES, Duration::from_secs(60));
+
+    let stats = topo.lbctl(&["stats"]);
+    let carried: u64 = stats
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() == 3 && cols[0].ends_with("_icmp")).then(|| cols[1].parse::<u64>().ok())
+        })
+        .flatten()
+        .sum();
+    eprintln!("{stats}");
+    assert!(carried > 0, "no ICMP was carried to a backend:\n{stats}");
+}
