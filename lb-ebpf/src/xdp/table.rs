@@ -64,12 +64,19 @@ fn begin_write(word: *mut u32, seen: u32) -> Option<u32> {
     Some(seen.wrapping_add(1))
 }
 
-/// Releases an entry taken with `begin_write`, after its body is written.
+/// Releases an entry taken with `begin_write`, after its body is written;
+/// returns its new generation. That is never 0 again, even when the count
+/// wraps: 0 marks a way never written, after which a scan stops.
 #[inline(always)]
-fn end_write(word: *mut u32, odd: u32) {
+fn end_write(word: *mut u32, odd: u32) -> u32 {
+    let next = match odd.wrapping_add(1) {
+        0 => 2,
+        n => n,
+    };
     // A CAS rather than a store: it orders the body's stores before the
     // release on weakly ordered CPUs too.
-    cas(word, odd, odd.wrapping_add(1));
+    cas(word, odd, next);
+    next
 }
 
 /// A consistent copy of the entry at `p` (whose first field is its `gen`),
@@ -108,7 +115,12 @@ pub fn find_flow(cfg: &Config, key: &FlowKey) -> Option<(*mut Flow, Flow)> {
     let mut w = 0;
     while w < FLOW_WAYS {
         let p = FLOWS.get_ptr_mut(base + w)?;
-        // SAFETY: from a successful array lookup.
+        // SAFETY: from a successful array lookup; `gen` is its first field.
+        if read_gen(unsafe { &(*p).gen }) == 0 {
+            // Never written: nor is any way after it.
+            return None;
+        }
+        // SAFETY: as above.
         if same_key(unsafe { &(*p).key }, key) {
             return snapshot(p)
                 .filter(|f| same_key(&f.key, key))
@@ -144,6 +156,13 @@ pub fn store_flow(
         };
         // SAFETY: from a successful array lookup; `gen` is its first field.
         let g = read_gen(unsafe { &(*p).gen });
+        if g == 0 {
+            // Never written, nor is any way after it: the key is not here.
+            if first_free == FLOW_WAYS {
+                (first_free, free_gen) = (w, 0);
+            }
+            break;
+        }
         compiler_fence(Ordering::Acquire);
         // SAFETY: as above. Fields may be mid-rewrite by another CPU: they
         // only steer the choice; the CAS from the generation read first
@@ -208,7 +227,12 @@ pub fn find_nat(
     let mut w = 0;
     while w < NAT_WAYS {
         let slot = NAT.get_ptr_mut(base + w)?;
-        // SAFETY: from a successful array lookup.
+        // SAFETY: from a successful array lookup; `gen` is its first field.
+        if read_gen(unsafe { &(*slot).gen }) == 0 {
+            // Never written: nor is any way after it.
+            return None;
+        }
+        // SAFETY: as above.
         if holds(unsafe { &*slot }, a, p, n) {
             return snapshot(slot)
                 .filter(|e| holds(e, a, p, n))
@@ -251,6 +275,13 @@ pub fn claim_nat(
             // CPU. Leave the port to it.
             return false;
         }
+        if g == 0 {
+            // Never written, nor is any way after it: the tuple is not here.
+            if first_free == NAT_WAYS {
+                (first_free, free_gen) = (w, 0);
+            }
+            break;
+        }
         compiler_fence(Ordering::Acquire);
         // SAFETY: as above. Fields may be mid-rewrite: they only steer the
         // choice; the CAS from `g` and the check after writing decide.
@@ -287,12 +318,19 @@ pub fn claim_nat(
     let mut w = 0;
     while w < NAT_WAYS {
         if w != first_free {
-            if let Some(other) = NAT.get_ptr(base + w) {
-                // SAFETY: from a successful array lookup.
-                if holds(unsafe { &*other }, a, p, n) {
-                    withdraw(slot, written);
-                    return false;
-                }
+            let Some(other) = NAT.get_ptr(base + w) else {
+                break;
+            };
+            // SAFETY: from a successful array lookup; `gen` is its first field.
+            if read_gen(unsafe { &(*other).gen }) == 0 {
+                // Never written yet, nor is any way after it: a writer that
+                // takes it later checks our way after its own write.
+                break;
+            }
+            // SAFETY: as above.
+            if holds(unsafe { &*other }, a, p, n) {
+                withdraw(slot, written);
+                return false;
             }
         }
         w += 1;
@@ -327,6 +365,5 @@ fn write_nat(slot: *mut NatEntry, mut entry: NatEntry, seen: u32) -> Option<u32>
     entry.gen = odd;
     // SAFETY: this CPU holds the way (odd `gen`); readers skip it meanwhile.
     unsafe { *slot = entry };
-    end_write(word, odd);
-    Some(odd.wrapping_add(1))
+    Some(end_write(word, odd))
 }
