@@ -11,13 +11,18 @@
 //!   bucket and is never displaced while it may be in use: as the NAT port
 //!   is ours to choose, a claim whose bucket is full simply tries the flow's
 //!   next candidate port.
-//! - **Concurrent writers.** A writer first turns the entry's `gen` from even
-//!   to odd with a compare-and-swap, so of two CPUs claiming one entry only
-//!   one writes it; the other moves on (another candidate port, or no flow
-//!   entry: the packet is forwarded all the same).
+//! - **Concurrent writers.** A writer turns the entry's `gen` from the even
+//!   value it saw when it chose the way to odd with a compare-and-swap, so
+//!   of two CPUs claiming one entry only one writes it, and nobody writes
+//!   over an entry filled since they looked; the other moves on (another
+//!   candidate port, or no flow entry: the packet is forwarded all the
+//!   same). A NAT writer then checks the bucket's other ways for its tuple,
+//!   and withdraws if another CPU put it there at the same moment.
 //! - **Readers.** A reader copies the entry between two reads of `gen` and
 //!   discards the copy if `gen` changed or was odd, so it never acts on half
 //!   of one connection and half of another.
+//! - **Order.** Ways are taken in order, and `gen` is 0 only in a way never
+//!   written, so every scan stops at the first such way.
 //!
 //! docs/dataplane.md ("Tables") has the whole argument.
 
