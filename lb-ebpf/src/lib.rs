@@ -465,8 +465,8 @@ reasons! {
     PassFibOther = 5, "pass_fib_other";
     /// Not IPv4 (ARP, IPv6, ...).
     PassNotIpv4 = 6, "pass_not_ipv4";
-    /// IPv4 but not TCP (but for an ICMP "fragmentation needed" about a
-    /// VIP's connection: `TxIcmp`, `RedirectIcmp`).
+    /// IPv4 but not TCP (but for an ICMP "fragmentation needed" about one
+    /// of the load balancer's connections: `TxIcmp`, `RedirectIcmp`).
     PassNotTcp = 7, "pass_not_tcp";
     /// TCP to an address/port that is neither a VIP nor the NAT address.
     PassNoVip = 8, "pass_no_vip";
@@ -504,9 +504,9 @@ reasons! {
     /// the host's own, so the kernel would deliver it locally, find no
     /// socket, and answer with a RST that kills the connection.
     DropTtl = 22, "drop_ttl";
-    /// An ICMP "fragmentation needed" about a VIP's connection, rewritten
-    /// for its backend (see docs/dataplane.md) and sent back out of its
-    /// interface.
+    /// An ICMP "fragmentation needed" about one of the load balancer's
+    /// connections, rewritten for the other end, backend or client (see
+    /// docs/dataplane.md), and sent back out of its interface.
     TxIcmp = 23, "tx_icmp";
     /// The same, redirected to another interface.
     RedirectIcmp = 24, "redirect_icmp";

@@ -1336,3 +1336,53 @@ fn expired_entries_are_not_counted_as_flows() {
         "its way still holds it"
     );
 }
+
+#[test]
+fn a_fragmentation_needed_toward_a_backend_goes_to_its_client() {
+    // The other way round: a router between the load balancer and the
+    // backends cannot forward one of a client's segments and tells its
+    // source, the NAT address. The client must hear of it as if it had
+    // talked to the backend itself: from the VIP, quoting client -> VIP.
+    let fx = fixture("pmtuback", |_| {});
+    let client = (CLIENT, 41100);
+    let vip = (WEB, 80);
+    let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    let syn = parse_tcp(&o.out);
+    let (backend, nat_port) = ((syn.dst, syn.dport), syn.sport);
+
+    let router = Ipv4Addr::new(10, 1, 2, 254);
+    let mut data = Frame::tcp((NAT, nat_port), backend, ACK);
+    data.payload = vec![0x55; 1400];
+    let icmp = Frame::icmp_frag_needed(router, NAT, &data, 1300);
+    let o = fx.run(&icmp.build(), fx.lbt1);
+    assert_eq!((o.action, o.reason), (XDP_REDIRECT, Reason::RedirectIcmp));
+    assert_eq!(
+        parse_frag_needed(&o.out),
+        FragNeeded {
+            src: WEB,
+            dst: CLIENT,
+            ttl: 63,
+            mtu: 1300,
+            quoted_src: client,
+            quoted_dst: vip,
+        }
+    );
+    assert_eq!(&o.out[6..12], &fx.mac0, "out of the client-side interface");
+
+    // About no connection of ours, or quoting another source: untouched.
+    let stranger = Frame::tcp((NAT, nat_port.wrapping_add(1)), backend, ACK);
+    let other_source = Frame::tcp((Ipv4Addr::new(10, 1, 2, 77), nat_port), backend, ACK);
+    for (what, quoted) in [
+        ("unknown tuple", stranger),
+        ("another source", other_source),
+    ] {
+        let bytes = Frame::icmp_frag_needed(router, NAT, &quoted, 1300).build();
+        let o = fx.run(&bytes, fx.lbt1);
+        assert_eq!(o.out, bytes, "{what}: changed");
+        assert_eq!(
+            (o.action, o.reason),
+            (XDP_PASS, Reason::PassNotTcp),
+            "{what}"
+        );
+    }
+}
