@@ -605,6 +605,53 @@ fn sandbox_shows_balanced_traffic() {
     assert!(!Path::new("/sys/fs/bpf/lb-lbsbx").exists());
 }
 
+/// A host one router further away: namespace `name` behind `router`, on
+/// `10.{n}.{subnet}.0/24` (the router .1, the host .2), whose route through
+/// the router has a locked MTU of 1400, so the router refuses larger DF
+/// packets toward it with ICMP "fragmentation needed". `via` reaches the
+/// router from the load balancer namespace.
+fn host_behind_small_mtu(
+    topo: &Topology,
+    name: &str,
+    router: &lb_tests::Netns,
+    subnet: u8,
+    via: &str,
+) -> lb_tests::Netns {
+    use lb_tests::netns::{addr, disable_offloads, route, veth};
+    let n = topo.net();
+    let host = lb_tests::Netns::new(&format!("{}{name}", topo.prefix())).expect("namespace");
+    veth(&host, "eth0", router, "far0").expect("veth");
+    addr(&host, "eth0", &format!("10.{n}.{subnet}.2/24")).expect("addr");
+    addr(router, "far0", &format!("10.{n}.{subnet}.1/24")).expect("addr");
+    route(&host, &["default", "via", &format!("10.{n}.{subnet}.1")]).expect("route");
+    disable_offloads(&host, "eth0").expect("offloads");
+    router
+        .sysctl("net.ipv4.ip_forward", "1")
+        .expect("forwarding");
+    let net = format!("10.{n}.{subnet}.0/24");
+    router
+        .ip(&[
+            "route", "replace", &net, "dev", "far0", "mtu", "lock", "1400",
+        ])
+        .expect("route with a locked MTU");
+    route(topo.lb_ns(), &[&net, "via", via]).expect("route from the load balancer");
+    host
+}
+
+/// ICMP messages lbd carried across the NAT (`tx_icmp` + `redirect_icmp`).
+fn icmp_carried(topo: &Topology) -> u64 {
+    let stats = topo.lbctl(&["stats"]);
+    eprintln!("{stats}");
+    stats
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() == 3 && cols[0].ends_with("_icmp")).then(|| cols[1].parse::<u64>().ok())
+        })
+        .flatten()
+        .sum()
+}
+
 #[test]
 fn a_smaller_mtu_toward_the_client_is_learned_by_the_backend() {
     // Path MTU discovery through the NAT. The client sits one router further
@@ -620,33 +667,7 @@ fn a_smaller_mtu_toward_the_client_is_learned_by_the_backend() {
     topo.start_lbd([1, 1, 1]);
 
     let n = topo.net();
-    let far = lb_tests::Netns::new(&format!("{}f", topo.prefix())).expect("namespace");
-    let router = topo.client_ns();
-    lb_tests::netns::veth(&far, "eth0", router, "far0").expect("veth");
-    lb_tests::netns::addr(&far, "eth0", &format!("10.{n}.9.2/24")).expect("addr");
-    lb_tests::netns::addr(router, "far0", &format!("10.{n}.9.1/24")).expect("addr");
-    lb_tests::netns::route(&far, &["default", "via", &format!("10.{n}.9.1")]).expect("route");
-    lb_tests::netns::disable_offloads(&far, "eth0").expect("offloads");
-    router
-        .sysctl("net.ipv4.ip_forward", "1")
-        .expect("forwarding");
-    router
-        .ip(&[
-            "route",
-            "replace",
-            &format!("10.{n}.9.0/24"),
-            "dev",
-            "far0",
-            "mtu",
-            "lock",
-            "1400",
-        ])
-        .expect("route with a locked MTU");
-    lb_tests::netns::route(
-        topo.lb_ns(),
-        &[&format!("10.{n}.9.0/24"), "via", &format!("10.{n}.1.2")],
-    )
-    .expect("route to the far client");
+    let far = host_behind_small_mtu(&topo, "f", topo.client_ns(), 9, &format!("10.{n}.1.2"));
 
     const BYTES: u64 = 4_000_000;
     let testkit = topo.binaries().testkit.display().to_string();
@@ -659,16 +680,58 @@ fn a_smaller_mtu_toward_the_client_is_learned_by_the_backend() {
         )
         .expect("start the transfer");
     finish_transfer(transfer, BYTES, Duration::from_secs(60));
+    assert!(icmp_carried(&topo) > 0, "no ICMP was carried to a backend");
+}
 
-    let stats = topo.lbctl(&["stats"]);
-    let carried: u64 = stats
-        .lines()
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.len() == 3 && cols[0].ends_with("_icmp")).then(|| cols[1].parse::<u64>().ok())
-        })
-        .flatten()
-        .sum();
-    eprintln!("{stats}");
-    assert!(carried > 0, "no ICMP was carried to a backend:\n{stats}");
+#[test]
+fn a_smaller_mtu_toward_a_backend_is_learned_by_the_client() {
+    // The other direction. A backend sits one router further away (backend
+    // 1's namespace forwards for it, with a locked MTU of 1400 on the way),
+    // so the client's full-size segments cannot reach it: the router answers
+    // each with a "fragmentation needed" to their source, the NAT address.
+    // lbd must carry that to the client (from the VIP, quoting client ->
+    // VIP), or the client's upload stalls.
+    let test = "a_smaller_mtu_toward_a_backend_is_learned_by_the_client";
+    let _t = Timing::start(test);
+    let mut topo = Topology::for_test(test);
+    let n = topo.net();
+    let router_addr = topo.backend_addr(0).to_string();
+    let far = host_behind_small_mtu(&topo, "f", topo.backend_ns(0), 8, &router_addr);
+    let testkit = topo.binaries().testkit.display().to_string();
+    let mut server = far
+        .spawn_net(
+            &[
+                &testkit,
+                "serve",
+                "--listen",
+                "0.0.0.0:8080",
+                "--name",
+                "far",
+            ],
+            true,
+        )
+        .expect("far backend");
+    server
+        .wait_for_stdout("ready", Duration::from_secs(10))
+        .expect("far backend ready");
+
+    let config = format!(
+        "{}\n[[vip]]\nname = \"far\"\naddress = \"{}\"\nport = 81\nprotocol = \"tcp\"\n  \
+         [vip.health]\n  kind = \"none\"\n\n  [[vip.backend]]\n  address = \"10.{n}.8.2\"\n  \
+         port = 8080\n  weight = 1\n",
+        topo.lbd_config([1, 1, 1]),
+        topo.vip()
+    );
+    topo.try_start_lbd_config(&config)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+
+    const BYTES: u64 = 4_000_000;
+    let target = format!("{}:81", topo.vip());
+    let bytes = BYTES.to_string();
+    let transfer = topo
+        .spawn_testkit_in_client(&["transfer", "--target", &target, "--bytes", &bytes])
+        .expect("start the transfer");
+    finish_transfer(transfer, BYTES, Duration::from_secs(60));
+    assert!(icmp_carried(&topo) > 0, "no ICMP was carried to a client");
+    drop(server);
 }
