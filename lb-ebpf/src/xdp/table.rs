@@ -30,6 +30,8 @@ use core::sync::atomic::{compiler_fence, Ordering};
 
 use lb_ebpf::{flow_bucket, nat_bucket, Config, Flow, FlowKey, NatEntry, FLOW_WAYS, NAT_WAYS};
 
+use aya_ebpf::maps::Array;
+
 use super::{FLOWS, NAT};
 
 /// Compare-and-swap of a `u32` in map memory: stores `new` if it holds
@@ -112,28 +114,37 @@ fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
         && a.proto == b.proto
 }
 
-/// The flow entry of a client-side tuple: a pointer for updating it in
-/// place, and a consistent copy to decide with.
+/// The entry among the `ways` ways of `table` from `base` that `matches`:
+/// a pointer for updating it in place, and a consistent copy to decide
+/// with. Every entry type of the tables starts with its `gen`.
 #[inline(always)]
-pub fn find_flow(cfg: &Config, key: &FlowKey) -> Option<(*mut Flow, Flow)> {
-    let base = flow_bucket(key, cfg.flow_buckets) * FLOW_WAYS;
+fn find_in<T: Copy>(
+    table: &Array<T>,
+    base: u32,
+    ways: u32,
+    matches: impl Fn(&T) -> bool,
+) -> Option<(*mut T, T)> {
     let mut w = 0;
-    while w < FLOW_WAYS {
-        let p = FLOWS.get_ptr_mut(base + w)?;
-        // SAFETY: from a successful array lookup; `gen` is its first field.
-        if read_gen(unsafe { &(*p).gen }) == 0 {
+    while w < ways {
+        let p = table.get_ptr_mut(base + w)?;
+        if read_gen(p as *const u32) == 0 {
             // Never written: nor is any way after it.
             return None;
         }
-        // SAFETY: as above.
-        if same_key(unsafe { &(*p).key }, key) {
-            return snapshot(p)
-                .filter(|f| same_key(&f.key, key))
-                .map(|f| (p, f));
+        // SAFETY: from a successful array lookup.
+        if matches(unsafe { &*p }) {
+            return snapshot(p).filter(|e| matches(e)).map(|e| (p, e));
         }
         w += 1;
     }
     None
+}
+
+/// The flow entry of a client-side tuple (see [`find_in`]).
+#[inline(always)]
+pub fn find_flow(cfg: &Config, key: &FlowKey) -> Option<(*mut Flow, Flow)> {
+    let base = flow_bucket(key, cfg.flow_buckets) * FLOW_WAYS;
+    find_in(&FLOWS, base, FLOW_WAYS, |f| same_key(&f.key, key))
 }
 
 /// Records `flow` for `key` in its bucket. `free` says whether a way's
@@ -217,9 +228,8 @@ fn holds(e: &NatEntry, backend_addr_be: u32, backend_port_be: u16, nat_port_be: 
         && e.nat_port_be == nat_port_be
 }
 
-/// The NAT entry of a backend-side tuple (a reply's source address and
-/// port, and its destination port): a pointer for updating it in place,
-/// and a consistent copy to decide with.
+/// The NAT entry of a backend-side tuple: a reply's source address and
+/// port, and its destination port (see [`find_in`]).
 #[inline(always)]
 pub fn find_nat(
     cfg: &Config,
@@ -229,23 +239,7 @@ pub fn find_nat(
 ) -> Option<(*mut NatEntry, NatEntry)> {
     let (a, p, n) = (backend_addr_be, backend_port_be, nat_port_be);
     let base = nat_bucket(a, p, n, cfg.nat_buckets) * NAT_WAYS;
-    let mut w = 0;
-    while w < NAT_WAYS {
-        let slot = NAT.get_ptr_mut(base + w)?;
-        // SAFETY: from a successful array lookup; `gen` is its first field.
-        if read_gen(unsafe { &(*slot).gen }) == 0 {
-            // Never written: nor is any way after it.
-            return None;
-        }
-        // SAFETY: as above.
-        if holds(unsafe { &*slot }, a, p, n) {
-            return snapshot(slot)
-                .filter(|e| holds(e, a, p, n))
-                .map(|e| (slot, e));
-        }
-        w += 1;
-    }
-    None
+    find_in(&NAT, base, NAT_WAYS, |e| holds(e, a, p, n))
 }
 
 /// Records `entry` for its tuple (backend address and port, NAT port),
