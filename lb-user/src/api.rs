@@ -181,6 +181,44 @@ pub struct DaemonStatus {
     pub reloads: u64,
     pub reload_failures: u64,
     pub last_reload_error: Option<String>,
+    /// The VRRP instance, when `[vrrp]` is configured.
+    #[serde(default)]
+    pub vrrp: Option<VrrpStatus>,
+}
+
+/// The VRRP instance as `lbctl status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrrpStatus {
+    pub interface: String,
+    pub router_id: u8,
+    pub priority: u8,
+    /// This host's advertisement interval.
+    pub advert_interval_ms: u64,
+    /// The interval of the master heard last (this host's own when master).
+    #[serde(default)]
+    pub master_advert_interval_ms: u64,
+    pub preempt: bool,
+    /// The address advertisements are sent from.
+    pub source: Ipv4Addr,
+    pub peers: Vec<Ipv4Addr>,
+    /// The floating addresses.
+    pub addresses: Vec<Ipv4Addr>,
+    /// `backup`, `master` or `stopped`.
+    pub state: String,
+    /// The master, as far as this host knows (itself when master).
+    pub master: Option<Ipv4Addr>,
+    /// When the state last changed (or the instance started).
+    pub since_unix: u64,
+    pub transitions: u64,
+    /// The floating addresses are on this host.
+    pub holding: bool,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    /// Packets refused: malformed, wrong version or TTL, bad checksum, or
+    /// from an address not in `vrrp.peers`.
+    pub adverts_invalid: u64,
+    /// The last problem seen (a send that failed, an invalid packet).
+    pub last_problem: Option<String>,
 }
 
 /// Parses a request line; a failure is an error response, not a hang-up.

@@ -64,6 +64,15 @@ const DEFAULT_WEIGHT: u32 = 1;
 const DEFAULT_METRICS_LISTEN: SocketAddr =
     SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9650));
 
+const DEFAULT_VRRP_PRIORITY: u8 = 100;
+const DEFAULT_VRRP_INTERVAL_MS: u64 = 1_000;
+/// VRRPv3 carries the interval in 12 bits of centiseconds.
+const VRRP_INTERVAL_MS_MIN: u64 = 10;
+const VRRP_INTERVAL_MS_MAX: u64 = 40_950;
+const VRRP_PEERS_MAX: usize = 16;
+/// Addresses in one advertisement (its count field is a byte).
+const VRRP_ADDRESSES_MAX: usize = 255;
+
 pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 2_000;
 const CHECK_INTERVAL_MS_MIN: u64 = 100;
 const CHECK_INTERVAL_MS_MAX: u64 = 3_600_000;
@@ -92,6 +101,8 @@ pub struct Config {
     pub flows: Flows,
     pub control: Control,
     pub metrics: Metrics,
+    /// `[vrrp]`, when this load balancer is one of a pair.
+    pub vrrp: Option<Vrrp>,
     /// The `[[vip]]` tables, in file order.
     pub vips: Vec<Vip>,
 }
@@ -210,6 +221,29 @@ impl Default for Metrics {
             listen: Some(DEFAULT_METRICS_LISTEN),
         }
     }
+}
+
+/// `[vrrp]`: unicast VRRPv3 with the other load balancer of a pair
+/// (docs/high-availability.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vrrp {
+    /// Where advertisements go out and the floating addresses live.
+    pub interface: String,
+    /// The virtual router id (VRID), 1 to 255; the same on both sides.
+    pub router_id: u8,
+    /// 1 to 254; the higher one is master.
+    pub priority: u8,
+    /// The advertisement interval, in centiseconds (the protocol's unit).
+    pub interval_cs: u16,
+    /// A higher-priority backup takes over from a lower-priority master.
+    pub preempt: bool,
+    /// The address advertisements are sent from; `None`: the interface's
+    /// first address that does not float.
+    pub source: Option<Ipv4Addr>,
+    /// The other side(s), sent every advertisement by unicast.
+    pub peers: Vec<Ipv4Addr>,
+    /// The floating addresses; `None`: every VIP's address.
+    pub addresses: Option<Vec<Ipv4Addr>>,
 }
 
 /// One `[[vip]]`: a virtual service and its backends.
@@ -529,7 +563,69 @@ impl Config {
         self.flows.check()?;
         self.control.check()?;
         self.metrics.check()?;
-        self.check_vips()
+        self.check_vips()?;
+        if let Some(v) = &self.vrrp {
+            v.check()?;
+            self.check_vrrp_addresses(v)?;
+        }
+        Ok(())
+    }
+
+    /// The addresses that float with mastership: `vrrp.addresses`, or every
+    /// VIP's address (each once, in file order). Empty without `[vrrp]`.
+    pub fn vrrp_addresses(&self) -> Vec<Ipv4Addr> {
+        let Some(v) = &self.vrrp else {
+            return Vec::new();
+        };
+        match &v.addresses {
+            Some(a) => a.clone(),
+            None => {
+                let mut out: Vec<Ipv4Addr> = Vec::new();
+                for vip in &self.vips {
+                    if !out.contains(&vip.address) {
+                        out.push(vip.address);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    fn check_vrrp_addresses(&self, v: &Vrrp) -> Result<(), ConfigError> {
+        let floating = self.vrrp_addresses();
+        if floating.len() > VRRP_ADDRESSES_MAX {
+            return Err(invalid(
+                "vrrp.addresses",
+                format!(
+                    "{} floating addresses; one advertisement carries at most \
+                     {VRRP_ADDRESSES_MAX}",
+                    floating.len()
+                ),
+            ));
+        }
+        for (i, a) in floating.iter().enumerate() {
+            let key = if v.addresses.is_some() {
+                format!("vrrp.addresses[{i}]")
+            } else {
+                "vrrp.addresses".to_owned()
+            };
+            if v.peers.contains(a) {
+                return Err(invalid(
+                    key,
+                    format!("{a} is also in vrrp.peers; a peer's own address cannot float"),
+                ));
+            }
+            if Some(*a) == v.source {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{a} is vrrp.source, the address advertisements are sent from; it \
+                         cannot also float"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_vips(&self) -> Result<(), ConfigError> {
@@ -743,6 +839,75 @@ impl Metrics {
     fn check(&self) -> Result<(), ConfigError> {
         if let Some(addr) = self.listen {
             check_metrics_listen("metrics.listen", addr)?;
+        }
+        Ok(())
+    }
+}
+
+impl Vrrp {
+    fn check(&self) -> Result<(), ConfigError> {
+        check_ifname("vrrp.interface", &self.interface)?;
+        check_range("vrrp.router_id", self.router_id.into(), 1, 255)?;
+        check_range("vrrp.priority", self.priority.into(), 1, 254)?;
+        check_range(
+            "vrrp.advert_interval_ms",
+            (u64::from(self.interval_cs) * 10).into(),
+            VRRP_INTERVAL_MS_MIN.into(),
+            VRRP_INTERVAL_MS_MAX.into(),
+        )?;
+        if let Some(s) = self.source {
+            check_unicast("vrrp.source", s)?;
+        }
+        if self.peers.is_empty() {
+            return Err(invalid(
+                "vrrp.peers",
+                "must list the other load balancer's address (VRRP runs by unicast: EC2 \
+                 has no multicast)",
+            ));
+        }
+        if self.peers.len() > VRRP_PEERS_MAX {
+            return Err(invalid(
+                "vrrp.peers",
+                format!(
+                    "{} peers listed; at most {VRRP_PEERS_MAX}",
+                    self.peers.len()
+                ),
+            ));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            let key = format!("vrrp.peers[{i}]");
+            check_unicast(&key, *p)?;
+            if Some(*p) == self.source {
+                return Err(invalid(
+                    key,
+                    format!("{p} is vrrp.source, this host's own address"),
+                ));
+            }
+            if let Some(first) = self.peers[..i].iter().position(|q| q == p) {
+                return Err(invalid(
+                    key,
+                    format!("{p} is already listed as vrrp.peers[{first}]"),
+                ));
+            }
+        }
+        if let Some(addresses) = &self.addresses {
+            if addresses.is_empty() {
+                return Err(invalid(
+                    "vrrp.addresses",
+                    "is empty: nothing would move to the new master; leave the key out to \
+                     float every VIP's address",
+                ));
+            }
+            for (i, a) in addresses.iter().enumerate() {
+                let key = format!("vrrp.addresses[{i}]");
+                check_unicast(&key, *a)?;
+                if let Some(first) = addresses[..i].iter().position(|b| b == a) {
+                    return Err(invalid(
+                        key,
+                        format!("{a} is already listed as vrrp.addresses[{first}]"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -1182,8 +1347,22 @@ struct RawConfig {
     control: RawControl,
     #[serde(default)]
     metrics: RawMetrics,
+    vrrp: Option<RawVrrp>,
     #[serde(default)]
     vip: Vec<RawVip>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVrrp {
+    interface: Option<String>,
+    router_id: Option<i64>,
+    priority: Option<i64>,
+    advert_interval_ms: Option<i64>,
+    preempt: Option<bool>,
+    source: Option<String>,
+    peers: Option<Vec<String>>,
+    addresses: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1316,6 +1495,7 @@ impl RawConfig {
         let flows = self.flows.into_flows()?;
         let control = self.control.into_control();
         let metrics = self.metrics.into_metrics()?;
+        let vrrp = self.vrrp.map(RawVrrp::into_vrrp).transpose()?;
         let vips = self
             .vip
             .into_iter()
@@ -1328,7 +1508,67 @@ impl RawConfig {
             flows,
             control,
             metrics,
+            vrrp,
             vips,
+        })
+    }
+}
+
+impl RawVrrp {
+    fn into_vrrp(self) -> Result<Vrrp, ConfigError> {
+        let interface = required("vrrp.interface", self.interface)?;
+        let router_id = int(
+            "vrrp.router_id",
+            required("vrrp.router_id", self.router_id)?,
+            1,
+            255,
+        )?;
+        let priority = match self.priority {
+            None => DEFAULT_VRRP_PRIORITY,
+            Some(v) => int("vrrp.priority", v, 1, 254)?,
+        };
+        let interval_ms: u64 = match self.advert_interval_ms {
+            None => DEFAULT_VRRP_INTERVAL_MS,
+            Some(v) => int(
+                "vrrp.advert_interval_ms",
+                v,
+                VRRP_INTERVAL_MS_MIN as i64,
+                VRRP_INTERVAL_MS_MAX as i64,
+            )?,
+        };
+        if !interval_ms.is_multiple_of(10) {
+            return Err(invalid(
+                "vrrp.advert_interval_ms",
+                format!(
+                    "{interval_ms} is not a multiple of 10 (VRRP counts the interval in \
+                     centiseconds)"
+                ),
+            ));
+        }
+        let source = self.source.map(|s| ipv4("vrrp.source", &s)).transpose()?;
+        let peers = required("vrrp.peers", self.peers)?
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ipv4(&format!("vrrp.peers[{i}]"), p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let addresses = self
+            .addresses
+            .map(|list| {
+                list.iter()
+                    .enumerate()
+                    .map(|(i, a)| ipv4(&format!("vrrp.addresses[{i}]"), a))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        Ok(Vrrp {
+            interface,
+            router_id,
+            priority,
+            interval_cs: (interval_ms / 10) as u16,
+            preempt: self.preempt.unwrap_or(true),
+            source,
+            peers,
+            addresses,
         })
     }
 }
@@ -1957,6 +2197,7 @@ port = 443
                 metrics: Metrics {
                     listen: Some("10.0.1.10:9100".parse().unwrap()),
                 },
+                vrrp: None,
                 vips: vec![
                     Vip {
                         name: "web".into(),
@@ -2035,6 +2276,7 @@ port = 443
                 metrics: Metrics {
                     listen: Some("127.0.0.1:9650".parse().unwrap()),
                 },
+                vrrp: None,
                 vips: vec![],
             }
         );
@@ -3296,5 +3538,81 @@ port = 443
         let mut c = minimal();
         c.vips.push(Vip::new("v", Ipv4Addr::new(10, 0, 0, 1), 0));
         assert_eq!(c.validate().unwrap_err().key(), Some("vip[0].port"));
+    }
+
+    /// [`one_vip`] with a `[vrrp]` table of the given extra lines.
+    fn with_vrrp(extra: &str) -> String {
+        one_vip("", "")
+            + &format!(
+                "\n[vrrp]\ninterface = \"eth0\"\nrouter_id = 51\npeers = [\"10.0.1.12\"]\n{extra}\n"
+            )
+    }
+
+    #[test]
+    fn vrrp_defaults_float_every_vip_address() {
+        let c = Config::from_toml_str(&with_vrrp("")).unwrap();
+        let v = c.vrrp.as_ref().unwrap();
+        assert_eq!(
+            (v.priority, v.interval_cs, v.preempt, v.source),
+            (100, 100, true, None)
+        );
+        assert_eq!(c.vrrp_addresses(), vec![Ipv4Addr::new(10, 0, 0, 100)]);
+        let c = Config::from_toml_str(&with_vrrp(
+            "priority = 150\nadvert_interval_ms = 100\npreempt = false\n\
+             source = \"10.0.1.11\"\naddresses = [\"10.0.0.100\", \"10.0.1.10\"]",
+        ))
+        .unwrap();
+        let v = c.vrrp.as_ref().unwrap();
+        assert_eq!((v.priority, v.interval_cs, v.preempt), (150, 10, false));
+        assert_eq!(v.source, Some(Ipv4Addr::new(10, 0, 1, 11)));
+        assert_eq!(
+            c.vrrp_addresses(),
+            vec![Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 1, 10)]
+        );
+        assert!(minimal().vrrp_addresses().is_empty());
+    }
+
+    #[test]
+    fn vrrp_mistakes_name_the_key() {
+        assert_err(&with_vrrp("priority = 255"), &["vrrp.priority", "1..=254"]);
+        assert_err(
+            &with_vrrp("advert_interval_ms = 15"),
+            &["vrrp.advert_interval_ms", "multiple of 10"],
+        );
+        assert_err(
+            &with_vrrp("advert_interval_ms = 50000"),
+            &["vrrp.advert_interval_ms", "10..=40950"],
+        );
+        assert_err(
+            &with_vrrp("source = \"10.0.1.12\""),
+            &["vrrp.peers[0]", "vrrp.source"],
+        );
+        assert_err(
+            &with_vrrp("addresses = [\"10.0.1.12\"]"),
+            &["vrrp.addresses[0]", "vrrp.peers"],
+        );
+        assert_err(&with_vrrp("addresses = []"), &["vrrp.addresses", "empty"]);
+        assert_err(
+            &with_vrrp("addresses = [\"10.0.0.100\", \"10.0.0.100\"]"),
+            &["vrrp.addresses[1]", "already listed"],
+        );
+        assert_err(&with_vrrp("prio = 1"), &["unknown field `prio`"]);
+        assert_err(
+            &(one_vip("", "") + "\n[vrrp]\ninterface = \"eth0\"\nrouter_id = 51\n"),
+            &["vrrp.peers", "required"],
+        );
+        assert_err(
+            &(one_vip("", "")
+                + "\n[vrrp]\ninterface = \"eth0\"\nrouter_id = 0\npeers = [\"10.0.1.12\"]\n"),
+            &["vrrp.router_id", "1..=255"],
+        );
+        assert_err(
+            &(one_vip("", "") + "\n[vrrp]\ninterface = \"eth0\"\nrouter_id = 5\npeers = []\n"),
+            &["vrrp.peers", "unicast"],
+        );
+        assert_err(
+            &with_vrrp("peers = [\"224.0.0.18\"]").replace("peers = [\"10.0.1.12\"]\n", ""),
+            &["vrrp.peers[0]"],
+        );
     }
 }

@@ -39,6 +39,7 @@ use crate::{
     health::{HealthEvent, HealthMonitor},
     host::{self, HostSettings},
     metrics,
+    vrrp::{Leave, Vrrp},
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -109,6 +110,10 @@ pub struct State {
     pub reloads: u64,
     pub reload_failures: u64,
     pub last_reload_error: Option<String>,
+    /// The VRRP instance's status, when `[vrrp]` is configured.
+    pub vrrp: Option<Arc<Mutex<api::VrrpStatus>>>,
+    /// Tells the VRRP instance the floating addresses after a reload.
+    pub vrrp_addresses: Option<watch::Sender<Vec<Ipv4Addr>>>,
 }
 
 /// A running load balancer: tables installed, program attached.
@@ -116,6 +121,8 @@ pub struct Running {
     state: Arc<Mutex<State>>,
     host: HostSettings,
     health_rx: Option<mpsc::UnboundedReceiver<HealthEvent>>,
+    /// The VRRP instance, opened but not yet running.
+    vrrp: Option<(Vrrp, watch::Receiver<Vec<Ipv4Addr>>)>,
 }
 
 /// Brings the data plane up as configured (adopting a running one if the
@@ -132,6 +139,10 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
     // Everything that can be refused is checked before the host or the maps
     // change.
     let kernel_cfg = kernel_config(&cfg)?;
+    let vrrp = match &cfg.vrrp {
+        Some(v) => Some(Vrrp::open(v, cfg.vrrp_addresses())?),
+        None => None,
+    };
     let mut dataplane =
         Dataplane::load(object, &load_options(&cfg), Some(&cfg.dataplane.pin_path))?;
     let adopted = dataplane.adopted();
@@ -188,6 +199,14 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
         tracing::info!("adopted the running data plane: flows, rings and counters carry on");
     }
     let (tx, rx) = mpsc::unbounded_channel();
+    let vrrp_status = vrrp.as_ref().map(Vrrp::status);
+    let (vrrp_tx, vrrp) = match vrrp {
+        Some(v) => {
+            let (tx, rx) = watch::channel(cfg.vrrp_addresses());
+            (Some(tx), Some((v, rx)))
+        }
+        None => (None, None),
+    };
     let mut monitor = HealthMonitor::new(tx);
     monitor.set_targets(balancer.health_targets());
     let started_unix = SystemTime::now()
@@ -207,9 +226,12 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
             reloads: 0,
             reload_failures: 0,
             last_reload_error: None,
+            vrrp: vrrp_status,
+            vrrp_addresses: vrrp_tx,
         })),
         host,
         health_rx: Some(rx),
+        vrrp,
     })
 }
 
@@ -349,6 +371,11 @@ pub async fn run(
             }
         }
     }
+    let (leave_tx, leave_rx) = watch::channel(None);
+    let vrrp_task = running
+        .vrrp
+        .take()
+        .map(|(v, addresses)| tokio::spawn(v.run(addresses, leave_rx)));
     let health_rx = running.health_rx.take().expect("taken once");
     tasks.push(tokio::spawn(apply_health(health_rx, running.state())));
     if let Some(l) = metrics_listener {
@@ -381,6 +408,20 @@ pub async fn run(
         Exit::Clean => tracing::info!("stopping: detaching and removing pins"),
         Exit::KeepForwarding => {
             tracing::info!("exiting, leaving the data plane forwarding for the next lbd")
+        }
+    }
+    if let Some(task) = vrrp_task {
+        // First, so a clean stop hands the addresses to the peer while this
+        // host still forwards.
+        let _ = leave_tx.send(Some(match exit {
+            Exit::Clean => Leave::GiveUp,
+            Exit::KeepForwarding => Leave::Keep,
+        }));
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("vrrp did not stop within 5 s");
         }
     }
     let _ = stop_tx.send(true);
@@ -460,12 +501,16 @@ pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
     let result = (|| -> Result<ReloadSummary, ApiError> {
         let new = Config::from_file(&st.config_path)
             .map_err(|e| ApiError::invalid(format!("invalid configuration: {e}")))?;
+        vrrp_reloadable(&st.cfg, &new)?;
         let kernel = kernel_config(&new).map_err(|e| ApiError::internal(format!("{e:#}")))?;
         let summary = st.balancer.reload(&mut st.dataplane, &st.cfg, &new)?;
         st.dataplane
             .set_config(&kernel)
             .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         st.monitor.set_targets(st.balancer.health_targets());
+        if let Some(tx) = &st.vrrp_addresses {
+            let _ = tx.send(new.vrrp_addresses());
+        }
         st.cfg = new;
         Ok(summary)
     })();
@@ -480,6 +525,24 @@ pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
         }
     }
     result
+}
+
+/// A reload may change the floating addresses (directly or through the
+/// VIPs); anything else in `[vrrp]` needs a restart.
+fn vrrp_reloadable(old: &Config, new: &Config) -> Result<(), ApiError> {
+    let without_addresses = |c: &Config| {
+        c.vrrp.clone().map(|mut v| {
+            v.addresses = None;
+            v
+        })
+    };
+    if without_addresses(old) != without_addresses(new) {
+        return Err(ApiError::invalid(
+            "[vrrp] changed: only vrrp.addresses (and the VIPs) can change on a reload; \
+             restart lbd for the rest (the peer takes over meanwhile)",
+        ));
+    }
+    Ok(())
 }
 
 /// The numbers the metrics endpoint shows.
@@ -555,6 +618,17 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
         up_since_unix: st.started_unix,
         reloads: st.reloads,
         reload_failures: st.reload_failures,
+        vrrp: st.vrrp.as_ref().map(|v| {
+            let v = v.lock().unwrap_or_else(|p| p.into_inner());
+            metrics::VrrpMetrics {
+                master: v.state == "master",
+                holding: v.holding,
+                transitions: v.transitions,
+                adverts_sent: v.adverts_sent,
+                adverts_received: v.adverts_received,
+                adverts_invalid: v.adverts_invalid,
+            }
+        }),
     }
 }
 
@@ -757,6 +831,10 @@ fn status(st: &State) -> Result<serde_json::Value, ApiError> {
         reloads: st.reloads,
         reload_failures: st.reload_failures,
         last_reload_error: st.last_reload_error.clone(),
+        vrrp: st
+            .vrrp
+            .as_ref()
+            .map(|v| v.lock().unwrap_or_else(|p| p.into_inner()).clone()),
     })
 }
 

@@ -37,6 +37,19 @@ pub struct Snapshot {
     pub up_since_unix: u64,
     pub reloads: u64,
     pub reload_failures: u64,
+    /// The VRRP instance, when configured.
+    pub vrrp: Option<VrrpMetrics>,
+}
+
+/// The VRRP instance's numbers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct VrrpMetrics {
+    pub master: bool,
+    pub holding: bool,
+    pub transitions: u64,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    pub adverts_invalid: u64,
 }
 
 /// One VIP and its backends.
@@ -367,6 +380,45 @@ pub fn render(s: &Snapshot) -> String {
         o.family(name, kind, help);
         o.sample(name, &[], value);
     }
+
+    if let Some(v) = &s.vrrp {
+        for (name, kind, help, value) in [
+            (
+                "lb_vrrp_master",
+                "gauge",
+                "1 while this load balancer is the VRRP master, else 0.",
+                u64::from(v.master),
+            ),
+            (
+                "lb_vrrp_addresses_held",
+                "gauge",
+                "1 while the floating addresses are on this host, else 0.",
+                u64::from(v.holding),
+            ),
+            (
+                "lb_vrrp_transitions_total",
+                "counter",
+                "VRRP state changes (backup to master and back).",
+                v.transitions,
+            ),
+        ] {
+            o.family(name, kind, help);
+            o.sample(name, &[], value);
+        }
+        let name = "lb_vrrp_adverts_total";
+        o.family(
+            name,
+            "counter",
+            "VRRP advertisements sent, received, and refused (invalid or from an unknown peer).",
+        );
+        for (what, n) in [
+            ("sent", v.adverts_sent),
+            ("received", v.adverts_received),
+            ("refused", v.adverts_invalid),
+        ] {
+            o.sample(name, &[("direction", what)], n);
+        }
+    }
     o.0
 }
 
@@ -629,6 +681,7 @@ mod tests {
             up_since_unix: 1_700_000_000,
             reloads: 2,
             reload_failures: 1,
+            vrrp: None,
         }
     }
 

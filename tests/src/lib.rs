@@ -20,6 +20,7 @@ pub mod bench_failover;
 pub mod harness;
 pub mod netns;
 pub mod packet;
+pub mod pair;
 pub mod topology;
 pub mod xdp_fixture;
 

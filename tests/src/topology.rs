@@ -140,7 +140,7 @@ pub fn subnet_byte(seed: &str) -> u8 {
 }
 
 /// Quotes a string for TOML.
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {
@@ -841,7 +841,7 @@ fn is_server_of(command: &str, name: &str) -> bool {
 
 /// Removes lbd's pin directory and control socket if they exist; with
 /// `report`, says so (they should have been removed by lbd itself).
-fn remove_lb_state(pin_path: &Path, socket: &Path, report: bool) {
+pub(crate) fn remove_lb_state(pin_path: &Path, socket: &Path, report: bool) {
     if pin_path.exists() {
         if report {
             eprintln!(

@@ -336,4 +336,58 @@ fn print_status(s: &DaemonStatus) {
     if let Some(e) = &s.last_reload_error {
         println!("last reload refused: {e}");
     }
+    match &s.vrrp {
+        Some(v) => print_vrrp(v),
+        None => println!("vrrp        not configured (single load balancer)"),
+    }
+}
+
+fn addresses(list: &[std::net::Ipv4Addr]) -> String {
+    if list.is_empty() {
+        return "none".into();
+    }
+    list.iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_vrrp(v: &lb_user::api::VrrpStatus) {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().saturating_sub(v.since_unix))
+        .unwrap_or(0);
+    let master = match (v.state.as_str(), v.master) {
+        ("master", _) => "this host".to_owned(),
+        (_, Some(m)) => format!("{m} (advertising every {} ms)", v.master_advert_interval_ms),
+        (_, None) => "none heard yet".to_owned(),
+    };
+    println!(
+        "vrrp        {} for {since} s ({} transitions); router {} on {}, priority {}, every {} ms{}",
+        v.state.to_uppercase(),
+        v.transitions,
+        v.router_id,
+        v.interface,
+        v.priority,
+        v.advert_interval_ms,
+        if v.preempt { "" } else { ", no preemption" }
+    );
+    println!("  master    {master}");
+    println!(
+        "  addresses {} ({})",
+        addresses(&v.addresses),
+        if v.holding {
+            "held here"
+        } else {
+            "not held here"
+        }
+    );
+    println!("  peers     {} from {}", addresses(&v.peers), v.source);
+    println!(
+        "  adverts   {} sent, {} received, {} refused",
+        v.adverts_sent, v.adverts_received, v.adverts_invalid
+    );
+    if let Some(p) = &v.last_problem {
+        println!("  last problem: {p}");
+    }
 }

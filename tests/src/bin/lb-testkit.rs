@@ -123,6 +123,29 @@ enum Cmd {
         #[arg(long, default_value_t = 200)]
         timeout_ms: u64,
     },
+    /// Opens `--connections` `ECHO` connections, prints `ready` once each
+    /// has echoed a first line, then has every one exchange a numbered line
+    /// every `--interval-ms` for `--duration-secs`, and prints a JSON report:
+    /// how many connections carried on to the end, and how the others broke.
+    /// The raw data of connection survival across a failover.
+    Hold {
+        /// Address to connect to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Connections to hold.
+        #[arg(long, default_value_t = 20)]
+        connections: usize,
+        /// Time between exchanges on each connection, in milliseconds.
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        /// How long to keep exchanging after `ready`, in seconds (at most 120).
+        #[arg(long)]
+        duration_secs: f64,
+        /// Connect timeout, and how long one exchange may take (TCP
+        /// retransmits meanwhile), in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
     /// Streams verified pseudo-random data through one `ECHO` connection.
     Transfer {
         /// Address to connect to.
@@ -195,6 +218,19 @@ fn main() -> Result<()> {
             timeout_ms,
         } => probe(
             target,
+            Duration::from_millis(interval_ms.max(1)),
+            Duration::from_secs_f64(duration_secs.clamp(0.0, 120.0)),
+            Duration::from_millis(timeout_ms.max(1)),
+        ),
+        Cmd::Hold {
+            target,
+            connections,
+            interval_ms,
+            duration_secs,
+            timeout_ms,
+        } => hold(
+            target,
+            connections.clamp(1, 1000),
             Duration::from_millis(interval_ms.max(1)),
             Duration::from_secs_f64(duration_secs.clamp(0.0, 120.0)),
             Duration::from_millis(timeout_ms.max(1)),
@@ -851,6 +887,87 @@ fn probe(
     let json = serde_json::json!({
         "interval_ms": interval.as_secs_f64() * 1000.0,
         "probes": probes,
+    });
+    println!("{json}");
+    Ok(())
+}
+
+/// Sends `line` on an `ECHO` connection and reads it back.
+fn echo_line(stream: &mut TcpStream, line: &[u8]) -> Result<(), String> {
+    stream
+        .write_all(line)
+        .map_err(|e| error_kind("write", &e))?;
+    let mut back = vec![0u8; line.len()];
+    stream.read_exact(&mut back).map_err(|e| match e.kind() {
+        ErrorKind::UnexpectedEof => "eof".to_owned(),
+        _ => error_kind("read", &e),
+    })?;
+    if back != line {
+        return Err("bad_echo".into());
+    }
+    Ok(())
+}
+
+/// See `Cmd::Hold`.
+fn hold(
+    target: SocketAddr,
+    connections: usize,
+    interval: Duration,
+    duration: Duration,
+    timeout: Duration,
+) -> Result<()> {
+    let established = Arc::new(std::sync::Barrier::new(connections + 1));
+    let start = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let mut workers = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let established = established.clone();
+        let start = start.clone();
+        workers.push(thread::spawn(move || -> Result<u64, (u64, String)> {
+            let opened = TcpStream::connect_timeout(&target, timeout)
+                .map_err(|e| error_kind("connect", &e))
+                .and_then(|mut s| {
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_read_timeout(Some(timeout));
+                    let _ = s.set_write_timeout(Some(timeout));
+                    s.write_all(b"ECHO\n")
+                        .map_err(|e| error_kind("write", &e))?;
+                    echo_line(&mut s, b"0\n")?;
+                    Ok(s)
+                });
+            established.wait();
+            let mut stream = opened.map_err(|e| (0, e))?;
+            let t0 = *start.wait();
+            let mut seq = 1u64;
+            while t0.elapsed() < duration {
+                echo_line(&mut stream, format!("{seq}\n").as_bytes()).map_err(|e| (seq, e))?;
+                seq += 1;
+                thread::sleep(interval);
+            }
+            Ok(seq)
+        }));
+    }
+    established.wait();
+    let _ = start.set(Instant::now());
+    println!("ready");
+    io::stdout().flush()?;
+    let mut survived = 0;
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for w in workers {
+        match w
+            .join()
+            .map_err(|_| anyhow::anyhow!("hold thread panicked"))?
+        {
+            Ok(_) => survived += 1,
+            Err((seq, kind)) => {
+                let phase = if seq == 0 { "opening" } else { "holding" };
+                *errors.entry(format!("{phase}: {kind}")).or_default() += 1;
+            }
+        }
+    }
+    let json = serde_json::json!({
+        "connections": connections,
+        "survived": survived,
+        "errors": errors,
     });
     println!("{json}");
     Ok(())

@@ -1,0 +1,322 @@
+//! The VRRPv3 state machine of one virtual router (RFC 5798, section 6.4),
+//! without I/O: it is told the time, the timer's expiry and the
+//! advertisements heard, and answers with what to do. The caller owns the
+//! socket, the addresses and the clock.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use tokio::time::Instant;
+
+/// The fixed parameters of the instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// This router's priority, 1 to 254.
+    pub priority: u8,
+    /// Advertisement_Interval, in centiseconds.
+    pub interval_cs: u16,
+    /// Whether a higher-priority backup takes over from a lower-priority master.
+    pub preempt: bool,
+    /// The address advertisements are sent from (breaks priority ties).
+    pub me: Ipv4Addr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Backup,
+    Master,
+    /// Gave up mastership on the way out.
+    Stopped,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Backup => "backup",
+            Role::Master => "master",
+            Role::Stopped => "stopped",
+        }
+    }
+}
+
+/// What the caller must do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send an advertisement with this priority to every peer.
+    Advertise(u8),
+    /// Add the floating addresses and announce them (gratuitous ARP).
+    TakeOver,
+    /// Remove the floating addresses.
+    Release,
+}
+
+pub struct Machine {
+    p: Params,
+    role: Role,
+    /// Master_Adver_Interval: the interval the current master advertises.
+    master_interval_cs: u16,
+    /// When the Master_Down_Timer (backup) or Adver_Timer (master) fires.
+    deadline: Instant,
+    /// Who is master, as far as this router knows.
+    master: Option<Ipv4Addr>,
+    /// The floating addresses are on this host.
+    holding: bool,
+}
+
+fn cs(n: u32) -> Duration {
+    Duration::from_millis(u64::from(n) * 10)
+}
+
+impl Machine {
+    /// A router starting as backup (RFC 5798 6.4.1 for priority < 255).
+    /// `holding`: the floating addresses are already here (left by an
+    /// earlier lbd that exited keeping them); they stay until a master is
+    /// heard or this router becomes master itself.
+    pub fn new(p: Params, now: Instant, holding: bool) -> Machine {
+        let mut m = Machine {
+            master_interval_cs: p.interval_cs,
+            p,
+            role: Role::Backup,
+            deadline: now,
+            master: None,
+            holding,
+        };
+        m.deadline = now + m.master_down();
+        m
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub fn master(&self) -> Option<Ipv4Addr> {
+        self.master
+    }
+
+    /// The floating addresses are (or should be) on this host.
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+
+    pub fn master_interval_cs(&self) -> u16 {
+        self.master_interval_cs
+    }
+
+    /// Skew_Time: ((256 - Priority) * Master_Adver_Interval) / 256.
+    fn skew(&self) -> Duration {
+        cs((256 - u32::from(self.p.priority)) * u32::from(self.master_interval_cs) / 256)
+    }
+
+    /// Master_Down_Interval: 3 * Master_Adver_Interval + Skew_Time.
+    pub fn master_down(&self) -> Duration {
+        cs(3 * u32::from(self.master_interval_cs)) + self.skew()
+    }
+
+    fn interval(&self) -> Duration {
+        cs(self.p.interval_cs.into())
+    }
+
+    /// The timer fired (call when `now >= deadline()`).
+    pub fn on_timer(&mut self, now: Instant) -> Vec<Action> {
+        match self.role {
+            Role::Backup => {
+                self.role = Role::Master;
+                self.master = Some(self.p.me);
+                self.holding = true;
+                self.deadline = now + self.interval();
+                vec![Action::Advertise(self.p.priority), Action::TakeOver]
+            }
+            Role::Master => {
+                self.deadline = now + self.interval();
+                vec![Action::Advertise(self.p.priority)]
+            }
+            Role::Stopped => Vec::new(),
+        }
+    }
+
+    /// A valid advertisement for this virtual router arrived.
+    pub fn on_advert(
+        &mut self,
+        now: Instant,
+        from: Ipv4Addr,
+        priority: u8,
+        interval_cs: u16,
+    ) -> Vec<Action> {
+        match self.role {
+            Role::Backup => {
+                if priority == 0 {
+                    // The master is leaving: take over after the skew only.
+                    self.deadline = now + self.skew();
+                    self.master = None;
+                    return Vec::new();
+                }
+                if !self.p.preempt || priority >= self.p.priority {
+                    self.master_interval_cs = interval_cs;
+                    self.deadline = now + self.master_down();
+                    self.master = Some(from);
+                    if self.holding {
+                        self.holding = false;
+                        return vec![Action::Release];
+                    }
+                }
+                // Else a lower-priority master: let the timer run out and
+                // preempt it.
+                Vec::new()
+            }
+            Role::Master => {
+                if priority == 0 {
+                    // A peer gave up: make sure everybody hears the master.
+                    self.deadline = now + self.interval();
+                    return vec![Action::Advertise(self.p.priority)];
+                }
+                let wins = priority > self.p.priority
+                    || (priority == self.p.priority && u32::from(from) > u32::from(self.p.me));
+                if wins {
+                    self.role = Role::Backup;
+                    self.master_interval_cs = interval_cs;
+                    self.deadline = now + self.master_down();
+                    self.master = Some(from);
+                    self.holding = false;
+                    vec![Action::Release]
+                } else {
+                    // Two masters (a healed partition): ours wins, say so
+                    // now rather than at the next interval.
+                    self.deadline = now + self.interval();
+                    vec![Action::Advertise(self.p.priority)]
+                }
+            }
+            Role::Stopped => Vec::new(),
+        }
+    }
+
+    /// Leaving: a master advertises priority 0 so a backup takes over after
+    /// its skew time instead of the whole master-down interval.
+    pub fn shutdown(&mut self) -> Vec<Action> {
+        let was = self.role;
+        self.role = Role::Stopped;
+        self.master = None;
+        if was == Role::Master {
+            self.holding = false;
+            vec![Action::Advertise(0), Action::Release]
+        } else if self.holding {
+            self.holding = false;
+            vec![Action::Release]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
+    const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 22);
+
+    fn params(priority: u8) -> Params {
+        Params {
+            priority,
+            interval_cs: 100,
+            preempt: true,
+            me: ME,
+        }
+    }
+
+    #[test]
+    fn a_backup_hearing_nothing_takes_over_after_the_master_down_interval() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(100), t0, false);
+        // 3 s + (256 - 100) * 1 s / 256 = 3.609 s (centisecond steps).
+        assert_eq!(m.deadline() - t0, Duration::from_millis(3600));
+        let at = m.deadline();
+        assert_eq!(
+            m.on_timer(at),
+            vec![Action::Advertise(100), Action::TakeOver]
+        );
+        assert_eq!(m.role(), Role::Master);
+        assert_eq!(m.deadline() - at, Duration::from_secs(1));
+        assert_eq!(m.on_timer(m.deadline()), vec![Action::Advertise(100)]);
+    }
+
+    #[test]
+    fn a_higher_or_equal_master_keeps_a_backup_waiting() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(100), t0, false);
+        let t1 = t0 + Duration::from_secs(2);
+        // It advertises every 10 cs: the backup adopts that interval.
+        assert!(m.on_advert(t1, PEER, 101, 10).is_empty());
+        assert_eq!(m.master(), Some(PEER));
+        assert_eq!(m.deadline() - t1, Duration::from_millis(300 + 60));
+        assert_eq!(m.role(), Role::Backup);
+    }
+
+    #[test]
+    fn a_lower_master_is_preempted_unless_preempt_is_off() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(150), t0, false);
+        let before = m.deadline();
+        m.on_advert(t0 + Duration::from_secs(1), PEER, 100, 100);
+        assert_eq!(m.deadline(), before, "ignored: the timer runs out");
+        let mut p = params(150);
+        p.preempt = false;
+        let mut m = Machine::new(p, t0, false);
+        m.on_advert(t0 + Duration::from_secs(1), PEER, 100, 100);
+        assert!(m.deadline() > before, "accepted without preemption");
+    }
+
+    #[test]
+    fn priority_zero_cuts_the_wait_to_the_skew() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(100), t0, false);
+        m.on_advert(t0, PEER, 101, 100);
+        let t1 = t0 + Duration::from_millis(500);
+        m.on_advert(t1, PEER, 0, 100);
+        assert_eq!(m.deadline() - t1, Duration::from_millis(600));
+    }
+
+    #[test]
+    fn a_master_yields_to_a_higher_priority_or_a_higher_address() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(100), t0, false);
+        m.on_timer(m.deadline());
+        // Lower: answered at once, kept.
+        assert_eq!(m.on_advert(t0, PEER, 99, 100), vec![Action::Advertise(100)]);
+        assert_eq!(m.role(), Role::Master);
+        // Equal priority, higher address: yields.
+        assert_eq!(m.on_advert(t0, PEER, 100, 100), vec![Action::Release]);
+        assert_eq!(m.role(), Role::Backup);
+        // Equal priority, lower address: keeps it.
+        let mut m = Machine::new(params(100), t0, false);
+        m.on_timer(m.deadline());
+        let lower = Ipv4Addr::new(10, 0, 0, 20);
+        assert_eq!(
+            m.on_advert(t0, lower, 100, 100),
+            vec![Action::Advertise(100)]
+        );
+    }
+
+    #[test]
+    fn leftover_addresses_go_when_a_master_is_heard() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(100), t0, true);
+        assert_eq!(m.on_advert(t0, PEER, 120, 100), vec![Action::Release]);
+        assert!(m.on_advert(t0, PEER, 120, 100).is_empty());
+    }
+
+    #[test]
+    fn shutting_down_a_master_advertises_priority_zero() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(100), t0, false);
+        assert!(m.shutdown().is_empty());
+        let mut m = Machine::new(params(100), t0, false);
+        m.on_timer(m.deadline());
+        assert_eq!(m.shutdown(), vec![Action::Advertise(0), Action::Release]);
+        assert_eq!(m.role(), Role::Stopped);
+        assert!(m.on_timer(t0).is_empty());
+    }
+}

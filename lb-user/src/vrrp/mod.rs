@@ -1,0 +1,559 @@
+//! High availability: unicast VRRPv3 (RFC 5798) between the two load
+//! balancers of a pair, interoperable with keepalived (`vrrp_version 3`,
+//! `unicast_peer`).
+//!
+//! The master holds the floating addresses (the VIPs and, for connections to
+//! survive a takeover, `nat.source`): it adds them to `vrrp.interface` and
+//! announces them with gratuitous ARP. The backup waits; when the master's
+//! advertisements stop for the master-down interval (three intervals and a
+//! skew that favours higher priorities) it takes the addresses over. Both
+//! run the same XDP program with the same Maglev rings, so the new master
+//! sends every packet of an old connection to the backend the old master
+//! chose, from the same NAT address and port (docs/high-availability.md).
+//!
+//! [`packet`] is the wire format, [`machine`] the state machine without I/O,
+//! [`link`] the host side (addresses, gratuitous ARP); this module runs them.
+
+pub mod link;
+pub mod machine;
+pub mod packet;
+
+use std::{
+    io,
+    mem::size_of,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, Context, Result};
+use tokio::{io::unix::AsyncFd, sync::watch, time::Instant};
+
+use crate::{api::VrrpStatus, config};
+use link::{Announcer, Interface};
+use machine::{Action, Machine, Params, Role};
+use packet::{Advert, IPPROTO_VRRP, VRRP_TTL};
+
+/// Gratuitous ARP goes out at takeover and again this long after it (a
+/// neighbour may miss one, and a switch may learn late).
+const GARP_REPEATS: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
+/// DSCP CS6 (network control), as keepalived marks advertisements.
+const TOS_NETWORK_CONTROL: i32 = 0xc0;
+
+/// How the instance leaves when lbd stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leave {
+    /// A clean stop: a master advertises priority 0 (the peer takes over
+    /// after its skew time) and removes the floating addresses.
+    GiveUp,
+    /// lbd exits for a restart, leaving the data plane forwarding: the
+    /// addresses stay and no advertisement is sent. The next lbd starts as
+    /// backup holding them and becomes master again unless a master is heard.
+    Keep,
+}
+
+/// An open VRRP instance, ready to run.
+pub struct Vrrp {
+    cfg: config::Vrrp,
+    source: Ipv4Addr,
+    iface: Interface,
+    socket: OwnedFd,
+    announcer: Announcer,
+    addresses: Vec<Ipv4Addr>,
+    status: Arc<Mutex<VrrpStatus>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn setsockopt_int(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: a valid fd and a pointer to an int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr_in {
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as u16;
+    sa.sin_addr.s_addr = u32::from(addr).to_be();
+    sa
+}
+
+/// A raw IPv4 socket for protocol 112 on `iface`, sending from `source`
+/// with TTL 255.
+fn vrrp_socket(iface: &Interface, source: Ipv4Addr) -> Result<OwnedFd> {
+    // SAFETY: plain socket call; the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            i32::from(IPPROTO_VRRP),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error())
+            .context("opening a raw socket for VRRP (IP protocol 112; lbd must run as root)");
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the name's bytes, with their length.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            iface.name.as_ptr().cast(),
+            iface.name.len() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("binding the VRRP socket to {}", iface.name));
+    }
+    setsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_TTL, VRRP_TTL.into())
+        .context("setting TTL 255 on the VRRP socket")?;
+    setsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_TOS, TOS_NETWORK_CONTROL)
+        .context("setting the TOS of the VRRP socket")?;
+    let sa = sockaddr(source);
+    // SAFETY: a valid sockaddr_in and its size.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("binding the VRRP socket to {source}"));
+    }
+    Ok(fd)
+}
+
+impl Vrrp {
+    /// Checks the interface and opens the sockets; nothing on the host
+    /// changes yet. `addresses`: the floating addresses (see
+    /// [`config::Config::vrrp_addresses`]).
+    pub fn open(cfg: &config::Vrrp, addresses: Vec<Ipv4Addr>) -> Result<Vrrp> {
+        let iface = Interface::lookup(&cfg.interface)?;
+        let present = iface.addresses()?;
+        let source = match cfg.source {
+            Some(s) => {
+                if !present.contains(&s) {
+                    bail!(
+                        "vrrp.source: {s} is not an address of {} (it has {})",
+                        iface.name,
+                        list(&present)
+                    );
+                }
+                s
+            }
+            None => match present.iter().find(|a| !addresses.contains(a)) {
+                Some(a) => *a,
+                None => bail!(
+                    "vrrp.interface: {} has no IPv4 address of its own to send \
+                     advertisements from; give it one, or set vrrp.source",
+                    iface.name
+                ),
+            },
+        };
+        if let Some(a) = addresses.iter().find(|a| **a == source) {
+            bail!(
+                "vrrp: {a} is the address advertisements are sent from, so it cannot also \
+                 float between the pair; use another address for the VIP or nat.source"
+            );
+        }
+        let socket = vrrp_socket(&iface, source)?;
+        let announcer = Announcer::new(&iface)
+            .with_context(|| format!("opening a packet socket on {} for ARP", iface.name))?;
+        let status = VrrpStatus {
+            interface: iface.name.clone(),
+            router_id: cfg.router_id,
+            priority: cfg.priority,
+            advert_interval_ms: u64::from(cfg.interval_cs) * 10,
+            master_advert_interval_ms: u64::from(cfg.interval_cs) * 10,
+            preempt: cfg.preempt,
+            source,
+            peers: cfg.peers.clone(),
+            addresses: addresses.clone(),
+            state: Role::Backup.as_str().into(),
+            master: None,
+            since_unix: unix_now(),
+            transitions: 0,
+            holding: false,
+            adverts_sent: 0,
+            adverts_received: 0,
+            adverts_invalid: 0,
+            last_problem: None,
+        };
+        Ok(Vrrp {
+            cfg: cfg.clone(),
+            source,
+            iface,
+            socket,
+            announcer,
+            addresses,
+            status: Arc::new(Mutex::new(status)),
+        })
+    }
+
+    /// What `lbctl status` shows, kept up to date while the instance runs.
+    pub fn status(&self) -> Arc<Mutex<VrrpStatus>> {
+        self.status.clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut VrrpStatus)) {
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut st);
+    }
+
+    /// A problem worth one log line and a mention in `lbctl status`; the
+    /// same problem again is only logged at debug level.
+    fn problem(&self, what: String) {
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if st.last_problem.as_deref() != Some(what.as_str()) {
+            tracing::warn!(problem = %what, "vrrp");
+            st.last_problem = Some(what);
+        } else {
+            tracing::debug!(problem = %what, "vrrp");
+        }
+    }
+
+    fn advertise(&self, priority: u8) {
+        let advert = Advert {
+            vrid: self.cfg.router_id,
+            priority,
+            interval_cs: self.cfg.interval_cs,
+            addresses: self.addresses.clone(),
+        };
+        for peer in &self.cfg.peers {
+            let m = advert.encode(self.source, *peer);
+            let to = sockaddr(*peer);
+            // SAFETY: valid buffer and address for the call's duration.
+            let n = unsafe {
+                libc::sendto(
+                    self.socket.as_raw_fd(),
+                    m.as_ptr().cast(),
+                    m.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                self.problem(format!("sending an advertisement to {peer}: {e}"));
+            } else {
+                self.update(|s| s.adverts_sent += 1);
+            }
+        }
+    }
+
+    fn take_over(&self) {
+        for a in &self.addresses {
+            if let Err(e) = link::set_address(self.iface.index, *a, true) {
+                self.problem(format!("adding {a}/32 to {}: {e}", self.iface.name));
+            }
+        }
+        self.announce();
+    }
+
+    fn announce(&self) {
+        for a in &self.addresses {
+            if let Err(e) = self.announcer.announce(*a) {
+                self.problem(format!(
+                    "gratuitous ARP for {a} on {}: {e}",
+                    self.iface.name
+                ));
+            }
+        }
+    }
+
+    fn release(&self) {
+        for a in &self.addresses {
+            if let Err(e) = link::set_address(self.iface.index, *a, false) {
+                self.problem(format!("removing {a}/32 from {}: {e}", self.iface.name));
+            }
+        }
+    }
+
+    /// Carries out the machine's actions; returns whether a takeover
+    /// happened (gratuitous ARP is then repeated).
+    fn act(&self, actions: Vec<Action>) -> bool {
+        let mut took_over = false;
+        for a in actions {
+            match a {
+                Action::Advertise(p) => self.advertise(p),
+                Action::TakeOver => {
+                    self.take_over();
+                    took_over = true;
+                }
+                Action::Release => self.release(),
+            }
+        }
+        took_over
+    }
+
+    /// The advertisements waiting on the socket, each checked against the
+    /// instance: `(sender, priority, interval)` of the valid ones.
+    fn receive(&self) -> io::Result<Vec<(Ipv4Addr, u8, u16)>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 2048];
+        loop {
+            // SAFETY: valid buffer.
+            let n = unsafe {
+                libc::recv(
+                    self.socket.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    return Ok(out);
+                }
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let r = match packet::parse(&buf[..n as usize]) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.update(|s| s.adverts_invalid += 1);
+                    self.problem(format!("an invalid VRRP packet: {e}"));
+                    continue;
+                }
+            };
+            if r.advert.vrid != self.cfg.router_id {
+                // Another virtual router sharing the link: not ours.
+                continue;
+            }
+            if !self.cfg.peers.contains(&r.from) {
+                self.update(|s| s.adverts_invalid += 1);
+                self.problem(format!(
+                    "an advertisement for router {} from {}, which is not in vrrp.peers",
+                    r.advert.vrid, r.from
+                ));
+                continue;
+            }
+            if r.advert.addresses != self.addresses {
+                // RFC 5798 7.1: log and carry on.
+                self.problem(format!(
+                    "{} advertises the addresses [{}], this host floats [{}]",
+                    r.from,
+                    list(&r.advert.addresses),
+                    list(&self.addresses)
+                ));
+            }
+            self.update(|s| s.adverts_received += 1);
+            out.push((r.from, r.advert.priority, r.advert.interval_cs));
+        }
+    }
+
+    /// Runs the instance until `leave` says how to stop. `addresses` brings
+    /// the floating addresses after a reload.
+    pub async fn run(
+        mut self,
+        mut addresses: watch::Receiver<Vec<Ipv4Addr>>,
+        mut leave: watch::Receiver<Option<Leave>>,
+    ) {
+        let present = self.iface.addresses().unwrap_or_default();
+        let holding = self.addresses.iter().any(|a| present.contains(a));
+        if holding {
+            tracing::info!(
+                addresses = %list(&self.addresses),
+                "floating addresses already here (an earlier lbd kept them): holding them until a master is heard"
+            );
+        }
+        let params = Params {
+            priority: self.cfg.priority,
+            interval_cs: self.cfg.interval_cs,
+            preempt: self.cfg.preempt,
+            me: self.source,
+        };
+        let mut m = Machine::new(params, Instant::now(), holding);
+        tracing::info!(
+            interface = %self.iface.name,
+            router_id = self.cfg.router_id,
+            priority = self.cfg.priority,
+            source = %self.source,
+            peers = %list(&self.cfg.peers),
+            "vrrp: backup, waiting {:?} for a master", m.master_down()
+        );
+        // SAFETY: the clone owns its fd, which stays open and the same for
+        // as long as it lives inside the AsyncFd.
+        let registered = self.socket.try_clone().and_then(|fd| unsafe {
+            AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+                .map_err(|e| e.into_parts().1)
+        });
+        let fd = match registered {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.problem(format!("cannot poll the VRRP socket: {e}"));
+                return;
+            }
+        };
+        let mut garps: Vec<Instant> = Vec::new();
+        let mut addresses_open = true;
+        self.publish(&m);
+        loop {
+            let before = m.role();
+            let next_garp = garps.first().copied();
+            let mut took_over = false;
+            tokio::select! {
+                _ = tokio::time::sleep_until(m.deadline()) => {
+                    took_over = self.act(m.on_timer(Instant::now()));
+                }
+                ready = fd.readable() => {
+                    let mut guard = match ready {
+                        Ok(g) => g,
+                        Err(e) => {
+                            self.problem(format!("polling the VRRP socket: {e}"));
+                            return;
+                        }
+                    };
+                    match self.receive() {
+                        Ok(adverts) => {
+                            for (from, priority, interval_cs) in adverts {
+                                let now = Instant::now();
+                                took_over |= self.act(m.on_advert(now, from, priority, interval_cs));
+                            }
+                        }
+                        Err(e) => self.problem(format!("receiving VRRP: {e}")),
+                    }
+                    guard.clear_ready();
+                }
+                _ = async { tokio::time::sleep_until(next_garp.unwrap_or_else(Instant::now)).await },
+                    if next_garp.is_some() => {
+                    garps.remove(0);
+                    if m.role() == Role::Master {
+                        self.announce();
+                    }
+                }
+                changed = addresses.changed(), if addresses_open => {
+                    if changed.is_err() {
+                        // lbd is going away; `leave` says how.
+                        addresses_open = false;
+                        continue;
+                    }
+                    let new = addresses.borrow_and_update().clone();
+                    self.readdress(new, m.role() == Role::Master);
+                }
+                _ = leave.changed() => {
+                    let how = (*leave.borrow()).unwrap_or(Leave::GiveUp);
+                    match how {
+                        Leave::GiveUp => {
+                            let was = m.role();
+                            self.act(m.shutdown());
+                            if was == Role::Master {
+                                tracing::info!("vrrp: gave up mastership (advertised priority 0) and removed the floating addresses");
+                            }
+                        }
+                        Leave::Keep => tracing::info!(
+                            role = m.role().as_str(),
+                            "vrrp: stopping without a word to the peer; floating addresses left as they are"
+                        ),
+                    }
+                    self.publish(&m);
+                    return;
+                }
+            }
+            if took_over {
+                let now = Instant::now();
+                garps = GARP_REPEATS.iter().map(|d| now + *d).collect();
+            }
+            if m.role() != before {
+                match m.role() {
+                    Role::Master => tracing::info!(
+                        addresses = %list(&self.addresses),
+                        "vrrp: became master: floating addresses added and announced"
+                    ),
+                    _ => tracing::info!(
+                        master = ?m.master(),
+                        "vrrp: became backup: floating addresses removed"
+                    ),
+                }
+                self.update(|s| {
+                    s.transitions += 1;
+                    s.since_unix = unix_now();
+                });
+            }
+            self.publish(&m);
+        }
+    }
+
+    /// A reload changed the floating addresses: a master adds the new ones
+    /// and removes the ones gone.
+    fn readdress(&mut self, new: Vec<Ipv4Addr>, master: bool) {
+        if new == self.addresses {
+            return;
+        }
+        if master {
+            for a in self.addresses.iter().filter(|a| !new.contains(a)) {
+                if let Err(e) = link::set_address(self.iface.index, *a, false) {
+                    self.problem(format!("removing {a}/32 from {}: {e}", self.iface.name));
+                }
+            }
+        }
+        let added: Vec<Ipv4Addr> = new
+            .iter()
+            .filter(|a| !self.addresses.contains(a))
+            .copied()
+            .collect();
+        self.addresses = new;
+        if master {
+            for a in &added {
+                if let Err(e) = link::set_address(self.iface.index, *a, true) {
+                    self.problem(format!("adding {a}/32 to {}: {e}", self.iface.name));
+                }
+                if let Err(e) = self.announcer.announce(*a) {
+                    self.problem(format!("gratuitous ARP for {a}: {e}"));
+                }
+            }
+        }
+        tracing::info!(addresses = %list(&self.addresses), "vrrp: floating addresses changed");
+    }
+
+    fn publish(&self, m: &Machine) {
+        let addresses = self.addresses.clone();
+        let holding = m.holding();
+        self.update(|s| {
+            s.state = m.role().as_str().into();
+            s.master = m.master();
+            s.holding = holding;
+            s.addresses = addresses;
+            s.master_advert_interval_ms = u64::from(m.master_interval_cs()) * 10;
+        });
+    }
+}
+
+fn list(addrs: &[Ipv4Addr]) -> String {
+    if addrs.is_empty() {
+        return "none".into();
+    }
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,242 @@
+//! High availability end to end: two real lbds (or lbd and keepalived) on
+//! one bridge, speaking unicast VRRPv3, with a client and three backends
+//! (`lb_tests::pair`). Needs root and the binaries built by `cargo xtask
+//! build`; a missing binary fails the test, it never skips.
+
+use std::time::{Duration, Instant};
+
+use lb_tests::{
+    pair::{Pair, Side},
+    wait_until, Child,
+};
+
+const ELECTION: Duration = Duration::from_secs(30);
+
+/// Runs an `lb-testkit hold` to completion and returns (survived, report).
+fn finish_hold(mut hold: Child, secs: f64) -> (u64, serde_json::Value) {
+    hold.wait_timeout(Duration::from_secs_f64(secs + 60.0))
+        .expect("waiting for lb-testkit hold")
+        .expect("lb-testkit hold did not finish");
+    let out = hold.stdout_so_far();
+    let json = out
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no report from lb-testkit hold: {out}{}",
+                hold.stderr_so_far()
+            )
+        });
+    (json["survived"].as_u64().unwrap_or(0), json)
+}
+
+/// One `ID` exchange through the VIP from the client; the backend's name.
+fn one_request(pair: &Pair) -> Option<String> {
+    let target = pair.vip_target();
+    let mut c = pair
+        .spawn_client(&[
+            "client",
+            "--target",
+            &target,
+            "--count",
+            "1",
+            "--concurrency",
+            "1",
+            "--timeout-ms",
+            "1000",
+        ])
+        .ok()?;
+    c.wait_timeout(Duration::from_secs(10)).ok()??;
+    let r = lb_tests::try_parse_client_report(&c.stdout_so_far()).ok()?;
+    (r.ok == 1).then(|| r.by_backend.keys().next().cloned())?
+}
+
+#[test]
+fn the_backup_takes_over_on_link_loss_and_open_connections_carry_on() {
+    let mut pair = Pair::for_test("hafail");
+    let (a, b) = (Side::new(150, 100), Side::new(100, 100));
+    pair.start_lbd(0, &a).unwrap();
+    pair.start_lbd(1, &b).unwrap();
+    pair.wait_state(0, "master", ELECTION).unwrap();
+    pair.wait_state(1, "backup", ELECTION).unwrap();
+    for addr in pair.floating(&a) {
+        assert!(pair.holds(0, addr), "the master holds {addr}");
+        assert!(!pair.holds(1, addr), "the backup does not hold {addr}");
+    }
+    let backup = pair.vrrp_status(1).unwrap();
+    assert_eq!(backup.master, Some(pair.lb_addr(0)));
+    assert!(backup.adverts_received > 0 && backup.adverts_invalid == 0);
+    let text = pair.lbctl_status(0).unwrap();
+    assert!(text.contains("vrrp        MASTER"), "{text}");
+    wait_until(ELECTION, "a request through the master", || {
+        one_request(&pair).is_some()
+    })
+    .unwrap();
+
+    // Connections through the master, exchanging a line every 100 ms.
+    let target = pair.vip_target();
+    let secs = 8.0;
+    let mut hold = pair
+        .spawn_client(&[
+            "hold",
+            "--target",
+            &target,
+            "--connections",
+            "30",
+            "--interval-ms",
+            "100",
+            "--duration-secs",
+            &secs.to_string(),
+        ])
+        .unwrap();
+    hold.wait_for_stdout("ready", Duration::from_secs(30))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    pair.fail_link(0).unwrap();
+    let failed = Instant::now();
+    pair.wait_state(1, "master", ELECTION).unwrap();
+    eprintln!(
+        "side 1 is master {:?} after the link went down",
+        failed.elapsed()
+    );
+    for addr in pair.floating(&b) {
+        assert!(pair.holds(1, addr), "the new master holds {addr}");
+    }
+    let (survived, report) = finish_hold(hold, secs);
+    assert_eq!(
+        survived, 30,
+        "every open connection carries on through the new master: {report}"
+    );
+    // New connections too.
+    assert!(one_request(&pair).is_some());
+    let status = pair.vrrp_status(1).unwrap();
+    assert_eq!(status.transitions, 1);
+    assert!(status.holding);
+}
+
+#[test]
+fn a_clean_stop_hands_the_addresses_over_without_waiting_for_the_timer() {
+    let mut pair = Pair::for_test("hastop");
+    // A slow interval: 3 intervals + skew = 10.8 s for a silent master,
+    // against 1.8 s of skew after an advertisement of priority 0.
+    let (a, b) = (Side::new(150, 3000), Side::new(100, 3000));
+    pair.start_lbd(0, &a).unwrap();
+    pair.wait_state(0, "master", ELECTION).unwrap();
+    pair.start_lbd(1, &b).unwrap();
+    wait_until(ELECTION, "the backup to hear the master", || {
+        pair.vrrp_status(1)
+            .map(|v| v.master == Some(pair.lb_addr(0)))
+            .unwrap_or(false)
+    })
+    .unwrap();
+    let lbd = pair.take_process(0).unwrap();
+    let stopped = Instant::now();
+    let status = lbd.stop().unwrap();
+    assert!(status.success(), "lbd stops cleanly: {status}");
+    for addr in pair.floating(&a) {
+        assert!(!pair.holds(0, addr), "the old master removed {addr}");
+    }
+    assert!(!pair.pin_path(0).exists(), "and its data plane");
+    pair.wait_state(1, "master", Duration::from_secs(7))
+        .expect("the backup takes over well before the master-down interval (10.8 s)");
+    eprintln!("taken over {:?} after the stop", stopped.elapsed());
+    assert!(one_request(&pair).is_some());
+}
+
+#[test]
+fn lbd_and_keepalived_accept_each_other_as_peers() {
+    let mut pair = Pair::for_test("haka");
+    // keepalived is master: lbd must hear it and stay backup.
+    let (ka, lb) = (Side::new(150, 100), Side::new(100, 100));
+    pair.start_keepalived(0, &ka).unwrap();
+    wait_until(ELECTION, "keepalived to take the VIP", || {
+        pair.holds(0, pair.vip())
+    })
+    .unwrap();
+    pair.start_lbd(1, &lb).unwrap();
+    wait_until(ELECTION, "lbd to hear keepalived", || {
+        pair.vrrp_status(1)
+            .map(|v| v.master == Some(pair.lb_addr(0)) && v.adverts_received >= 10)
+            .unwrap_or(false)
+    })
+    .unwrap();
+    let v = pair.vrrp_status(1).unwrap();
+    assert_eq!(v.state, "backup", "{v:?}");
+    assert_eq!(v.adverts_invalid, 0, "{v:?}");
+    assert!(!pair.holds(1, pair.vip()));
+    // keepalived's host loses its link: lbd takes over.
+    pair.fail_link(0).unwrap();
+    pair.wait_state(1, "master", ELECTION).unwrap();
+    assert!(pair.holds(1, pair.vip()));
+    assert!(one_request(&pair).is_some(), "lbd serves the VIP");
+    drop(pair);
+
+    // Now lbd is master and a fresh keepalived with a lower priority joins:
+    // it must hear lbd and not take the VIP.
+    let mut pair = Pair::for_test("haka2");
+    let (lb, ka) = (Side::new(150, 100), Side::new(100, 100));
+    pair.start_lbd(0, &lb).unwrap();
+    pair.wait_state(0, "master", ELECTION).unwrap();
+    pair.start_keepalived(1, &ka).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let log = pair.process(1).unwrap().output_so_far();
+    assert!(log.contains("Entering BACKUP STATE"), "{log}");
+    assert!(
+        !log.contains("Entering MASTER STATE"),
+        "keepalived took over: {log}"
+    );
+    assert!(!pair.holds(1, pair.vip()));
+    // lbd stops cleanly (priority 0): keepalived takes over.
+    let lbd = pair.take_process(0).unwrap();
+    assert!(lbd.stop().unwrap().success());
+    wait_until(ELECTION, "keepalived to take the VIP", || {
+        pair.holds(1, pair.vip())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_reload_moves_the_floating_addresses_and_refuses_other_vrrp_changes() {
+    let mut pair = Pair::for_test("hareload");
+    let mut a = Side::new(150, 100);
+    a.float_nat = false;
+    pair.start_lbd(0, &a).unwrap();
+    // No peer answers: master after the master-down interval.
+    pair.wait_state(0, "master", ELECTION).unwrap();
+    assert!(pair.holds(0, pair.vip()));
+    assert!(!pair.holds(0, pair.nat_source()));
+    // Float the NAT source too.
+    a.float_nat = true;
+    pair.write_config(0, &pair.lbd_config(0, &a)).unwrap();
+    pair.process(0).unwrap().signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(20), "the NAT source to float", || {
+        pair.holds(0, pair.nat_source())
+    })
+    .unwrap();
+    assert_eq!(
+        pair.vrrp_status(0).unwrap().addresses,
+        vec![pair.vip(), pair.nat_source()]
+    );
+    // A new priority needs a restart: refused, nothing changes.
+    let mut higher = a.clone();
+    higher.priority = 200;
+    pair.write_config(0, &pair.lbd_config(0, &higher)).unwrap();
+    let status_before = pair.status(0).unwrap();
+    pair.process(0).unwrap().signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(20), "the reload to be refused", || {
+        pair.status(0)
+            .map(|s| s.reload_failures > status_before.reload_failures)
+            .unwrap_or(false)
+    })
+    .unwrap();
+    let s = pair.status(0).unwrap();
+    assert!(
+        s.last_reload_error
+            .as_deref()
+            .is_some_and(|e| e.contains("[vrrp] changed")),
+        "{s:?}"
+    );
+    assert_eq!(s.vrrp.unwrap().priority, 150);
+    assert!(pair.holds(0, pair.nat_source()));
+}
