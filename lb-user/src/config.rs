@@ -2293,6 +2293,9 @@ port = 443
         assert_eq!(c.dataplane.interfaces, ["eth0", "eth1"]);
         assert_eq!(c.nat.source, Ipv4Addr::new(10, 0, 2, 10));
         assert_eq!(c.vips.len(), 1);
+        let v = c.vrrp.as_ref().expect("the example shows [vrrp]");
+        assert_eq!((v.router_id, v.priority), (51, 100));
+        assert_eq!(c.vrrp_addresses(), vec![Ipv4Addr::new(10, 0, 0, 100)]);
         let web = &c.vips[0];
         assert_eq!(web.name, "web");
         assert_eq!(web.address, Ipv4Addr::new(10, 0, 0, 100));

@@ -1,13 +1,21 @@
 //! The failover benchmark: how long traffic to a VIP stops when the master of
-//! a VRRP pair loses its link. Peers: keepalived (unicast VRRPv3, the tool lb
-//! replaces), and lbd once it speaks VRRP.
+//! a VRRP pair loses its link, and how many open connections survive it.
+//! Peers: keepalived (unicast VRRPv3, the tool lb replaces) and an lbd pair,
+//! at the same advertisement intervals and priorities (101/100).
 //!
-//! Topology, all in namespaces made here: a client, two load-balancer hosts
-//! and a switch (a bridge) joining them on one /24. Both hosts run a server
-//! on the VIP's port; whichever holds the VIP answers. The client starts a
-//! short TCP exchange with the VIP every 10 ms; one second in, the master's
-//! interface goes down. The gap is the longest time between two probes
-//! that were answered, less the probe interval: zero when nothing is lost.
+//! keepalived's topology, all in namespaces made here: a client, two
+//! load-balancer hosts and a switch (a bridge) joining them on one /24. Both
+//! hosts run a server on the VIP's port; whichever holds the VIP answers
+//! (as HAProxy on the master would: connections end on the box that fails).
+//! lbd's is [`crate::pair`]: the same segment with three backends behind the
+//! VIP, the VIP and the NAT source floating.
+//!
+//! The client holds 30 connections open through the VIP, each exchanging a
+//! line every 100 ms, and starts a short TCP exchange with the VIP every
+//! 10 ms; one second in, the master's interface goes down. The gap is the
+//! longest time between two probes that were answered, less the probe
+//! interval: zero when nothing is lost. A held connection survives if every
+//! one of its exchanges succeeded, before and after the failover.
 
 use std::{fmt::Write as _, fs, path::PathBuf, time::Duration};
 
@@ -15,13 +23,16 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::{
     netns::{self, unique_prefix, wait_until, Child, Netns},
-    topology::default_bin_dir,
+    pair::{self, Pair},
+    topology::{default_bin_dir, default_ebpf_object, Binaries},
 };
 
 const SUBNET: &str = "10.9.0";
 const VIP: &str = "10.9.0.100";
 const PORT: u16 = 7000;
 const PROBE_INTERVAL_MS: u64 = 10;
+/// Connections held open across the failover.
+const HELD: u64 = 30;
 /// When the master's link goes down, after the probes start.
 const FAIL_AT: Duration = Duration::from_secs(1);
 
@@ -56,6 +67,14 @@ pub struct Gaps {
     pub advert_ms: u64,
     /// One per round, in milliseconds.
     pub gaps_ms: Vec<f64>,
+    /// Held connections that survived, one per round (of [`HELD`]).
+    pub survived: Vec<u64>,
+}
+
+/// What one round measured.
+struct Round {
+    gap_ms: f64,
+    survived: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -135,7 +154,7 @@ fn has_vip(ns: &Netns) -> bool {
 }
 
 /// One failover of a keepalived pair at `advert_ms`.
-fn keepalived_round(testkit: &str, advert_ms: u64, dir: &std::path::Path) -> Result<f64> {
+fn keepalived_round(testkit: &str, advert_ms: u64, dir: &std::path::Path) -> Result<Round> {
     let prefix = unique_prefix("failover");
     let switch = Netns::new(&format!("{prefix}sw"))?;
     let client = Netns::new(&format!("{prefix}c"))?;
@@ -184,7 +203,36 @@ fn keepalived_round(testkit: &str, advert_ms: u64, dir: &std::path::Path) -> Res
             ns,
         });
     }
-    let outcome = fail_master(testkit, advert_ms, &client, &sides);
+    let master = &sides[0].ns;
+    // Both start as backups; the higher priority takes over after the
+    // master-down interval (3 adverts and a skew).
+    let outcome = wait_until(
+        Duration::from_millis(advert_ms * 4 + 10_000),
+        "the VIP on the first keepalived",
+        || has_vip(master),
+    )
+    .and_then(|()| {
+        fail_master(
+            testkit,
+            advert_ms,
+            &client,
+            &format!("{VIP}:{PORT}"),
+            || master.ip(&["link", "set", "eth0", "down"]).map(|_| ()),
+        )
+    })
+    .and_then(|(o, survived)| {
+        if o.first != "lb21" || o.last != "lb22" {
+            bail!(
+                "no failover seen: first answer from {}, last from {}",
+                o.first,
+                o.last
+            );
+        }
+        Ok(Round {
+            gap_ms: o.gap_ms,
+            survived,
+        })
+    });
     // keepalived's own account, when something went wrong.
     outcome.map_err(|e| {
         let logs: Vec<String> = sides
@@ -202,31 +250,43 @@ fn keepalived_round(testkit: &str, advert_ms: u64, dir: &std::path::Path) -> Res
     })
 }
 
-/// Waits for the first side to hold the VIP, fails its link while probing,
-/// and returns the gap.
-fn fail_master(testkit: &str, advert_ms: u64, client: &Netns, sides: &[Side]) -> Result<f64> {
-    let master = &sides[0].ns;
-    // Both start as backups; the higher priority takes over after the
-    // master-down interval (3 adverts and a skew).
-    wait_until(
-        Duration::from_millis(advert_ms * 4 + 10_000),
-        "the VIP on the first keepalived",
-        || has_vip(master),
-    )?;
-    let target = format!("{VIP}:{PORT}");
+/// Holds connections and probes `target` from `client`, runs `fail` one
+/// second in, and returns what the probes saw and how many held
+/// connections survived.
+fn fail_master(
+    testkit: &str,
+    advert_ms: u64,
+    client: &Netns,
+    target: &str,
+    fail: impl FnOnce() -> Result<()>,
+) -> Result<(Outage, u64)> {
     let secs = FAIL_AT.as_secs_f64() + (advert_ms * 4) as f64 / 1000.0 + 2.0;
+    let mut hold = client.spawn(&[
+        testkit,
+        "hold",
+        "--target",
+        target,
+        "--connections",
+        &HELD.to_string(),
+        "--interval-ms",
+        "100",
+        "--duration-secs",
+        &format!("{:.2}", secs + 2.0),
+    ])?;
+    hold.wait_for_stdout("ready", Duration::from_secs(30))
+        .with_context(|| format!("holding connections: {}", hold.stderr_so_far()))?;
     let mut probe = client.spawn(&[
         testkit,
         "probe",
         "--target",
-        &target,
+        target,
         "--interval-ms",
         &PROBE_INTERVAL_MS.to_string(),
         "--duration-secs",
         &format!("{secs:.2}"),
     ])?;
     std::thread::sleep(FAIL_AT);
-    master.ip(&["link", "set", "eth0", "down"])?;
+    fail()?;
     let status = probe
         .wait_timeout(Duration::from_secs_f64(secs + 30.0))?
         .context("lb-testkit probe did not finish")?;
@@ -239,14 +299,61 @@ fn fail_master(testkit: &str, advert_ms: u64, client: &Netns, sides: &[Side]) ->
         &parse_probes(&probe.stdout_so_far())?,
         PROBE_INTERVAL_MS as f64,
     )?;
-    if o.first != "lb21" || o.last != "lb22" {
-        bail!(
-            "no failover seen: first answer from {}, last from {}",
-            o.first,
-            o.last
-        );
+    hold.wait_timeout(Duration::from_secs_f64(secs + 60.0))?
+        .context("lb-testkit hold did not finish")?;
+    let survived = parse_hold(&hold.stdout_so_far())?;
+    Ok((o, survived))
+}
+
+/// The `survived` count of an `lb-testkit hold` report.
+pub fn parse_hold(out: &str) -> Result<u64> {
+    let line = out
+        .lines()
+        .last()
+        .context("lb-testkit hold printed nothing")?;
+    let v: serde_json::Value =
+        serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))?;
+    v["survived"]
+        .as_u64()
+        .with_context(|| format!("no survived count in {line:?}"))
+}
+
+/// One failover of an lbd pair at `advert_ms`.
+fn lbd_round(advert_ms: u64) -> Result<Round> {
+    let bins = Binaries::locate(&default_bin_dir(), &default_ebpf_object())?;
+    let testkit = bins.testkit.display().to_string();
+    let prefix = unique_prefix("lbdfail");
+    let net = crate::topology::subnet_byte(&prefix);
+    let mut pair = Pair::new(&prefix, net, bins)?;
+    let outcome = (|| -> Result<Round> {
+        pair.start_lbd(0, &pair::Side::new(101, advert_ms))?;
+        pair.start_lbd(1, &pair::Side::new(100, advert_ms))?;
+        let election = Duration::from_millis(advert_ms * 4 + 10_000);
+        pair.wait_state(0, "master", election)?;
+        pair.wait_state(1, "backup", election)?;
+        // Backends up on both (their first checks pass within a second).
+        wait_until(Duration::from_secs(20), "backends up on both sides", || {
+            (0..2).all(|side| {
+                pair.status(side)
+                    .map(|s| s.backends_up as usize == crate::pair::BACKENDS)
+                    .unwrap_or(false)
+            })
+        })?;
+        let target = pair.vip_target();
+        let (o, survived) = fail_master(&testkit, advert_ms, pair.client_ns(), &target, || {
+            pair.fail_link(0)
+        })?;
+        let state = pair.vrrp_status(1)?.state;
+        ensure!(state == "master", "no failover seen: side 1 is {state}");
+        Ok(Round {
+            gap_ms: o.gap_ms,
+            survived,
+        })
+    })();
+    if outcome.is_err() {
+        eprintln!("{}", pair.diagnostics());
     }
-    Ok(o.gap_ms)
+    outcome
 }
 
 fn keepalived_version() -> String {
@@ -282,21 +389,39 @@ pub fn run(options: &FailoverOptions) -> Result<FailoverResults> {
     };
     let outcome = (|| -> Result<()> {
         for &advert_ms in &options.adverts_ms {
-            let mut gaps = Gaps {
-                peer: "keepalived",
-                advert_ms,
-                gaps_ms: Vec::new(),
-            };
+            let mut per_peer = [
+                Gaps {
+                    peer: "keepalived",
+                    advert_ms,
+                    gaps_ms: Vec::new(),
+                    survived: Vec::new(),
+                },
+                Gaps {
+                    peer: "lbd",
+                    advert_ms,
+                    gaps_ms: Vec::new(),
+                    survived: Vec::new(),
+                },
+            ];
+            // Peers interleaved round by round.
             for round in 0..options.rounds {
-                eprintln!(
-                    "bench failover: keepalived, advert {advert_ms} ms, round {}/{}",
-                    round + 1,
-                    options.rounds
-                );
-                gaps.gaps_ms
-                    .push(keepalived_round(&testkit, advert_ms, &dir)?);
+                for g in per_peer.iter_mut() {
+                    eprintln!(
+                        "bench failover: {}, advert {advert_ms} ms, round {}/{}",
+                        g.peer,
+                        round + 1,
+                        options.rounds
+                    );
+                    let r = if g.peer == "lbd" {
+                        lbd_round(advert_ms)?
+                    } else {
+                        keepalived_round(&testkit, advert_ms, &dir)?
+                    };
+                    g.gaps_ms.push(r.gap_ms);
+                    g.survived.push(r.survived);
+                }
             }
-            results.gaps.push(gaps);
+            results.gaps.extend(per_peer);
         }
         Ok(())
     })();
@@ -309,38 +434,41 @@ pub fn render(r: &FailoverResults) -> String {
     let _ = writeln!(md, "## Failover\n");
     let _ = writeln!(
         md,
-        "Two load-balancer hosts and a client on one bridge; both hosts serve the VIP's \
-         port, and whichever holds the VIP answers. The client starts a TCP exchange with \
-         the VIP every {PROBE_INTERVAL_MS} ms (200 ms timeout, so an answer that needed a \
-         SYN retransmission counts as lost); {:.0} s in, the master's interface goes down. \
-         Gap: the longest time between two answered probes, less the interval. Each round \
-         on a fresh topology. Peer: {} (unicast VRRPv3, priorities 101/100).\n",
+        "Two load-balancer hosts and a client on one bridge, unicast VRRPv3 between the \
+         hosts at priorities 101/100. keepalived ({}): both hosts serve the VIP's port \
+         themselves and whichever holds the VIP answers, as HAProxy on the master would. \
+         lbd: three backends on the same bridge behind the VIP; the VIP and the NAT source \
+         float. The client holds {HELD} connections open through the VIP (a line echoed \
+         every 100 ms on each) and starts a TCP exchange with the VIP every \
+         {PROBE_INTERVAL_MS} ms (200 ms timeout, so an answer that needed a SYN \
+         retransmission counts as lost); {:.0} s in, the master's interface goes down. \
+         Gap: the longest time between two answered probes, less the interval. Survived: \
+         held connections whose every exchange succeeded. Each round on a fresh topology, \
+         the peers interleaved.\n",
+        r.keepalived_version,
         FAIL_AT.as_secs_f64(),
-        r.keepalived_version
     );
     let _ = writeln!(
         md,
-        "| peer | advert interval | gap per round (ms) | median gap |"
+        "| peer | advert interval | gap per round (ms) | median gap | connections survived per round |"
     );
-    let _ = writeln!(md, "|---|---:|---|---:|");
+    let _ = writeln!(md, "|---|---:|---|---:|---|");
     for g in &r.gaps {
         let per_round: Vec<String> = g.gaps_ms.iter().map(|v| format!("{v:.0}")).collect();
+        let survived: Vec<String> = g.survived.iter().map(|n| format!("{n}/{HELD}")).collect();
         let _ = writeln!(
             md,
-            "| {} | {} ms | {} | {} ms |",
+            "| {} | {} ms | {} | {} ms | {} |",
             g.peer,
             g.advert_ms,
             per_round.join(", "),
             crate::bench_e2e::median(&g.gaps_ms)
                 .map(|m| format!("{m:.0}"))
-                .unwrap_or_else(|| "–".into())
+                .unwrap_or_else(|| "–".into()),
+            survived.join(", ")
         );
     }
-    let _ = writeln!(
-        md,
-        "\nlbd: not measured — it does not speak VRRP yet, so there is no lbd pair to fail \
-         over. Connection survival across a failover waits for the same work.\n"
-    );
+    let _ = writeln!(md);
     md
 }
 

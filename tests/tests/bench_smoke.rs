@@ -68,15 +68,19 @@ fn quick_bench_writes_a_complete_report() {
 }
 
 /// The failover section against a real keepalived pair (`cargo xtask test`
-/// installs keepalived): one round at a 100 ms advert interval.
+/// installs keepalived) and an lbd pair: one round each at a 100 ms advert
+/// interval.
 #[test]
-fn quick_failover_bench_measures_keepalived() {
+fn quick_failover_bench_measures_keepalived_and_lbd() {
     let (report, [plot]) = quick_bench("failover", ["failover-gap.svg"]);
     assert!(plot, "failover-gap.svg written");
-    assert!(
-        report.contains("| keepalived | 100 ms |"),
-        "the report lacks keepalived's gap:\n{report}"
-    );
+    for peer in ["keepalived", "lbd"] {
+        assert!(
+            report.contains(&format!("| {peer} | 100 ms |")),
+            "the report lacks {peer}'s gap:\n{report}"
+        );
+    }
+    assert!(report.contains("/30 |"), "survival counted:\n{report}");
 }
 
 #[test]

@@ -228,7 +228,7 @@ fn main() -> Result<()> {
     if wanted(&args, "failover") {
         let options = bench_failover::FailoverOptions::new(args.quick);
         eprintln!(
-            "bench: failover (keepalived pair, advert {:?} ms, {} round(s) each)",
+            "bench: failover (keepalived and lbd pairs, advert {:?} ms, {} round(s) each)",
             options.adverts_ms, options.rounds
         );
         let results = bench_failover::run(&options)?;
