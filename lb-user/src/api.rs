@@ -219,6 +219,32 @@ pub struct VrrpStatus {
     pub adverts_invalid: u64,
     /// The last problem seen (a send that failed, an invalid packet).
     pub last_problem: Option<String>,
+    /// The EC2 takeover, when `[vrrp.ec2]` is configured.
+    #[serde(default)]
+    pub ec2: Option<Ec2Status>,
+}
+
+/// The EC2 side of the takeovers of this host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ec2Status {
+    pub network_interface_id: String,
+    pub elastic_ip_allocation_id: Option<String>,
+    /// `idle` (never master), `moving`, `retrying`, `done`, or `stopped`
+    /// (no longer master while it was moving).
+    pub state: String,
+    /// Attempts of the current (or last) takeover.
+    pub attempts: u64,
+    /// Failed attempts, over the daemon's life.
+    pub failures: u64,
+    /// Takeovers that completed and were verified.
+    pub takeovers: u64,
+    pub last_error: Option<String>,
+    /// When the last takeover completed.
+    pub done_unix: Option<u64>,
+    /// How long it took, from becoming master to verified.
+    pub took_ms: Option<u64>,
+    /// The Elastic IP's public address, as EC2 reported it.
+    pub public_ip: Option<String>,
 }
 
 /// Parses a request line; a failure is an error response, not a hang-up.

@@ -244,6 +244,28 @@ pub struct Vrrp {
     pub peers: Vec<Ipv4Addr>,
     /// The floating addresses; `None`: every VIP's address.
     pub addresses: Option<Vec<Ipv4Addr>>,
+    /// `[vrrp.ec2]`: move the addresses through the EC2 API on takeover.
+    pub ec2: Option<Ec2>,
+}
+
+/// `[vrrp.ec2]`: what a new master moves to itself through the EC2 API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ec2 {
+    /// This instance's network interface (`eni-...`), which receives them.
+    pub network_interface_id: String,
+    /// Secondary private addresses to move here; `None`: the floating
+    /// addresses.
+    pub private_addresses: Option<Vec<Ipv4Addr>>,
+    /// The Elastic IP to re-associate (`eipalloc-...`).
+    pub elastic_ip_allocation_id: Option<String>,
+    /// The private address the Elastic IP maps to; `None`: the first of
+    /// the private addresses (or the interface's primary when there are none).
+    pub elastic_ip_private_address: Option<Ipv4Addr>,
+    /// The AWS region; `None`: from the environment (`AWS_REGION`, profile,
+    /// instance metadata).
+    pub region: Option<String>,
+    /// Another EC2 endpoint (a VPC endpoint, or an emulator in tests).
+    pub endpoint: Option<String>,
 }
 
 /// One `[[vip]]`: a virtual service and its backends.
@@ -567,6 +589,9 @@ impl Config {
         if let Some(v) = &self.vrrp {
             v.check()?;
             self.check_vrrp_addresses(v)?;
+            if let Some(e) = &v.ec2 {
+                e.check(&self.vrrp_addresses())?;
+            }
         }
         Ok(())
     }
@@ -907,6 +932,84 @@ impl Vrrp {
                         format!("{a} is already listed as vrrp.addresses[{first}]"),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Ec2 {
+    fn check(&self, floating: &[Ipv4Addr]) -> Result<(), ConfigError> {
+        let id = |key: &str, value: &str, prefix: &str| {
+            crate::vrrp::ec2::check_id(key, value, prefix).map_err(|e| {
+                let text = e.to_string();
+                let message = text
+                    .strip_prefix(&format!("{key}: "))
+                    .unwrap_or(&text)
+                    .to_owned();
+                invalid(key, message)
+            })
+        };
+        id(
+            "vrrp.ec2.network_interface_id",
+            &self.network_interface_id,
+            "eni-",
+        )?;
+        if let Some(a) = &self.elastic_ip_allocation_id {
+            id("vrrp.ec2.elastic_ip_allocation_id", a, "eipalloc-")?;
+        }
+        if let Some(list) = &self.private_addresses {
+            for (i, a) in list.iter().enumerate() {
+                if let Some(first) = list[..i].iter().position(|b| b == a) {
+                    return Err(invalid(
+                        format!("vrrp.ec2.private_addresses[{i}]"),
+                        format!("{a} is already listed as vrrp.ec2.private_addresses[{first}]"),
+                    ));
+                }
+            }
+        }
+        let private = self
+            .private_addresses
+            .clone()
+            .unwrap_or_else(|| floating.to_vec());
+        if let Some(a) = self.elastic_ip_private_address {
+            if self.elastic_ip_allocation_id.is_none() {
+                return Err(invalid(
+                    "vrrp.ec2.elastic_ip_private_address",
+                    "is set without vrrp.ec2.elastic_ip_allocation_id",
+                ));
+            }
+            if !private.contains(&a) {
+                return Err(invalid(
+                    "vrrp.ec2.elastic_ip_private_address",
+                    format!(
+                        "{a} is not among the private addresses moved to this instance \
+                         (vrrp.ec2.private_addresses, by default vrrp.addresses); the Elastic \
+                         IP can only map to an address of the interface"
+                    ),
+                ));
+            }
+        }
+        if let Some(r) = &self.region {
+            if r.is_empty()
+                || !r
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(invalid(
+                    "vrrp.ec2.region",
+                    format!("{r:?} is not a region name (like \"eu-west-1\")"),
+                ));
+            }
+        }
+        if let Some(e) = &self.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://"))
+                || e.contains(char::is_whitespace)
+            {
+                return Err(invalid(
+                    "vrrp.ec2.endpoint",
+                    format!("{e:?} is not an http:// or https:// URL"),
+                ));
             }
         }
         Ok(())
@@ -1363,6 +1466,46 @@ struct RawVrrp {
     source: Option<String>,
     peers: Option<Vec<String>>,
     addresses: Option<Vec<String>>,
+    ec2: Option<RawEc2>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEc2 {
+    network_interface_id: Option<String>,
+    private_addresses: Option<Vec<String>>,
+    elastic_ip_allocation_id: Option<String>,
+    elastic_ip_private_address: Option<String>,
+    region: Option<String>,
+    endpoint: Option<String>,
+}
+
+impl RawEc2 {
+    fn into_ec2(self) -> Result<Ec2, ConfigError> {
+        let network_interface_id =
+            required("vrrp.ec2.network_interface_id", self.network_interface_id)?;
+        let private_addresses = self
+            .private_addresses
+            .map(|list| {
+                list.iter()
+                    .enumerate()
+                    .map(|(i, a)| ipv4(&format!("vrrp.ec2.private_addresses[{i}]"), a))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let elastic_ip_private_address = self
+            .elastic_ip_private_address
+            .map(|a| ipv4("vrrp.ec2.elastic_ip_private_address", &a))
+            .transpose()?;
+        Ok(Ec2 {
+            network_interface_id,
+            private_addresses,
+            elastic_ip_allocation_id: self.elastic_ip_allocation_id,
+            elastic_ip_private_address,
+            region: self.region,
+            endpoint: self.endpoint,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -1569,6 +1712,7 @@ impl RawVrrp {
             source,
             peers,
             addresses,
+            ec2: self.ec2.map(RawEc2::into_ec2).transpose()?,
         })
     }
 }
@@ -3616,6 +3760,54 @@ port = 443
         assert_err(
             &with_vrrp("peers = [\"224.0.0.18\"]").replace("peers = [\"10.0.1.12\"]\n", ""),
             &["vrrp.peers[0]"],
+        );
+    }
+
+    #[test]
+    fn vrrp_ec2_is_checked() {
+        let ok = with_vrrp(
+            "addresses = [\"10.0.0.100\", \"10.0.1.101\"]\n[vrrp.ec2]\n\
+             network_interface_id = \"eni-0a1b\"\nelastic_ip_allocation_id = \"eipalloc-99\"\n\
+             region = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:5000\"",
+        );
+        let c = Config::from_toml_str(&ok).unwrap();
+        let e = c.vrrp.as_ref().unwrap().ec2.as_ref().unwrap();
+        assert_eq!(e.network_interface_id, "eni-0a1b");
+        assert_eq!(e.private_addresses, None);
+        let table = |extra: &str| {
+            with_vrrp(&format!(
+                "[vrrp.ec2]\nnetwork_interface_id = \"eni-0a1b\"\n{extra}"
+            ))
+        };
+        assert_err(
+            &with_vrrp("[vrrp.ec2]\nregion = \"eu-west-1\""),
+            &["vrrp.ec2.network_interface_id", "required"],
+        );
+        assert_err(
+            &with_vrrp("[vrrp.ec2]\nnetwork_interface_id = \"i-0abc\""),
+            &["vrrp.ec2.network_interface_id", "eni-"],
+        );
+        assert_err(
+            &table("elastic_ip_allocation_id = \"eipalloc-xyz\""),
+            &["vrrp.ec2.elastic_ip_allocation_id", "hexadecimal"],
+        );
+        assert_err(
+            &table("elastic_ip_allocation_id = \"eipalloc-1\"\nelastic_ip_private_address = \"10.0.0.7\""),
+            &["vrrp.ec2.elastic_ip_private_address", "not among"],
+        );
+        assert_err(
+            &table("elastic_ip_private_address = \"10.0.0.100\""),
+            &["vrrp.ec2.elastic_ip_private_address", "without"],
+        );
+        assert_err(&table("region = \"EU West\""), &["vrrp.ec2.region"]);
+        assert_err(&table("endpoint = \"ftp://x\""), &["vrrp.ec2.endpoint"]);
+        assert_err(
+            &table("private_addresses = [\"10.0.0.100\", \"10.0.0.100\"]"),
+            &["vrrp.ec2.private_addresses[1]", "already listed"],
+        );
+        assert_err(
+            &table("access_key = \"AKIA\""),
+            &["unknown field `access_key`"],
         );
     }
 }

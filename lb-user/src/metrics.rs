@@ -50,6 +50,8 @@ pub struct VrrpMetrics {
     pub adverts_sent: u64,
     pub adverts_received: u64,
     pub adverts_invalid: u64,
+    /// `(takeovers done, failed attempts)` of the EC2 takeover, if configured.
+    pub ec2: Option<(u64, u64)>,
 }
 
 /// One VIP and its backends.
@@ -417,6 +419,23 @@ pub fn render(s: &Snapshot) -> String {
             ("refused", v.adverts_invalid),
         ] {
             o.sample(name, &[("direction", what)], n);
+        }
+        if let Some((done, failed)) = v.ec2 {
+            for (name, help, value) in [
+                (
+                    "lb_ec2_takeovers_total",
+                    "EC2 takeovers completed and verified (addresses moved to this instance).",
+                    done,
+                ),
+                (
+                    "lb_ec2_takeover_failures_total",
+                    "Failed attempts to move the addresses through the EC2 API (each is retried).",
+                    failed,
+                ),
+            ] {
+                o.family(name, "counter", help);
+                o.sample(name, &[], value);
+            }
         }
     }
     o.0

@@ -72,6 +72,8 @@ pub struct Pair {
     procs: Vec<Child>,
     /// switch, client, l1, l2, b1..b3.
     namespaces: Vec<Netns>,
+    /// Extra environment for lbd (the EC2 credentials of the tests).
+    lbd_env: Vec<(String, String)>,
 }
 
 const NS_SWITCH: usize = 0;
@@ -93,6 +95,7 @@ impl Pair {
             vrrp: [None, None],
             procs: Vec::new(),
             namespaces: Vec::new(),
+            lbd_env: Vec::new(),
         };
         p.build()
             .with_context(|| format!("building pair {prefix} (10.{net}.0.0/24)"))?;
@@ -163,6 +166,26 @@ impl Pair {
         &self.namespaces[NS_CLIENT]
     }
 
+    /// The switch namespace: the bridge, and room for a service both load
+    /// balancers reach (see [`Pair::service_addr`]).
+    pub fn switch_ns(&self) -> &Netns {
+        &self.namespaces[NS_SWITCH]
+    }
+
+    /// An address for a service in the switch namespace (on `br0`, added by
+    /// the caller): 10.X.0.5.
+    pub fn service_addr(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, self.net, 0, 5)
+    }
+
+    /// Environment variables for every lbd started from now on.
+    pub fn set_lbd_env(&mut self, env: &[(&str, &str)]) {
+        self.lbd_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
     /// The namespace of side 0 or 1.
     pub fn lb_ns(&self, side: usize) -> &Netns {
         &self.namespaces[NS_LB + side]
@@ -226,6 +249,12 @@ impl Pair {
 
     /// lbd's configuration for `side`.
     pub fn lbd_config(&self, side: usize, s: &Side) -> String {
+        self.lbd_config_with(side, s, "")
+    }
+
+    /// [`Pair::lbd_config`] with `vrrp_extra` appended to `[vrrp]` (a
+    /// `[vrrp.ec2]` table, say).
+    pub fn lbd_config_with(&self, side: usize, s: &Side, vrrp_extra: &str) -> String {
         let mut c = String::new();
         let addresses: Vec<String> = self
             .floating(s)
@@ -242,7 +271,7 @@ impl Pair {
              [metrics]\nlisten = \"off\"\n\n\
              [vrrp]\ninterface = \"eth0\"\nrouter_id = {ROUTER_ID}\npriority = {prio}\n\
              advert_interval_ms = {adv}\npreempt = {preempt}\npeers = [\"{peer}\"]\n\
-             addresses = [{addresses}]\n\n\
+             addresses = [{addresses}]\n{vrrp_extra}\n\n\
              [[vip]]\nname = \"web\"\naddress = \"{vip}\"\nport = {VIP_PORT}\n\
              \x20 [vip.health]\n  kind = \"tcp\"\n  interval_ms = 200\n  timeout_ms = 100\n  \
              rise = 1\n  fall = 2",
@@ -288,9 +317,13 @@ impl Pair {
         let config = self.write_config(side, text)?;
         let lbd = self.bins.lbd.display().to_string();
         let config = config.display().to_string();
-        let mut child = self
-            .lb_ns(side)
-            .spawn_net(&[&lbd, "--config", &config], true)?;
+        let net = format!("--net={}", self.lb_ns(side).path().display());
+        let env = self.lbd_env.clone();
+        let mut child =
+            Child::spawn_with("nsenter", &[&net, "--", &lbd, "--config", &config], |cmd| {
+                std::os::unix::process::CommandExt::process_group(cmd, 0);
+                cmd.envs(env);
+            })?;
         child
             .wait_for_stdout("lbd: ready", READY_TIMEOUT)
             .with_context(|| format!("starting lbd on side {side}"))?;

@@ -177,7 +177,7 @@ fn forward_signals_to(pid: u32) {
 
 fn test(args: Vec<String>) -> Result<()> {
     setup::ensure()?;
-    setup::ensure_test_peers()?;
+    let moto = setup::ensure_test_peers()?;
     let bin = build(false)?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args(["test", "--no-fail-fast"]);
@@ -190,6 +190,7 @@ fn test(args: Vec<String>) -> Result<()> {
     }
     cmd.env("LB_EBPF_OBJECT", ebpf_object())
         .env("LB_BIN_DIR", &bin)
+        .env("LB_MOTO_VENV", &moto)
         .args(&args);
     check(&mut cmd)
 }

@@ -104,11 +104,75 @@ const BENCH_PACKAGES: &[&str] = &[
 /// Real peers the test suite runs (the failover benchmark's smoke run).
 const TEST_PACKAGES: &[&str] = &["keepalived"];
 
-/// Installs the test suite's peers if missing.
-pub fn ensure_test_peers() -> Result<()> {
+/// Installs the test suite's peers if missing; returns moto's virtual
+/// environment (see [`ensure_moto`]).
+pub fn ensure_test_peers() -> Result<PathBuf> {
     install_missing(TEST_PACKAGES)?;
     stop_system_services();
-    Ok(())
+    ensure_moto()
+}
+
+/// moto's EC2 server (PyPI), the EC2 API the takeover tests run against,
+/// pinned, with boto3 for the tests' own calls.
+const MOTO: &str = "moto[server]==5.2.5";
+const MOTO_VERSION: &str = "5.2.5";
+
+/// Where moto's virtual environment lives: outside the checkout, so a new
+/// clone reuses it (the install step stays here).
+pub fn moto_venv() -> PathBuf {
+    env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".cache/lb")
+        .join(format!("moto-{MOTO_VERSION}"))
+}
+
+fn moto_present(venv: &Path) -> bool {
+    venv.join("bin/moto_server").is_file()
+        && quiet_ok(Command::new(venv.join("bin/python")).args([
+            "-c",
+            &format!("import boto3, moto; assert moto.__version__ == '{MOTO_VERSION}'"),
+        ]))
+}
+
+/// Installs moto's EC2 server into its own virtual environment if missing.
+pub fn ensure_moto() -> Result<PathBuf> {
+    let venv = moto_venv();
+    if moto_present(&venv) {
+        return Ok(venv);
+    }
+    eprintln!("setup: installing {MOTO} into {}", venv.display());
+    let _ = std::fs::remove_dir_all(&venv);
+    if let Some(parent) = venv.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let made = quiet_ok(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    if !made {
+        // Debian's python3 needs python3-venv for `-m venv`.
+        install_missing(&["python3", "python3-venv"])?;
+        let _ = std::fs::remove_dir_all(&venv);
+        crate::check(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+        )
+        .context("creating a Python virtual environment for moto")?;
+    }
+    crate::check(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        MOTO,
+    ]))
+    .context("installing moto from PyPI")?;
+    if !moto_present(&venv) {
+        bail!(
+            "moto is still missing from {} after installing it",
+            venv.display()
+        );
+    }
+    Ok(venv)
 }
 
 /// Installs the benchmark peers if missing.

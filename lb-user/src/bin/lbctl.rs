@@ -390,4 +390,31 @@ fn print_vrrp(v: &lb_user::api::VrrpStatus) {
     if let Some(p) = &v.last_problem {
         println!("  last problem: {p}");
     }
+    if let Some(e) = &v.ec2 {
+        let what = match &e.elastic_ip_allocation_id {
+            Some(a) => format!("{a} and private addresses to {}", e.network_interface_id),
+            None => format!("private addresses to {}", e.network_interface_id),
+        };
+        let detail = match e.state.as_str() {
+            "done" => format!(
+                "done in {} ms after {} attempt(s){}",
+                e.took_ms.unwrap_or(0),
+                e.attempts,
+                e.public_ip
+                    .as_deref()
+                    .map(|p| format!(", Elastic IP {p} verified here"))
+                    .unwrap_or_default()
+            ),
+            "idle" => "not master yet".to_owned(),
+            other => format!("{other}, attempt {}", e.attempts),
+        };
+        println!("  ec2       {what}: {detail}");
+        println!(
+            "            {} takeover(s), {} failed attempt(s)",
+            e.takeovers, e.failures
+        );
+        if let Some(err) = &e.last_error {
+            println!("            last error: {err}");
+        }
+    }
 }

@@ -14,6 +14,7 @@
 //! [`packet`] is the wire format, [`machine`] the state machine without I/O,
 //! [`link`] the host side (addresses, gratuitous ARP); this module runs them.
 
+pub mod ec2;
 pub mod link;
 pub mod machine;
 pub mod packet;
@@ -62,6 +63,9 @@ pub struct Vrrp {
     announcer: Announcer,
     addresses: Vec<Ipv4Addr>,
     status: Arc<Mutex<VrrpStatus>>,
+    ec2: Option<Arc<ec2::Ec2>>,
+    /// The EC2 takeover in progress, if any.
+    ec2_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 fn unix_now() -> u64 {
@@ -202,6 +206,7 @@ impl Vrrp {
             adverts_received: 0,
             adverts_invalid: 0,
             last_problem: None,
+            ec2: cfg.ec2.as_ref().map(ec2::initial_status),
         };
         Ok(Vrrp {
             cfg: cfg.clone(),
@@ -211,6 +216,8 @@ impl Vrrp {
             announcer,
             addresses,
             status: Arc::new(Mutex::new(status)),
+            ec2: cfg.ec2.as_ref().map(|c| Arc::new(ec2::Ec2::new(c))),
+            ec2_task: None,
         })
     }
 
@@ -296,19 +303,51 @@ impl Vrrp {
 
     /// Carries out the machine's actions; returns whether a takeover
     /// happened (gratuitous ARP is then repeated).
-    fn act(&self, actions: Vec<Action>) -> bool {
+    fn act(&mut self, actions: Vec<Action>) -> bool {
         let mut took_over = false;
         for a in actions {
             match a {
                 Action::Advertise(p) => self.advertise(p),
                 Action::TakeOver => {
                     self.take_over();
+                    self.start_ec2();
                     took_over = true;
                 }
-                Action::Release => self.release(),
+                Action::Release => {
+                    self.stop_ec2();
+                    self.release();
+                }
             }
         }
         took_over
+    }
+
+    /// Starts moving the addresses through the EC2 API (a new takeover
+    /// replaces one still retrying).
+    fn start_ec2(&mut self) {
+        self.stop_ec2();
+        let (Some(ec2), Some(cfg)) = (&self.ec2, &self.cfg.ec2) else {
+            return;
+        };
+        let plan = ec2::plan(cfg, &self.addresses);
+        self.ec2_task = Some(tokio::spawn(
+            ec2.clone().take_over(plan, self.status.clone()),
+        ));
+    }
+
+    /// Abandons an EC2 takeover still in progress (this host is no longer
+    /// master, or lbd stops): the new master moves the addresses itself.
+    fn stop_ec2(&mut self) {
+        if let Some(task) = self.ec2_task.take() {
+            if !task.is_finished() {
+                task.abort();
+                self.update(|s| {
+                    if let Some(e) = s.ec2.as_mut() {
+                        e.state = "stopped".into();
+                    }
+                });
+            }
+        }
     }
 
     /// The advertisements waiting on the socket, each checked against the
@@ -474,6 +513,7 @@ impl Vrrp {
                             "vrrp: stopping without a word to the peer; floating addresses left as they are"
                         ),
                     }
+                    self.stop_ec2();
                     self.publish(&m);
                     return;
                 }
@@ -530,6 +570,9 @@ impl Vrrp {
                     self.problem(format!("gratuitous ARP for {a}: {e}"));
                 }
             }
+        }
+        if master {
+            self.start_ec2();
         }
         tracing::info!(addresses = %list(&self.addresses), "vrrp: floating addresses changed");
     }
