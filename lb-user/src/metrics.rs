@@ -709,6 +709,38 @@ mod tests {
     }
 
     #[test]
+    fn vrrp_series_appear_only_with_vrrp() {
+        let plain = render(&snapshot());
+        assert!(!plain.contains("lb_vrrp"), "{plain}");
+        let mut s = snapshot();
+        s.vrrp = Some(VrrpMetrics {
+            master: true,
+            holding: true,
+            transitions: 3,
+            adverts_sent: 40,
+            adverts_received: 7,
+            adverts_invalid: 1,
+            ec2: Some((2, 5)),
+        });
+        let text = render(&s);
+        let l = lines(&text);
+        for want in [
+            "lb_vrrp_master 1",
+            "lb_vrrp_addresses_held 1",
+            "lb_vrrp_transitions_total 3",
+            "lb_vrrp_adverts_total{direction=\"sent\"} 40",
+            "lb_vrrp_adverts_total{direction=\"received\"} 7",
+            "lb_vrrp_adverts_total{direction=\"refused\"} 1",
+            "lb_ec2_takeovers_total 2",
+            "lb_ec2_takeover_failures_total 5",
+            "# TYPE lb_vrrp_master gauge",
+            "# TYPE lb_ec2_takeovers_total counter",
+        ] {
+            assert!(l.contains(&want), "{want:?} missing from\n{text}");
+        }
+    }
+
+    #[test]
     fn renders_exact_series() {
         let text = render(&snapshot());
         let l = lines(&text);
