@@ -191,7 +191,14 @@ pub struct DaemonStatus {
 pub struct VrrpStatus {
     pub interface: String,
     pub router_id: u8,
+    /// The configured priority.
     pub priority: u8,
+    /// The priority advertised now: lowered by each tracked problem.
+    #[serde(default)]
+    pub effective_priority: u8,
+    /// What lowers it: interfaces down, VIPs without a usable backend.
+    #[serde(default)]
+    pub problems: Vec<String>,
     /// This host's advertisement interval.
     pub advert_interval_ms: u64,
     /// The interval of the master heard last (this host's own when master).

@@ -72,6 +72,7 @@ const VRRP_INTERVAL_MS_MAX: u64 = 40_950;
 const VRRP_PEERS_MAX: usize = 16;
 /// Addresses in one advertisement (its count field is a byte).
 const VRRP_ADDRESSES_MAX: usize = 255;
+const DEFAULT_VRRP_TRACK_WEIGHT: u8 = 50;
 
 pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 2_000;
 const CHECK_INTERVAL_MS_MIN: u64 = 100;
@@ -246,6 +247,22 @@ pub struct Vrrp {
     pub addresses: Option<Vec<Ipv4Addr>>,
     /// `[vrrp.ec2]`: move the addresses through the EC2 API on takeover.
     pub ec2: Option<Ec2>,
+    /// Lower the priority while a VIP has no backend taking new flows.
+    pub track_backends: bool,
+    /// Lower the priority while one of these interfaces is down; `None`:
+    /// `dataplane.interfaces`.
+    pub track_interfaces: Option<Vec<String>>,
+    /// How much each problem takes off the priority.
+    pub track_weight: u8,
+}
+
+impl Vrrp {
+    /// The priority advertised with `problems` tracked problems (never
+    /// below 1: 0 means "leaving").
+    pub fn effective_priority(&self, problems: usize) -> u8 {
+        let cut = u32::from(self.track_weight).saturating_mul(problems as u32);
+        u32::from(self.priority).saturating_sub(cut).max(1) as u8
+    }
 }
 
 /// `[vrrp.ec2]`: what a new master moves to itself through the EC2 API.
@@ -596,6 +613,17 @@ impl Config {
         Ok(())
     }
 
+    /// The interfaces whose state lowers the VRRP priority.
+    pub fn vrrp_tracked_interfaces(&self) -> Vec<String> {
+        match &self.vrrp {
+            Some(v) => v
+                .track_interfaces
+                .clone()
+                .unwrap_or_else(|| self.dataplane.interfaces.clone()),
+            None => Vec::new(),
+        }
+    }
+
     /// The addresses that float with mastership: `vrrp.addresses`, or every
     /// VIP's address (each once, in file order). Empty without `[vrrp]`.
     pub fn vrrp_addresses(&self) -> Vec<Ipv4Addr> {
@@ -913,6 +941,19 @@ impl Vrrp {
                     key,
                     format!("{p} is already listed as vrrp.peers[{first}]"),
                 ));
+            }
+        }
+        check_range("vrrp.track_weight", self.track_weight.into(), 1, 253)?;
+        if let Some(names) = &self.track_interfaces {
+            for (i, name) in names.iter().enumerate() {
+                let key = format!("vrrp.track_interfaces[{i}]");
+                check_ifname(&key, name)?;
+                if let Some(first) = names[..i].iter().position(|n| n == name) {
+                    return Err(invalid(
+                        key,
+                        format!("{name:?} is already listed as vrrp.track_interfaces[{first}]"),
+                    ));
+                }
             }
         }
         if let Some(addresses) = &self.addresses {
@@ -1466,6 +1507,9 @@ struct RawVrrp {
     source: Option<String>,
     peers: Option<Vec<String>>,
     addresses: Option<Vec<String>>,
+    track_backends: Option<bool>,
+    track_interfaces: Option<Vec<String>>,
+    track_weight: Option<i64>,
     ec2: Option<RawEc2>,
 }
 
@@ -1713,6 +1757,12 @@ impl RawVrrp {
             peers,
             addresses,
             ec2: self.ec2.map(RawEc2::into_ec2).transpose()?,
+            track_backends: self.track_backends.unwrap_or(true),
+            track_interfaces: self.track_interfaces,
+            track_weight: match self.track_weight {
+                None => DEFAULT_VRRP_TRACK_WEIGHT,
+                Some(v) => int("vrrp.track_weight", v, 1, 253)?,
+            },
         })
     }
 }
@@ -3808,6 +3858,36 @@ port = 443
         assert_err(
             &table("access_key = \"AKIA\""),
             &["unknown field `access_key`"],
+        );
+    }
+
+    #[test]
+    fn vrrp_tracking_defaults_and_limits() {
+        let c = Config::from_toml_str(&with_vrrp("")).unwrap();
+        let v = c.vrrp.as_ref().unwrap();
+        assert!(v.track_backends);
+        assert_eq!(v.track_weight, 50);
+        assert_eq!(c.vrrp_tracked_interfaces(), vec!["eth0".to_owned()]);
+        assert_eq!(v.effective_priority(0), 100);
+        assert_eq!(v.effective_priority(1), 50);
+        assert_eq!(v.effective_priority(3), 1, "never 0: that means leaving");
+        let c = Config::from_toml_str(&with_vrrp(
+            "track_backends = false\ntrack_interfaces = []\ntrack_weight = 10",
+        ))
+        .unwrap();
+        assert!(c.vrrp_tracked_interfaces().is_empty());
+        assert_eq!(c.vrrp.as_ref().unwrap().effective_priority(2), 80);
+        assert_err(
+            &with_vrrp("track_weight = 0"),
+            &["vrrp.track_weight", "1..=253"],
+        );
+        assert_err(
+            &with_vrrp("track_interfaces = [\"eth1\", \"eth1\"]"),
+            &["vrrp.track_interfaces[1]", "already listed"],
+        );
+        assert_err(
+            &with_vrrp("track_interfaces = [\"a/b\"]"),
+            &["vrrp.track_interfaces[0]"],
         );
     }
 }

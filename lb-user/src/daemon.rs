@@ -114,6 +114,8 @@ pub struct State {
     pub vrrp: Option<Arc<Mutex<api::VrrpStatus>>>,
     /// Tells the VRRP instance the floating addresses after a reload.
     pub vrrp_addresses: Option<watch::Sender<Vec<Ipv4Addr>>>,
+    /// Tells the VRRP instance which VIPs have no usable backend.
+    pub vrrp_vip_problems: Option<watch::Sender<Vec<String>>>,
 }
 
 /// A running load balancer: tables installed, program attached.
@@ -121,9 +123,16 @@ pub struct Running {
     state: Arc<Mutex<State>>,
     host: HostSettings,
     health_rx: Option<mpsc::UnboundedReceiver<HealthEvent>>,
-    /// The VRRP instance, opened but not yet running.
-    vrrp: Option<(Vrrp, watch::Receiver<Vec<Ipv4Addr>>)>,
+    /// The VRRP instance, opened but not yet running, with the receivers of
+    /// its floating addresses and of the VIPs' problems.
+    vrrp: Option<VrrpStart>,
 }
+
+type VrrpStart = (
+    Vrrp,
+    watch::Receiver<Vec<Ipv4Addr>>,
+    watch::Receiver<Vec<String>>,
+);
 
 /// Brings the data plane up as configured (adopting a running one if the
 /// pins of an earlier lbd are there). Must run inside a tokio runtime (health
@@ -140,7 +149,11 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
     // change.
     let kernel_cfg = kernel_config(&cfg)?;
     let vrrp = match &cfg.vrrp {
-        Some(v) => Some(Vrrp::open(v, cfg.vrrp_addresses())?),
+        Some(v) => Some(Vrrp::open(
+            v,
+            cfg.vrrp_addresses(),
+            cfg.vrrp_tracked_interfaces(),
+        )?),
         None => None,
     };
     let mut dataplane =
@@ -200,12 +213,13 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let vrrp_status = vrrp.as_ref().map(Vrrp::status);
-    let (vrrp_tx, vrrp) = match vrrp {
+    let (vrrp_tx, problems_tx, vrrp) = match vrrp {
         Some(v) => {
             let (tx, rx) = watch::channel(cfg.vrrp_addresses());
-            (Some(tx), Some((v, rx)))
+            let (ptx, prx) = watch::channel(vip_problems(&balancer));
+            (Some(tx), Some(ptx), Some((v, rx, prx)))
         }
-        None => (None, None),
+        None => (None, None, None),
     };
     let mut monitor = HealthMonitor::new(tx);
     monitor.set_targets(balancer.health_targets());
@@ -228,6 +242,7 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
             last_reload_error: None,
             vrrp: vrrp_status,
             vrrp_addresses: vrrp_tx,
+            vrrp_vip_problems: problems_tx,
         })),
         host,
         health_rx: Some(rx),
@@ -375,7 +390,7 @@ pub async fn run(
     let vrrp_task = running
         .vrrp
         .take()
-        .map(|(v, addresses)| tokio::spawn(v.run(addresses, leave_rx)));
+        .map(|(v, addresses, problems)| tokio::spawn(v.run(addresses, problems, leave_rx)));
     let health_rx = running.health_rx.take().expect("taken once");
     tasks.push(tokio::spawn(apply_health(health_rx, running.state())));
     if let Some(l) = metrics_listener {
@@ -399,6 +414,7 @@ pub async fn run(
                     Ok(s) => tracing::info!(summary = ?s, "reloaded on SIGHUP"),
                     Err(e) => tracing::error!(error = %e, "reload on SIGHUP refused; running state unchanged"),
                 }
+                publish_vip_problems(&st);
             })
             .await;
         }
@@ -490,6 +506,7 @@ async fn apply_health(mut rx: mpsc::UnboundedReceiver<HealthEvent>, state: Arc<M
                     Err(e) => tracing::error!(error = %e, "applying a health verdict failed"),
                 },
             }
+            publish_vip_problems(st);
         })
         .await;
     }
@@ -622,6 +639,7 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
             let v = v.lock().unwrap_or_else(|p| p.into_inner());
             metrics::VrrpMetrics {
                 master: v.state == "master",
+                priority: v.effective_priority,
                 holding: v.holding,
                 transitions: v.transitions,
                 adverts_sent: v.adverts_sent,
@@ -725,8 +743,40 @@ fn backend_json(vip: &str, b: &crate::balancer::BackendEntry) -> serde_json::Val
     })
 }
 
-/// Executes one control request.
+/// The VIPs that have backends but none taking new flows: what
+/// `vrrp.track_backends` lowers the priority for.
+fn vip_problems(balancer: &Balancer) -> Vec<String> {
+    balancer
+        .vips()
+        .iter()
+        .filter(|v| !v.backends.is_empty() && !v.backends.iter().any(|b| b.in_ring()))
+        .map(|v| format!("VIP {} has no backend taking new flows", v.name))
+        .collect()
+}
+
+/// Tells the VRRP instance (if any) the VIPs' problems, when they changed.
+fn publish_vip_problems(st: &State) {
+    if let Some(tx) = &st.vrrp_vip_problems {
+        let now = vip_problems(&st.balancer);
+        tx.send_if_modified(|cur| {
+            if *cur == now {
+                false
+            } else {
+                *cur = now;
+                true
+            }
+        });
+    }
+}
+
+/// Executes one control request (and tells VRRP what it changed).
 pub fn handle(st: &mut State, request: Request) -> Result<serde_json::Value, ApiError> {
+    let result = handle_request(st, request);
+    publish_vip_problems(st);
+    result
+}
+
+fn handle_request(st: &mut State, request: Request) -> Result<serde_json::Value, ApiError> {
     let internal = |e: anyhow::Error| ApiError::internal(format!("{e:#}"));
     match request {
         Request::Status => return status(st),

@@ -45,6 +45,8 @@ pub struct Snapshot {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct VrrpMetrics {
     pub master: bool,
+    /// The priority advertised now (lowered by tracked problems).
+    pub priority: u8,
     pub holding: bool,
     pub transitions: u64,
     pub adverts_sent: u64,
@@ -392,6 +394,12 @@ pub fn render(s: &Snapshot) -> String {
                 u64::from(v.master),
             ),
             (
+                "lb_vrrp_priority",
+                "gauge",
+                "The VRRP priority advertised now: the configured one, lowered by tracked problems.",
+                u64::from(v.priority),
+            ),
+            (
                 "lb_vrrp_addresses_held",
                 "gauge",
                 "1 while the floating addresses are on this host, else 0.",
@@ -715,6 +723,7 @@ mod tests {
         let mut s = snapshot();
         s.vrrp = Some(VrrpMetrics {
             master: true,
+            priority: 100,
             holding: true,
             transitions: 3,
             adverts_sent: 40,
@@ -726,6 +735,7 @@ mod tests {
         let l = lines(&text);
         for want in [
             "lb_vrrp_master 1",
+            "lb_vrrp_priority 100",
             "lb_vrrp_addresses_held 1",
             "lb_vrrp_transitions_total 3",
             "lb_vrrp_adverts_total{direction=\"sent\"} 40",

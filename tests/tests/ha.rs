@@ -391,3 +391,46 @@ fn on_ec2_the_new_master_moves_the_elastic_ip_retrying_until_the_api_answers() {
     assert!(e.public_ip.is_some());
     assert!(one_request(&pair).is_some(), "traffic flows through side 1");
 }
+
+#[test]
+fn a_master_that_loses_its_backends_hands_over_and_takes_back_when_they_return() {
+    let mut pair = Pair::for_test("hatrack");
+    let (a, b) = (Side::new(150, 100), Side::new(120, 100));
+    pair.start_lbd(0, &a).unwrap();
+    pair.wait_state(0, "master", ELECTION).unwrap();
+    pair.start_lbd(1, &b).unwrap();
+    pair.wait_state(1, "backup", ELECTION).unwrap();
+    wait_until(ELECTION, "side 0 at full priority", || {
+        pair.vrrp_status(0)
+            .map(|v| v.effective_priority == 150)
+            .unwrap_or(false)
+    })
+    .unwrap();
+
+    // Side 0 can no longer reach any backend: its health checks fail, its
+    // priority drops by track_weight (50) below side 1's, and side 1 preempts.
+    let routes: Vec<String> = (0..3)
+        .map(|i| format!("{}/32", pair.backend_addr(i)))
+        .collect();
+    for r in &routes {
+        pair.lb_ns(0).ip(&["route", "add", "blackhole", r]).unwrap();
+    }
+    pair.wait_state(1, "master", ELECTION).unwrap();
+    pair.wait_state(0, "backup", ELECTION).unwrap();
+    let v = pair.vrrp_status(0).unwrap();
+    assert_eq!(v.effective_priority, 100, "{v:?}");
+    assert_eq!(v.problems, vec!["VIP web has no backend taking new flows"]);
+    let text = pair.lbctl_status(0).unwrap();
+    assert!(text.contains("lowered from 150"), "{text}");
+    assert!(one_request(&pair).is_some(), "side 1 serves");
+
+    // Routes back: side 0's backends come up, its priority returns, and it
+    // preempts side 1 again.
+    for r in &routes {
+        pair.lb_ns(0).ip(&["route", "del", "blackhole", r]).unwrap();
+    }
+    pair.wait_state(0, "master", ELECTION).unwrap();
+    pair.wait_state(1, "backup", ELECTION).unwrap();
+    assert_eq!(pair.vrrp_status(0).unwrap().effective_priority, 150);
+    assert!(one_request(&pair).is_some(), "side 0 serves again");
+}

@@ -373,6 +373,14 @@ fn print_vrrp(v: &lb_user::api::VrrpStatus) {
         if v.preempt { "" } else { ", no preemption" }
     );
     println!("  master    {master}");
+    if v.effective_priority != v.priority && v.effective_priority != 0 {
+        println!(
+            "  priority  {} advertised, lowered from {} by: {}",
+            v.effective_priority,
+            v.priority,
+            v.problems.join("; ")
+        );
+    }
     println!(
         "  addresses {} ({})",
         addresses(&v.addresses),

@@ -81,6 +81,31 @@ fn hardware_address(name: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// Whether interface `name` is up with a carrier (`IFF_UP` and
+/// `IFF_RUNNING`, from `SIOCGIFFLAGS` in the caller's namespace). An
+/// interface that does not exist is not up.
+pub fn is_running(name: &str) -> bool {
+    // SAFETY: plain socket call; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().take(15).zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: a valid fd and an ifreq naming the interface.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
+        return false;
+    }
+    // SAFETY: SIOCGIFFLAGS filled in the flags.
+    let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+    flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0
+}
+
 /// The IPv4 addresses of interface `name`, in the kernel's order (the
 /// primary first).
 pub fn addresses_of(name: &str) -> Result<Vec<Ipv4Addr>> {

@@ -97,6 +97,26 @@ impl Machine {
         self.master
     }
 
+    /// The priority advertised now.
+    pub fn priority(&self) -> u8 {
+        self.p.priority
+    }
+
+    /// Tracking changed the priority. A master says so at once, so that a
+    /// backup that now has the higher priority starts preempting it.
+    pub fn set_priority(&mut self, priority: u8, now: Instant) -> Vec<Action> {
+        if priority == self.p.priority || priority == 0 {
+            return Vec::new();
+        }
+        self.p.priority = priority;
+        if self.role == Role::Master {
+            self.deadline = now + self.interval();
+            vec![Action::Advertise(priority)]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// The floating addresses are (or should be) on this host.
     pub fn holding(&self) -> bool {
         self.holding
@@ -306,6 +326,20 @@ mod tests {
         let mut m = Machine::new(params(100), t0, true);
         assert_eq!(m.on_advert(t0, PEER, 120, 100), vec![Action::Release]);
         assert!(m.on_advert(t0, PEER, 120, 100).is_empty());
+    }
+
+    #[test]
+    fn a_lowered_priority_is_advertised_at_once_and_lets_the_peer_preempt() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(150), t0, false);
+        m.on_timer(m.deadline());
+        assert_eq!(m.set_priority(100, t0), vec![Action::Advertise(100)]);
+        assert!(m.set_priority(100, t0).is_empty(), "no change, no advert");
+        // The peer (120) now wins and takes over: this master yields.
+        assert_eq!(m.on_advert(t0, PEER, 120, 100), vec![Action::Release]);
+        // A backup only remembers it (it changes its skew).
+        assert!(m.set_priority(150, t0).is_empty());
+        assert_eq!(m.priority(), 150);
     }
 
     #[test]

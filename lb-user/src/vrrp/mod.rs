@@ -66,6 +66,8 @@ pub struct Vrrp {
     ec2: Option<Arc<ec2::Ec2>>,
     /// The EC2 takeover in progress, if any.
     ec2_task: Option<tokio::task::JoinHandle<()>>,
+    /// Interfaces whose state lowers the priority.
+    tracked: Vec<String>,
 }
 
 fn unix_now() -> u64 {
@@ -155,7 +157,11 @@ impl Vrrp {
     /// Checks the interface and opens the sockets; nothing on the host
     /// changes yet. `addresses`: the floating addresses (see
     /// [`config::Config::vrrp_addresses`]).
-    pub fn open(cfg: &config::Vrrp, addresses: Vec<Ipv4Addr>) -> Result<Vrrp> {
+    pub fn open(
+        cfg: &config::Vrrp,
+        addresses: Vec<Ipv4Addr>,
+        tracked: Vec<String>,
+    ) -> Result<Vrrp> {
         let iface = Interface::lookup(&cfg.interface)?;
         let present = iface.addresses()?;
         let source = match cfg.source {
@@ -191,6 +197,8 @@ impl Vrrp {
             interface: iface.name.clone(),
             router_id: cfg.router_id,
             priority: cfg.priority,
+            effective_priority: cfg.priority,
+            problems: Vec::new(),
             advert_interval_ms: u64::from(cfg.interval_cs) * 10,
             master_advert_interval_ms: u64::from(cfg.interval_cs) * 10,
             preempt: cfg.preempt,
@@ -218,6 +226,7 @@ impl Vrrp {
             status: Arc::new(Mutex::new(status)),
             ec2: cfg.ec2.as_ref().map(|c| Arc::new(ec2::Ec2::new(c))),
             ec2_task: None,
+            tracked,
         })
     }
 
@@ -409,11 +418,55 @@ impl Vrrp {
         }
     }
 
+    /// The tracked problems now: interfaces down, then `vips` (the VIPs
+    /// without a usable backend, as the daemon reports them) if tracked.
+    fn problems(&self, vips: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|name| !link::is_running(name))
+            .map(|name| format!("interface {name} is down"))
+            .collect();
+        if self.cfg.track_backends {
+            out.extend(vips.iter().cloned());
+        }
+        out
+    }
+
+    /// Re-reads the tracked problems and moves the priority accordingly.
+    fn track(&mut self, m: &mut Machine, vips: &[String]) {
+        let problems = self.problems(vips);
+        let priority = self.cfg.effective_priority(problems.len());
+        if priority != m.priority() {
+            if problems.is_empty() {
+                tracing::info!(
+                    priority,
+                    "vrrp: priority restored: nothing tracked is wrong"
+                );
+            } else {
+                tracing::warn!(
+                    priority,
+                    configured = self.cfg.priority,
+                    problems = %problems.join("; "),
+                    "vrrp: priority lowered"
+                );
+            }
+            let actions = m.set_priority(priority, Instant::now());
+            self.act(actions);
+        }
+        self.update(|s| {
+            s.effective_priority = priority;
+            s.problems = problems;
+        });
+    }
+
     /// Runs the instance until `leave` says how to stop. `addresses` brings
-    /// the floating addresses after a reload.
+    /// the floating addresses after a reload; `vip_problems` the VIPs that
+    /// have no backend taking new flows (for `track_backends`).
     pub async fn run(
         mut self,
         mut addresses: watch::Receiver<Vec<Ipv4Addr>>,
+        mut vip_problems: watch::Receiver<Vec<String>>,
         mut leave: watch::Receiver<Option<Leave>>,
     ) {
         let present = self.iface.addresses().unwrap_or_default();
@@ -454,6 +507,13 @@ impl Vrrp {
         };
         let mut garps: Vec<Instant> = Vec::new();
         let mut addresses_open = true;
+        let mut problems_open = true;
+        let mut vips = vip_problems.borrow_and_update().clone();
+        self.track(&mut m, &vips);
+        // Interfaces are looked at once per advertisement interval.
+        let mut track_tick =
+            tokio::time::interval(Duration::from_millis(u64::from(self.cfg.interval_cs) * 10));
+        track_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.publish(&m);
         loop {
             let before = m.role();
@@ -488,6 +548,17 @@ impl Vrrp {
                     if m.role() == Role::Master {
                         self.announce();
                     }
+                }
+                _ = track_tick.tick() => {
+                    self.track(&mut m, &vips);
+                }
+                changed = vip_problems.changed(), if problems_open => {
+                    if changed.is_err() {
+                        problems_open = false;
+                        continue;
+                    }
+                    vips = vip_problems.borrow_and_update().clone();
+                    self.track(&mut m, &vips);
                 }
                 changed = addresses.changed(), if addresses_open => {
                     if changed.is_err() {
