@@ -271,6 +271,33 @@ fn moto_ec2(
     Ok(serde_json::from_str(out.trim())?)
 }
 
+/// Waits for side `side`'s EC2 takeover to complete, then checks with moto
+/// that the Elastic IP and the floating addresses are on its interface.
+fn assert_moved_to(pair: &Pair, venv: &std::path::Path, side: usize, eni: &str, allocation: &str) {
+    wait_until(
+        Duration::from_secs(60),
+        &format!("the EC2 takeover of side {side}"),
+        || {
+            pair.vrrp_status(side)
+                .ok()
+                .and_then(|v| v.ec2)
+                .is_some_and(|e| e.state == "done")
+        },
+    )
+    .unwrap();
+    let seen = moto_ec2(pair, venv, &["where", allocation]).unwrap();
+    assert_eq!(seen["eip_interface"], eni, "{seen}");
+    for addr in [pair.vip(), pair.nat_source()] {
+        assert!(
+            seen["interfaces"][eni]
+                .as_array()
+                .unwrap()
+                .contains(&addr.to_string().into()),
+            "{addr} moved to side {side}'s interface: {seen}"
+        );
+    }
+}
+
 #[test]
 fn on_ec2_the_new_master_moves_the_elastic_ip_retrying_until_the_api_answers() {
     let venv = moto_venv();
@@ -334,28 +361,7 @@ fn on_ec2_the_new_master_moves_the_elastic_ip_retrying_until_the_api_answers() {
     pair.switch_ns()
         .ip(&["addr", "add", &format!("{service}/24"), "dev", "br0"])
         .unwrap();
-    wait_until(
-        Duration::from_secs(60),
-        "the EC2 takeover of side 0",
-        || {
-            pair.vrrp_status(0)
-                .ok()
-                .and_then(|v| v.ec2)
-                .is_some_and(|e| e.state == "done")
-        },
-    )
-    .unwrap();
-    let seen = moto_ec2(&pair, &venv, &["where", &allocation]).unwrap();
-    assert_eq!(seen["eip_interface"], enis[0].as_str(), "{seen}");
-    for addr in [pair.vip(), pair.nat_source()] {
-        assert!(
-            seen["interfaces"][&enis[0]]
-                .as_array()
-                .unwrap()
-                .contains(&addr.to_string().into()),
-            "{addr} moved to side 0's interface: {seen}"
-        );
-    }
+    assert_moved_to(&pair, &venv, 0, &enis[0], &allocation);
 
     // Side 1 takes over when side 0's link fails, and moves them again.
     let text = pair.lbd_config_with(1, &b, &ec2_table(1));
@@ -364,28 +370,7 @@ fn on_ec2_the_new_master_moves_the_elastic_ip_retrying_until_the_api_answers() {
     assert_eq!(pair.vrrp_status(1).unwrap().ec2.unwrap().state, "idle");
     pair.fail_link(0).unwrap();
     pair.wait_state(1, "master", ELECTION).unwrap();
-    wait_until(
-        Duration::from_secs(60),
-        "the EC2 takeover of side 1",
-        || {
-            pair.vrrp_status(1)
-                .ok()
-                .and_then(|v| v.ec2)
-                .is_some_and(|e| e.state == "done")
-        },
-    )
-    .unwrap();
-    let seen = moto_ec2(&pair, &venv, &["where", &allocation]).unwrap();
-    assert_eq!(seen["eip_interface"], enis[1].as_str(), "{seen}");
-    for addr in [pair.vip(), pair.nat_source()] {
-        assert!(
-            seen["interfaces"][&enis[1]]
-                .as_array()
-                .unwrap()
-                .contains(&addr.to_string().into()),
-            "{addr} moved to side 1's interface: {seen}"
-        );
-    }
+    assert_moved_to(&pair, &venv, 1, &enis[1], &allocation);
     let e = pair.vrrp_status(1).unwrap().ec2.unwrap();
     assert_eq!((e.takeovers, e.failures), (1, 0), "{e:?}");
     assert!(e.public_ip.is_some());

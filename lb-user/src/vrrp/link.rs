@@ -215,20 +215,7 @@ pub fn set_address(index: u32, addr: Ipv4Addr, add: bool) -> io::Result<bool> {
     // SAFETY: an all-zero sockaddr_nl addresses the kernel.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as u16;
-    // SAFETY: valid buffer and address for the call's duration.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    send_to(&fd, &msg, &kernel)?;
     let mut buf = [0u8; 1024];
     // SAFETY: valid buffer.
     let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -294,22 +281,29 @@ impl Announcer {
         to.sll_ifindex = self.iface.index as i32;
         to.sll_halen = 6;
         to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        // SAFETY: valid buffer and address for the call's duration.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&to as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        send_to(&self.fd, &frame, &to)
     }
+}
+
+/// `sendto(2)` of `buf` on `fd` to `to` (a `sockaddr_in`, `sockaddr_ll`,
+/// ...: any plain socket address struct).
+pub fn send_to<A>(fd: &OwnedFd, buf: &[u8], to: &A) -> io::Result<()> {
+    // SAFETY: valid buffer and address, with their sizes, for the call's
+    // duration.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            (to as *const A).cast(),
+            size_of::<A>() as u32,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The ARP payload of a gratuitous request.

@@ -261,23 +261,9 @@ impl Vrrp {
         };
         for peer in &self.cfg.peers {
             let m = advert.encode(self.source, *peer);
-            let to = sockaddr(*peer);
-            // SAFETY: valid buffer and address for the call's duration.
-            let n = unsafe {
-                libc::sendto(
-                    self.socket.as_raw_fd(),
-                    m.as_ptr().cast(),
-                    m.len(),
-                    0,
-                    (&to as *const libc::sockaddr_in).cast(),
-                    size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                self.problem(format!("sending an advertisement to {peer}: {e}"));
-            } else {
-                self.update(|s| s.adverts_sent += 1);
+            match link::send_to(&self.socket, &m, &sockaddr(*peer)) {
+                Ok(()) => self.update(|s| s.adverts_sent += 1),
+                Err(e) => self.problem(format!("sending an advertisement to {peer}: {e}")),
             }
         }
     }
