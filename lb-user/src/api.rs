@@ -210,6 +210,9 @@ pub struct VrrpStatus {
     pub peers: Vec<Ipv4Addr>,
     /// The floating addresses.
     pub addresses: Vec<Ipv4Addr>,
+    /// The interface each of `addresses` lives on.
+    #[serde(default)]
+    pub address_interfaces: Vec<String>,
     /// `backup`, `master` or `stopped`.
     pub state: String,
     /// The master, as far as this host knows (itself when master).

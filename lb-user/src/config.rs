@@ -245,6 +245,9 @@ pub struct Vrrp {
     pub peers: Vec<Ipv4Addr>,
     /// The floating addresses; `None`: every VIP's address.
     pub addresses: Option<Vec<Ipv4Addr>>,
+    /// Floating addresses that live on another interface than `interface`
+    /// (`"ADDRESS dev IFNAME"` in `addresses`).
+    pub address_interfaces: Vec<(Ipv4Addr, String)>,
     /// `[vrrp.ec2]`: move the addresses through the EC2 API on takeover.
     pub ec2: Option<Ec2>,
     /// Lower the priority while a VIP has no backend taking new flows.
@@ -644,6 +647,26 @@ impl Config {
         }
     }
 
+    /// Each floating address with the interface it lives on (`vrrp.interface`
+    /// unless `addresses` says `dev IFNAME`).
+    pub fn vrrp_placements(&self) -> Vec<(Ipv4Addr, String)> {
+        let Some(v) = &self.vrrp else {
+            return Vec::new();
+        };
+        self.vrrp_addresses()
+            .into_iter()
+            .map(|a| {
+                let ifname = v
+                    .address_interfaces
+                    .iter()
+                    .find(|(b, _)| *b == a)
+                    .map(|(_, i)| i.clone())
+                    .unwrap_or_else(|| v.interface.clone());
+                (a, ifname)
+            })
+            .collect()
+    }
+
     fn check_vrrp_addresses(&self, v: &Vrrp) -> Result<(), ConfigError> {
         let floating = self.vrrp_addresses();
         if floating.len() > VRRP_ADDRESSES_MAX {
@@ -972,6 +995,9 @@ impl Vrrp {
                         key,
                         format!("{a} is already listed as vrrp.addresses[{first}]"),
                     ));
+                }
+                if let Some((_, ifname)) = self.address_interfaces.iter().find(|(b, _)| b == a) {
+                    check_ifname(&key, ifname)?;
                 }
             }
         }
@@ -1738,12 +1764,31 @@ impl RawVrrp {
             .enumerate()
             .map(|(i, p)| ipv4(&format!("vrrp.peers[{i}]"), p))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut address_interfaces = Vec::new();
         let addresses = self
             .addresses
             .map(|list| {
                 list.iter()
                     .enumerate()
-                    .map(|(i, a)| ipv4(&format!("vrrp.addresses[{i}]"), a))
+                    .map(|(i, entry)| {
+                        let key = format!("vrrp.addresses[{i}]");
+                        let words: Vec<&str> = entry.split_whitespace().collect();
+                        match words.as_slice() {
+                            [a] => ipv4(&key, a),
+                            [a, "dev", ifname] => {
+                                let a = ipv4(&key, a)?;
+                                address_interfaces.push((a, (*ifname).to_owned()));
+                                Ok(a)
+                            }
+                            _ => Err(invalid(
+                                key,
+                                format!(
+                                    "{entry:?} is neither \"ADDRESS\" nor \"ADDRESS dev \
+                                     INTERFACE\""
+                                ),
+                            )),
+                        }
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
@@ -1756,6 +1801,7 @@ impl RawVrrp {
             source,
             peers,
             addresses,
+            address_interfaces,
             ec2: self.ec2.map(RawEc2::into_ec2).transpose()?,
             track_backends: self.track_backends.unwrap_or(true),
             track_interfaces: self.track_interfaces,
@@ -2489,7 +2535,13 @@ port = 443
         assert_eq!(c.vips.len(), 1);
         let v = c.vrrp.as_ref().expect("the example shows [vrrp]");
         assert_eq!((v.router_id, v.priority), (51, 100));
-        assert_eq!(c.vrrp_addresses(), vec![Ipv4Addr::new(10, 0, 0, 100)]);
+        assert_eq!(
+            c.vrrp_placements(),
+            vec![
+                (Ipv4Addr::new(10, 0, 0, 100), "eth0".to_owned()),
+                (Ipv4Addr::new(10, 0, 2, 10), "eth1".to_owned())
+            ]
+        );
         let web = &c.vips[0];
         assert_eq!(web.name, "web");
         assert_eq!(web.address, Ipv4Addr::new(10, 0, 0, 100));
@@ -3858,6 +3910,33 @@ port = 443
         assert_err(
             &table("access_key = \"AKIA\""),
             &["unknown field `access_key`"],
+        );
+    }
+
+    #[test]
+    fn a_floating_address_may_live_on_another_interface() {
+        let c = Config::from_toml_str(&with_vrrp(
+            "addresses = [\"10.0.0.100\", \"10.0.2.10 dev eth1\"]",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.vrrp_addresses(),
+            vec![Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 2, 10)]
+        );
+        assert_eq!(
+            c.vrrp_placements(),
+            vec![
+                (Ipv4Addr::new(10, 0, 0, 100), "eth0".to_owned()),
+                (Ipv4Addr::new(10, 0, 2, 10), "eth1".to_owned())
+            ]
+        );
+        assert_err(
+            &with_vrrp("addresses = [\"10.0.2.10 on eth1\"]"),
+            &["vrrp.addresses[0]", "ADDRESS dev INTERFACE"],
+        );
+        assert_err(
+            &with_vrrp("addresses = [\"10.0.2.10 dev a/b\"]"),
+            &["vrrp.addresses[0]", "not a valid interface name"],
         );
     }
 

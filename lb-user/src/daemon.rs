@@ -113,7 +113,7 @@ pub struct State {
     /// The VRRP instance's status, when `[vrrp]` is configured.
     pub vrrp: Option<Arc<Mutex<api::VrrpStatus>>>,
     /// Tells the VRRP instance the floating addresses after a reload.
-    pub vrrp_addresses: Option<watch::Sender<Vec<Ipv4Addr>>>,
+    pub vrrp_addresses: Option<watch::Sender<Vec<(Ipv4Addr, String)>>>,
     /// Tells the VRRP instance which VIPs have no usable backend.
     pub vrrp_vip_problems: Option<watch::Sender<Vec<String>>>,
 }
@@ -130,7 +130,7 @@ pub struct Running {
 
 type VrrpStart = (
     Vrrp,
-    watch::Receiver<Vec<Ipv4Addr>>,
+    watch::Receiver<Vec<(Ipv4Addr, String)>>,
     watch::Receiver<Vec<String>>,
 );
 
@@ -151,7 +151,7 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
     let vrrp = match &cfg.vrrp {
         Some(v) => Some(Vrrp::open(
             v,
-            cfg.vrrp_addresses(),
+            cfg.vrrp_placements(),
             cfg.vrrp_tracked_interfaces(),
         )?),
         None => None,
@@ -215,7 +215,7 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
     let vrrp_status = vrrp.as_ref().map(Vrrp::status);
     let (vrrp_tx, problems_tx, vrrp) = match vrrp {
         Some(v) => {
-            let (tx, rx) = watch::channel(cfg.vrrp_addresses());
+            let (tx, rx) = watch::channel(cfg.vrrp_placements());
             let (ptx, prx) = watch::channel(vip_problems(&balancer));
             (Some(tx), Some(ptx), Some((v, rx, prx)))
         }
@@ -526,7 +526,7 @@ pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
             .map_err(|e| ApiError::internal(format!("{e:#}")))?;
         st.monitor.set_targets(st.balancer.health_targets());
         if let Some(tx) = &st.vrrp_addresses {
-            let _ = tx.send(new.vrrp_addresses());
+            let _ = tx.send(new.vrrp_placements());
         }
         st.cfg = new;
         Ok(summary)
@@ -550,6 +550,7 @@ fn vrrp_reloadable(old: &Config, new: &Config) -> Result<(), ApiError> {
     let without_addresses = |c: &Config| {
         c.vrrp.clone().map(|mut v| {
             v.addresses = None;
+            v.address_interfaces.clear();
             v
         })
     };

@@ -218,6 +218,34 @@ fn a_reload_moves_the_floating_addresses_and_refuses_other_vrrp_changes() {
         pair.vrrp_status(0).unwrap().addresses,
         vec![pair.vip(), pair.nat_source()]
     );
+    // An address that lives on another interface ("ADDRESS dev IFNAME").
+    pair.lb_ns(0)
+        .ip(&[
+            "link", "add", "eth9", "type", "veth", "peer", "name", "eth9p",
+        ])
+        .unwrap();
+    for ifname in ["eth9", "eth9p"] {
+        pair.lb_ns(0).ip(&["link", "set", ifname, "up"]).unwrap();
+    }
+    let extra = std::net::Ipv4Addr::new(192, 0, 2, 9);
+    let text = pair.lbd_config(0, &a).replace(
+        "addresses = [",
+        &format!("addresses = [\"{extra} dev eth9\", "),
+    );
+    pair.write_config(0, &text).unwrap();
+    pair.process(0).unwrap().signal(libc::SIGHUP);
+    let on_eth9 = || {
+        pair.lb_ns(0)
+            .ip(&["-br", "-4", "addr", "show", "dev", "eth9"])
+            .map(|o| o.contains(&format!("{extra}/32")))
+            .unwrap_or(false)
+    };
+    wait_until(Duration::from_secs(20), "the address on eth9", on_eth9).unwrap();
+    assert!(!pair.holds(0, extra), "not on eth0");
+    assert!(pair
+        .lbctl_status(0)
+        .unwrap()
+        .contains(&format!("{extra} on eth9")));
     // A new priority needs a restart: refused, nothing changes.
     let mut higher = a.clone();
     higher.priority = 200;
@@ -418,4 +446,64 @@ fn a_master_that_loses_its_backends_hands_over_and_takes_back_when_they_return()
     pair.wait_state(1, "backup", ELECTION).unwrap();
     assert_eq!(pair.vrrp_status(0).unwrap().effective_priority, 150);
     assert!(one_request(&pair).is_some(), "side 0 serves again");
+}
+
+#[test]
+fn a_master_restarted_with_sigquit_keeps_the_addresses_and_its_connections() {
+    let mut pair = Pair::for_test("harestart");
+    // 2 s adverts: the peer would take over 7.2 s after the last one.
+    let (a, b) = (Side::new(150, 2000), Side::new(100, 2000));
+    pair.start_lbd(0, &a).unwrap();
+    pair.wait_state(0, "master", ELECTION).unwrap();
+    pair.start_lbd(1, &b).unwrap();
+    wait_until(ELECTION, "the backup to hear the master", || {
+        pair.vrrp_status(1)
+            .map(|v| v.master == Some(pair.lb_addr(0)))
+            .unwrap_or(false)
+    })
+    .unwrap();
+    wait_until(ELECTION, "a request through the master", || {
+        one_request(&pair).is_some()
+    })
+    .unwrap();
+    let target = pair.vip_target();
+    let secs = 8.0;
+    let mut hold = pair
+        .spawn_client(&[
+            "hold",
+            "--target",
+            &target,
+            "--connections",
+            "20",
+            "--duration-secs",
+            &secs.to_string(),
+        ])
+        .unwrap();
+    hold.wait_for_stdout("ready", Duration::from_secs(30))
+        .unwrap();
+
+    let mut old = pair.take_process(0).unwrap();
+    old.signal(libc::SIGQUIT);
+    let status = old
+        .wait_timeout(Duration::from_secs(20))
+        .unwrap()
+        .expect("lbd exits on SIGQUIT");
+    assert!(status.success(), "{status}");
+    for addr in pair.floating(&a) {
+        assert!(pair.holds(0, addr), "{addr} stays while lbd is away");
+    }
+    let text = pair.lbd_config(0, &a);
+    pair.start_lbd_config(0, &text).unwrap();
+    let v = pair.vrrp_status(0).unwrap();
+    pair.wait_state(0, "master", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e:#}: {v:?}"));
+    let (survived, report) = finish_hold(hold, secs);
+    assert_eq!(survived, 20, "connections carry on: {report}");
+    let peer = pair.vrrp_status(1).unwrap();
+    assert_eq!(
+        (peer.state.as_str(), peer.transitions),
+        ("backup", 0),
+        "the peer never took over: {peer:?}"
+    );
+    assert!(pair.status(0).unwrap().adopted);
 }

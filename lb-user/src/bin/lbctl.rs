@@ -381,9 +381,22 @@ fn print_vrrp(v: &lb_user::api::VrrpStatus) {
             v.problems.join("; ")
         );
     }
+    let placed: Vec<String> = v
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match v.address_interfaces.get(i) {
+            Some(ifname) if *ifname != v.interface => format!("{a} on {ifname}"),
+            _ => a.to_string(),
+        })
+        .collect();
     println!(
         "  addresses {} ({})",
-        addresses(&v.addresses),
+        if placed.is_empty() {
+            "none".to_owned()
+        } else {
+            placed.join(", ")
+        },
         if v.holding {
             "held here"
         } else {

@@ -69,9 +69,12 @@ fn cs(n: u32) -> Duration {
 
 impl Machine {
     /// A router starting as backup (RFC 5798 6.4.1 for priority < 255).
-    /// `holding`: the floating addresses are already here (left by an
-    /// earlier lbd that exited keeping them); they stay until a master is
-    /// heard or this router becomes master itself.
+    /// `holding`: the floating addresses are already here, left by an
+    /// earlier lbd that was master and exited keeping them (a restart): then
+    /// its master-down timer is already out, so it resumes as master at once
+    /// rather than leave the peer to take over meanwhile. An advertisement
+    /// already waiting from a master that wins is heard first, and the
+    /// addresses go.
     pub fn new(p: Params, now: Instant, holding: bool) -> Machine {
         let mut m = Machine {
             master_interval_cs: p.interval_cs,
@@ -81,7 +84,9 @@ impl Machine {
             master: None,
             holding,
         };
-        m.deadline = now + m.master_down();
+        if !holding {
+            m.deadline = now + m.master_down();
+        }
         m
     }
 
@@ -326,6 +331,18 @@ mod tests {
         let mut m = Machine::new(params(100), t0, true);
         assert_eq!(m.on_advert(t0, PEER, 120, 100), vec![Action::Release]);
         assert!(m.on_advert(t0, PEER, 120, 100).is_empty());
+    }
+
+    #[test]
+    fn a_restart_holding_the_addresses_resumes_as_master_at_once() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(100), t0, true);
+        assert_eq!(m.deadline(), t0);
+        assert_eq!(
+            m.on_timer(t0),
+            vec![Action::Advertise(100), Action::TakeOver]
+        );
+        assert_eq!(m.role(), Role::Master);
     }
 
     #[test]

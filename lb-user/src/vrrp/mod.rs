@@ -20,6 +20,7 @@ pub mod machine;
 pub mod packet;
 
 use std::{
+    collections::HashMap,
     io,
     mem::size_of,
     net::Ipv4Addr,
@@ -42,6 +43,21 @@ const GARP_REPEATS: [Duration; 2] = [Duration::from_millis(500), Duration::from_
 /// DSCP CS6 (network control), as keepalived marks advertisements.
 const TOS_NETWORK_CONTROL: i32 = 0xc0;
 
+/// An interface floating addresses live on, with its ARP socket.
+struct Link {
+    iface: Interface,
+    announcer: Announcer,
+}
+
+impl Link {
+    fn open(ifname: &str) -> Result<Link> {
+        let iface = Interface::lookup(ifname)?;
+        let announcer = Announcer::new(&iface)
+            .with_context(|| format!("opening a packet socket on {ifname} for ARP"))?;
+        Ok(Link { iface, announcer })
+    }
+}
+
 /// How the instance leaves when lbd stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Leave {
@@ -49,8 +65,8 @@ pub enum Leave {
     /// after its skew time) and removes the floating addresses.
     GiveUp,
     /// lbd exits for a restart, leaving the data plane forwarding: the
-    /// addresses stay and no advertisement is sent. The next lbd starts as
-    /// backup holding them and becomes master again unless a master is heard.
+    /// addresses stay and no advertisement is sent. The next lbd finds them
+    /// and resumes as master at once (unless a winning master is heard).
     Keep,
 }
 
@@ -60,8 +76,12 @@ pub struct Vrrp {
     source: Ipv4Addr,
     iface: Interface,
     socket: OwnedFd,
-    announcer: Announcer,
+    /// Each floating address and the interface it lives on.
+    placements: Vec<(Ipv4Addr, String)>,
+    /// The floating addresses alone, in order (what advertisements carry).
     addresses: Vec<Ipv4Addr>,
+    /// The interfaces floating addresses live on, by name.
+    links: HashMap<String, Link>,
     status: Arc<Mutex<VrrpStatus>>,
     ec2: Option<Arc<ec2::Ec2>>,
     /// The EC2 takeover in progress, if any.
@@ -154,15 +174,25 @@ fn vrrp_socket(iface: &Interface, source: Ipv4Addr) -> Result<OwnedFd> {
 }
 
 impl Vrrp {
-    /// Checks the interface and opens the sockets; nothing on the host
-    /// changes yet. `addresses`: the floating addresses (see
-    /// [`config::Config::vrrp_addresses`]).
+    /// Checks the interfaces and opens the sockets; nothing on the host
+    /// changes yet. `placements`: the floating addresses and their
+    /// interfaces (see [`config::Config::vrrp_placements`]); `tracked`: the
+    /// interfaces whose state lowers the priority.
     pub fn open(
         cfg: &config::Vrrp,
-        addresses: Vec<Ipv4Addr>,
+        placements: Vec<(Ipv4Addr, String)>,
         tracked: Vec<String>,
     ) -> Result<Vrrp> {
         let iface = Interface::lookup(&cfg.interface)?;
+        let addresses: Vec<Ipv4Addr> = placements.iter().map(|(a, _)| *a).collect();
+        let mut links = HashMap::new();
+        for (a, ifname) in &placements {
+            if !links.contains_key(ifname) {
+                let link = Link::open(ifname)
+                    .with_context(|| format!("vrrp.addresses: the interface of {a}"))?;
+                links.insert(ifname.clone(), link);
+            }
+        }
         let present = iface.addresses()?;
         let source = match cfg.source {
             Some(s) => {
@@ -191,8 +221,6 @@ impl Vrrp {
             );
         }
         let socket = vrrp_socket(&iface, source)?;
-        let announcer = Announcer::new(&iface)
-            .with_context(|| format!("opening a packet socket on {} for ARP", iface.name))?;
         let status = VrrpStatus {
             interface: iface.name.clone(),
             router_id: cfg.router_id,
@@ -205,6 +233,7 @@ impl Vrrp {
             source,
             peers: cfg.peers.clone(),
             addresses: addresses.clone(),
+            address_interfaces: placements.iter().map(|(_, i)| i.clone()).collect(),
             state: Role::Backup.as_str().into(),
             master: None,
             since_unix: unix_now(),
@@ -221,8 +250,9 @@ impl Vrrp {
             source,
             iface,
             socket,
-            announcer,
+            placements,
             addresses,
+            links,
             status: Arc::new(Mutex::new(status)),
             ec2: cfg.ec2.as_ref().map(|c| Arc::new(ec2::Ec2::new(c))),
             ec2_task: None,
@@ -268,31 +298,48 @@ impl Vrrp {
         }
     }
 
-    fn take_over(&self) {
-        for a in &self.addresses {
-            if let Err(e) = link::set_address(self.iface.index, *a, true) {
-                self.problem(format!("adding {a}/32 to {}: {e}", self.iface.name));
+    /// Adds (`add`) or removes floating address `a` on `ifname`, and
+    /// announces an added one.
+    fn place(&self, a: Ipv4Addr, ifname: &str, add: bool) {
+        let Some(link) = self.links.get(ifname) else {
+            self.problem(format!("{a}: interface {ifname} is not open"));
+            return;
+        };
+        if let Err(e) = link::set_address(link.iface.index, a, add) {
+            let (verb, prep) = if add {
+                ("adding", "to")
+            } else {
+                ("removing", "from")
+            };
+            self.problem(format!("{verb} {a}/32 {prep} {ifname}: {e}"));
+        } else if add {
+            self.announce_one(a, ifname);
+        }
+    }
+
+    fn announce_one(&self, a: Ipv4Addr, ifname: &str) {
+        if let Some(link) = self.links.get(ifname) {
+            if let Err(e) = link.announcer.announce(a) {
+                self.problem(format!("gratuitous ARP for {a} on {ifname}: {e}"));
             }
         }
-        self.announce();
+    }
+
+    fn take_over(&self) {
+        for (a, ifname) in &self.placements {
+            self.place(*a, ifname, true);
+        }
     }
 
     fn announce(&self) {
-        for a in &self.addresses {
-            if let Err(e) = self.announcer.announce(*a) {
-                self.problem(format!(
-                    "gratuitous ARP for {a} on {}: {e}",
-                    self.iface.name
-                ));
-            }
+        for (a, ifname) in &self.placements {
+            self.announce_one(*a, ifname);
         }
     }
 
     fn release(&self) {
-        for a in &self.addresses {
-            if let Err(e) = link::set_address(self.iface.index, *a, false) {
-                self.problem(format!("removing {a}/32 from {}: {e}", self.iface.name));
-            }
+        for (a, ifname) in &self.placements {
+            self.place(*a, ifname, false);
         }
     }
 
@@ -451,16 +498,19 @@ impl Vrrp {
     /// have no backend taking new flows (for `track_backends`).
     pub async fn run(
         mut self,
-        mut addresses: watch::Receiver<Vec<Ipv4Addr>>,
+        mut addresses: watch::Receiver<Vec<(Ipv4Addr, String)>>,
         mut vip_problems: watch::Receiver<Vec<String>>,
         mut leave: watch::Receiver<Option<Leave>>,
     ) {
-        let present = self.iface.addresses().unwrap_or_default();
-        let holding = self.addresses.iter().any(|a| present.contains(a));
+        let holding = self.placements.iter().any(|(a, ifname)| {
+            link::addresses_of(ifname)
+                .map(|present| present.contains(a))
+                .unwrap_or(false)
+        });
         if holding {
             tracing::info!(
                 addresses = %list(&self.addresses),
-                "floating addresses already here (an earlier lbd kept them): holding them until a master is heard"
+                "vrrp: floating addresses already here (an earlier lbd kept them): resuming as master"
             );
         }
         let params = Params {
@@ -601,33 +651,30 @@ impl Vrrp {
 
     /// A reload changed the floating addresses: a master adds the new ones
     /// and removes the ones gone.
-    fn readdress(&mut self, new: Vec<Ipv4Addr>, master: bool) {
-        if new == self.addresses {
+    fn readdress(&mut self, new: Vec<(Ipv4Addr, String)>, master: bool) {
+        if new == self.placements {
             return;
         }
-        if master {
-            for a in self.addresses.iter().filter(|a| !new.contains(a)) {
-                if let Err(e) = link::set_address(self.iface.index, *a, false) {
-                    self.problem(format!("removing {a}/32 from {}: {e}", self.iface.name));
+        for (a, ifname) in &new {
+            if !self.links.contains_key(ifname) {
+                match Link::open(ifname) {
+                    Ok(link) => {
+                        self.links.insert(ifname.clone(), link);
+                    }
+                    Err(e) => self.problem(format!("{a}: {e:#}")),
                 }
             }
         }
-        let added: Vec<Ipv4Addr> = new
-            .iter()
-            .filter(|a| !self.addresses.contains(a))
-            .copied()
-            .collect();
-        self.addresses = new;
+        let old = std::mem::replace(&mut self.placements, new);
         if master {
-            for a in &added {
-                if let Err(e) = link::set_address(self.iface.index, *a, true) {
-                    self.problem(format!("adding {a}/32 to {}: {e}", self.iface.name));
-                }
-                if let Err(e) = self.announcer.announce(*a) {
-                    self.problem(format!("gratuitous ARP for {a}: {e}"));
-                }
+            for (a, ifname) in old.iter().filter(|p| !self.placements.contains(p)) {
+                self.place(*a, ifname, false);
+            }
+            for (a, ifname) in self.placements.iter().filter(|p| !old.contains(p)) {
+                self.place(*a, ifname, true);
             }
         }
+        self.addresses = self.placements.iter().map(|(a, _)| *a).collect();
         if master {
             self.start_ec2();
         }
@@ -636,12 +683,14 @@ impl Vrrp {
 
     fn publish(&self, m: &Machine) {
         let addresses = self.addresses.clone();
+        let interfaces: Vec<String> = self.placements.iter().map(|(_, i)| i.clone()).collect();
         let holding = m.holding();
         self.update(|s| {
             s.state = m.role().as_str().into();
             s.master = m.master();
             s.holding = holding;
             s.addresses = addresses;
+            s.address_interfaces = interfaces;
             s.master_advert_interval_ms = u64::from(m.master_interval_cs()) * 10;
         });
     }
