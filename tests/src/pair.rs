@@ -49,6 +49,8 @@ pub struct Side {
     pub preempt: bool,
     /// Float `nat.source` with the VIP (what lets connections survive).
     pub float_nat: bool,
+    /// The VRRP version keepalived speaks on this side (lbd speaks 3).
+    pub keepalived_version: u8,
 }
 
 impl Side {
@@ -58,6 +60,7 @@ impl Side {
             advert_ms,
             preempt: true,
             float_nat: true,
+            keepalived_version: 3,
         }
     }
 }
@@ -342,11 +345,12 @@ impl Pair {
             .map(|a| format!("    {a}/32 dev eth0\n"))
             .collect();
         let conf = format!(
-            "global_defs {{\n  router_id lb{n}\n  vrrp_version 3\n}}\n\
+            "global_defs {{\n  router_id lb{n}\n  vrrp_version {version}\n}}\n\
              vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id {ROUTER_ID}\n  \
              priority {prio}\n  advert_int {adv}\n{nopreempt}  unicast_src_ip {me}\n  \
              unicast_peer {{\n    {peer}\n  }}\n  virtual_ipaddress {{\n{addresses}  }}\n}}\n",
             n = side + 1,
+            version = s.keepalived_version,
             prio = s.priority,
             adv = s.advert_ms as f64 / 1000.0,
             nopreempt = if s.preempt { "" } else { "  nopreempt\n" },

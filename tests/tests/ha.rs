@@ -507,3 +507,30 @@ fn a_master_restarted_with_sigquit_keeps_the_addresses_and_its_connections() {
     );
     assert!(pair.status(0).unwrap().adopted);
 }
+
+#[test]
+fn a_vrrp_version_2_peer_is_refused_with_a_reason() {
+    let mut pair = Pair::for_test("hav2");
+    let mut ka = Side::new(150, 100);
+    ka.keepalived_version = 2;
+    pair.start_keepalived(0, &ka).unwrap();
+    pair.start_lbd(1, &Side::new(100, 100)).unwrap();
+    wait_until(ELECTION, "lbd to refuse keepalived's adverts", || {
+        pair.vrrp_status(1)
+            .map(|v| v.adverts_invalid >= 1)
+            .unwrap_or(false)
+    })
+    .unwrap();
+    let v = pair.vrrp_status(1).unwrap();
+    assert_eq!(v.adverts_received, 0, "{v:?}");
+    let problem = v.last_problem.unwrap_or_default();
+    assert!(
+        problem.contains("VRRP version 2") && problem.contains("vrrp_version 3"),
+        "{problem}"
+    );
+    let text = pair.lbctl_status(1).unwrap();
+    assert!(
+        text.contains("refused") && text.contains("version 2"),
+        "{text}"
+    );
+}
