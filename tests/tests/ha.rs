@@ -534,3 +534,43 @@ fn a_vrrp_version_2_peer_is_refused_with_a_reason() {
         "{text}"
     );
 }
+
+#[test]
+fn the_pair_sandbox_fails_over_back_and_forth_without_losing_a_connection() {
+    let bin_dir = lb_tests::topology::default_bin_dir();
+    let sandbox = bin_dir.join("lb-sandbox");
+    assert!(sandbox.is_file(), "{} is missing", sandbox.display());
+    let _ = lb_tests::topology::Binaries::from_env();
+    let bin_dir = bin_dir.display().to_string();
+    let mut child = Child::spawn(
+        &sandbox.display().to_string(),
+        &[
+            "--bin-dir",
+            &bin_dir,
+            "--pair",
+            "--duration",
+            "16",
+            "--failover-every",
+            "5",
+        ],
+    )
+    .expect("start lb-sandbox --pair");
+    let status = child
+        .wait_timeout(Duration::from_secs(180))
+        .expect("wait for lb-sandbox")
+        .unwrap_or_else(|| panic!("lb-sandbox still running:\n{}", child.output_so_far()));
+    let out = child.stdout_so_far();
+    eprintln!("{}", child.output_so_far());
+    assert!(status.success(), "lb-sandbox exited with {status}");
+    assert!(out.contains("lb2 is master"), "no takeover seen");
+    assert!(out.contains("bringing lb1's link back up"), "no repair");
+    assert!(
+        out.contains(r#""survived":20"#),
+        "the held connections did not all survive"
+    );
+    assert!(out.contains("cleaned up"));
+    for suffix in ["c", "l1", "l2", "s"] {
+        assert!(!lb_tests::netns_exists(&format!("lbhasb{suffix}")));
+    }
+    assert!(!std::path::Path::new("/sys/fs/bpf/lb-lbhasb-1").exists());
+}

@@ -39,6 +39,10 @@ enum Task {
         /// Build userspace in release mode.
         #[arg(long)]
         release: bool,
+        /// Run the sandbox with an HA pair of lbds (VRRP) that fails over
+        /// every few seconds, instead of a single lbd.
+        #[arg(long)]
+        pair: bool,
         /// Arguments for lbd (e.g. `-- --config /etc/lb/lb.toml`); none runs the sandbox.
         #[arg(last = true)]
         args: Vec<String>,
@@ -69,7 +73,11 @@ fn main() -> Result<()> {
         Task::Setup => setup::ensure(),
         Task::BuildEbpf => build_ebpf().map(|_| ()),
         Task::Build { release } => build(release).map(|_| ()),
-        Task::Run { release, args } => run(release, args),
+        Task::Run {
+            release,
+            pair,
+            args,
+        } => run(release, pair, args),
         Task::Test { args } => test(args),
         Task::Lint => lint(),
         Task::Bench { quick, only } => bench(quick, only),
@@ -132,12 +140,18 @@ fn build(release: bool) -> Result<PathBuf> {
         .join(if release { "release" } else { "debug" }))
 }
 
-fn run(release: bool, args: Vec<String>) -> Result<()> {
+fn run(release: bool, pair: bool, args: Vec<String>) -> Result<()> {
+    if pair && !args.is_empty() {
+        bail!("--pair runs the sandbox; it does not take lbd arguments");
+    }
     setup::ensure()?;
     let bin = build(release)?;
     let mut cmd = if args.is_empty() {
         let mut c = Command::new(bin.join("lb-sandbox"));
         c.arg("--bin-dir").arg(&bin);
+        if pair {
+            c.arg("--pair");
+        }
         c
     } else {
         let mut c = Command::new(bin.join("lbd"));

@@ -7,6 +7,12 @@
 //! namespace to the VIP and prints per-backend counters every second, until
 //! Ctrl-C (SIGINT/SIGTERM) or `--duration` has passed. Then it stops `lbd`
 //! and removes everything it made.
+//!
+//! With `--pair`, it builds an HA pair instead (`lb_tests::pair`: two lbds
+//! speaking VRRP on one bridge with the client and the backends), and every
+//! `--failover-every` seconds takes the master's link down or brings it back,
+//! printing who is master and how long the takeover took, while the client
+//! keeps connecting and a set of long connections keeps exchanging data.
 
 use std::{
     io::{IsTerminal, Write},
@@ -24,6 +30,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lb_tests::{
     netns_exists,
+    pair::{Pair, Side},
     topology::{default_bin_dir, default_ebpf_object, Binaries, Topology, BACKENDS, VIP_NAME},
 };
 use lb_user::api::VipStatus;
@@ -53,6 +60,12 @@ struct Args {
     /// New client connections per second.
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
+    /// An HA pair of lbds speaking VRRP, failing over now and then.
+    #[arg(long)]
+    pair: bool,
+    /// With --pair: seconds between link failures and repairs.
+    #[arg(long, default_value_t = 10.0)]
+    failover_every: f64,
 }
 
 /// Set by SIGINT/SIGTERM.
@@ -110,6 +123,9 @@ fn run(args: &Args) -> Result<()> {
     let bin_dir = args.bin_dir.clone().unwrap_or_else(default_bin_dir);
     let object = args.object.clone().unwrap_or_else(default_ebpf_object);
     let bins = Binaries::locate(&bin_dir, &object)?;
+    if args.pair {
+        return pair_sandbox(args, bins, &bin_dir);
+    }
 
     println!("lb-sandbox: building namespaces {PREFIX}c, {PREFIX}l, {PREFIX}s, {PREFIX}b1..b3 ...");
     let mut topo = Topology::new(PREFIX, NET, bins)?;
@@ -367,4 +383,192 @@ fn table(
     }
     *previous = Some((now, flows));
     s
+}
+
+/// Name prefix and subnet of the pair sandbox.
+const PAIR_PREFIX: &str = "lbhasb";
+const PAIR_NET: u8 = 124;
+/// Connections the pair sandbox holds open across its failovers.
+const PAIR_HELD: &str = "20";
+
+/// `--pair`: an HA pair that fails over every `--failover-every` seconds.
+fn pair_sandbox(args: &Args, bins: Binaries, bin_dir: &std::path::Path) -> Result<()> {
+    if !(args.failover_every.is_finite() && args.failover_every >= 2.0) {
+        bail!("--failover-every must be at least 2 seconds");
+    }
+    println!("lb-sandbox: building namespaces {PAIR_PREFIX}c, l1, l2, s, b1..b3 ...");
+    let mut pair = Pair::new(PAIR_PREFIX, PAIR_NET, bins)?;
+    pair.start_lbd(0, &Side::new(150, 100))?;
+    pair.start_lbd(1, &Side::new(100, 100))?;
+    pair.wait_state(0, "master", Duration::from_secs(30))?;
+    let bin = bin_dir.display();
+    println!();
+    println!("lb-sandbox: an lbd pair is running in network namespaces");
+    println!(
+        "  client  {PAIR_PREFIX}c   {} -> VIP {}",
+        pair.client_addr(),
+        pair.vip_target()
+    );
+    for side in 0..2 {
+        println!(
+            "  lb{}     {PAIR_PREFIX}l{}  {}, priority {}, control socket {}",
+            side + 1,
+            side + 1,
+            pair.lb_addr(side),
+            if side == 0 { 150 } else { 100 },
+            pair.socket_path(side).display()
+        );
+    }
+    println!(
+        "          VRRP every 100 ms; floating: the VIP {} and the NAT source {}",
+        pair.vip(),
+        pair.nat_source()
+    );
+    println!(
+        "  backends {PAIR_PREFIX}b1..b3 {}, {}, {} :8080",
+        pair.backend_addr(0),
+        pair.backend_addr(1),
+        pair.backend_addr(2)
+    );
+    println!(
+        "Every {} s the master's link goes down (or comes back up). Watch it by hand with:",
+        args.failover_every
+    );
+    println!(
+        "  {bin}/lbctl --socket {} status",
+        pair.socket_path(1).display()
+    );
+    println!();
+
+    let start = Instant::now();
+    let deadline = args
+        .duration
+        .map(|d| start + Duration::from_secs_f64(d.max(0.0)));
+    let target = pair.vip_target();
+    let rate = format!("{}", args.rate);
+    let count = format!("{}", args.rate.ceil().max(1.0) as u64);
+    // The held connections last as long as the run (lb-testkit caps a hold
+    // at 120 s; the sandbox starts another when one ends).
+    let hold = |secs: f64| {
+        pair.spawn_client(&[
+            "hold",
+            "--target",
+            &target,
+            "--connections",
+            PAIR_HELD,
+            "--duration-secs",
+            &format!("{secs}"),
+        ])
+    };
+    let mut held = Some(hold(args.duration.unwrap_or(120.0).min(120.0))?);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut next_flip = start + Duration::from_secs_f64(args.failover_every);
+    let mut failed_side: Option<usize> = None;
+    let mut result = Ok(());
+    while !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
+        // One second of new connections.
+        match pair.spawn_client(&[
+            "client",
+            "--target",
+            &target,
+            "--rate",
+            &rate,
+            "--duration-secs",
+            "1",
+            "--count",
+            &count,
+            "--concurrency",
+            "8",
+            "--timeout-ms",
+            "2000",
+        ]) {
+            Ok(mut c) => {
+                let _ = c.wait_timeout(Duration::from_secs(10));
+                if let Ok(r) = lb_tests::try_parse_client_report(&c.stdout_so_far()) {
+                    ok += r.ok;
+                    failed += r.failed;
+                }
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        let states: Vec<String> = (0..2)
+            .map(|side| match pair.vrrp_status(side) {
+                Ok(v) => format!(
+                    "lb{} {} (prio {})",
+                    side + 1,
+                    v.state.to_uppercase(),
+                    v.effective_priority
+                ),
+                Err(_) => format!("lb{} unreachable", side + 1),
+            })
+            .collect();
+        let master = (0..2).find(|&side| {
+            pair.vrrp_status(side)
+                .map(|v| v.state == "master")
+                .unwrap_or(false)
+                && failed_side != Some(side)
+        });
+        println!(
+            "t={:>4.0}s  {}  | new connections: ok {ok}, failed {failed}",
+            start.elapsed().as_secs_f64(),
+            states.join("  ")
+        );
+        if Instant::now() >= next_flip {
+            next_flip = Instant::now() + Duration::from_secs_f64(args.failover_every);
+            match failed_side.take() {
+                Some(side) => {
+                    println!("lb-sandbox: bringing lb{}'s link back up", side + 1);
+                    let _ = pair.lb_ns(side).ip(&["link", "set", "eth0", "up"]);
+                }
+                None => {
+                    let side = master.unwrap_or(0);
+                    println!("lb-sandbox: taking lb{}'s link down", side + 1);
+                    let down = Instant::now();
+                    let _ = pair.fail_link(side);
+                    failed_side = Some(side);
+                    let other = 1 - side;
+                    match pair.wait_state(other, "master", Duration::from_secs(10)) {
+                        Ok(()) => println!(
+                            "lb-sandbox: lb{} is master {} ms later",
+                            other + 1,
+                            down.elapsed().as_millis()
+                        ),
+                        Err(e) => println!("lb-sandbox: {e:#}"),
+                    }
+                }
+            }
+        }
+        if let Some(h) = held.as_mut() {
+            if !h.is_running() {
+                let report = h.stdout_so_far();
+                println!(
+                    "lb-sandbox: held connections: {}",
+                    report.lines().last().unwrap_or("no report")
+                );
+                held = None;
+                let left = deadline.map_or(120.0, |d| {
+                    d.saturating_duration_since(Instant::now()).as_secs_f64()
+                });
+                if left >= 10.0 {
+                    held = Some(hold(left.min(120.0))?);
+                }
+            }
+        }
+    }
+    if let Some(mut h) = held.take() {
+        // Its exchanges end with the run (or it is stopped, on Ctrl-C).
+        if !STOP.load(Ordering::SeqCst) && h.wait_timeout(Duration::from_secs(30)).is_ok() {
+            println!(
+                "lb-sandbox: held connections: {}",
+                h.stdout_so_far().lines().last().unwrap_or("no report")
+            );
+        }
+    }
+    println!("lb-sandbox: stopping both lbds and removing the namespaces ...");
+    drop(pair);
+    println!("lb-sandbox: cleaned up");
+    result
 }
