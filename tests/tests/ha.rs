@@ -574,3 +574,26 @@ fn the_pair_sandbox_fails_over_back_and_forth_without_losing_a_connection() {
     }
     assert!(!std::path::Path::new("/sys/fs/bpf/lb-lbhasb-1").exists());
 }
+
+#[test]
+fn a_vrrp_interface_that_is_not_there_stops_lbd_before_it_touches_anything() {
+    let mut pair = Pair::for_test("habad");
+    let text = pair.lbd_config(0, &Side::new(150, 100)).replace(
+        "[vrrp]\ninterface = \"eth0\"",
+        "[vrrp]\ninterface = \"eth7\"",
+    );
+    assert!(text.contains("interface = \"eth7\""));
+    let e = pair.start_lbd_config(0, &text).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("exited") && e.contains("vrrp.interface: there is no interface \"eth7\""),
+        "{e}"
+    );
+    assert!(!pair.pin_path(0).exists(), "no data plane left behind");
+    assert!(!pair.holds(0, pair.vip()));
+    let reserved = pair
+        .lb_ns(0)
+        .exec(&["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"])
+        .unwrap();
+    assert_eq!(reserved.trim(), "", "no ports reserved");
+}

@@ -183,7 +183,14 @@ impl Vrrp {
         placements: Vec<(Ipv4Addr, String)>,
         tracked: Vec<String>,
     ) -> Result<Vrrp> {
-        let iface = Interface::lookup(&cfg.interface)?;
+        let iface = Interface::lookup(&cfg.interface).map_err(|e| {
+            // Lookup errors about a missing interface name the key already.
+            if e.to_string().starts_with("vrrp.interface") {
+                e
+            } else {
+                e.context("vrrp.interface")
+            }
+        })?;
         let addresses: Vec<Ipv4Addr> = placements.iter().map(|(a, _)| *a).collect();
         let mut links = HashMap::new();
         for (a, ifname) in &placements {
