@@ -8,9 +8,19 @@
     moto_ec2.py ENDPOINT where ALLOCATION_ID
         Prints, as JSON, the interface the Elastic IP is associated with and
         every interface's private addresses.
+    moto_ec2.py ENDPOINT takeover ENI ALLOCATION_ID ADDRESS...
+        What a keepalived notify_master script does on EC2: assigns the
+        addresses to ENI (reassignment allowed) and associates the Elastic IP
+        with it and the first address. The glue lb replaces, for the
+        benchmark's comparison.
+    moto_ec2.py ENDPOINT wait ALLOCATION_ID ENI
+        Prints "ready", then polls every 10 ms until the Elastic IP is
+        associated with ENI, and prints the milliseconds that took (at most
+        60 s; exits 1 on timeout).
 """
 import json
 import sys
+import time
 
 import boto3
 
@@ -56,6 +66,30 @@ def where(ec2, allocation_id):
     }
 
 
+def takeover(ec2, eni, allocation_id, *addresses):
+    ec2.assign_private_ip_addresses(
+        NetworkInterfaceId=eni, PrivateIpAddresses=list(addresses), AllowReassignment=True
+    )
+    ec2.associate_address(
+        AllocationId=allocation_id,
+        NetworkInterfaceId=eni,
+        PrivateIpAddress=addresses[0],
+        AllowReassociation=True,
+    )
+    return {"ok": True}
+
+
+def wait(ec2, allocation_id, eni):
+    print("ready", flush=True)
+    start = time.monotonic()
+    while time.monotonic() - start < 60:
+        address = ec2.describe_addresses(AllocationIds=[allocation_id])["Addresses"][0]
+        if address.get("NetworkInterfaceId") == eni:
+            return {"ms": (time.monotonic() - start) * 1000}
+        time.sleep(0.01)
+    raise SystemExit("timed out")
+
+
 def main():
     endpoint, verb, *args = sys.argv[1:]
     ec2 = client(endpoint)
@@ -63,6 +97,10 @@ def main():
         out = setup(ec2, *args)
     elif verb == "where":
         out = where(ec2, *args)
+    elif verb == "takeover":
+        out = takeover(ec2, *args)
+    elif verb == "wait":
+        out = wait(ec2, *args)
     else:
         raise SystemExit(f"unknown verb {verb!r}")
     print(json.dumps(out))

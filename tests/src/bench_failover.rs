@@ -81,7 +81,12 @@ struct Round {
 pub struct FailoverResults {
     pub gaps: Vec<Gaps>,
     pub keepalived_version: String,
+    /// EC2 takeover times, per peer (milliseconds, one per round).
+    pub ec2: Vec<(&'static str, Vec<f64>)>,
 }
+
+/// The advert interval of the EC2 takeover rounds.
+const EC2_ADVERT_MS: u64 = 100;
 
 /// Probe start times (ms) and who answered (`None`: lost), in start order,
 /// as `lb-testkit probe` prints them.
@@ -356,6 +361,93 @@ fn lbd_round(advert_ms: u64) -> Result<Round> {
     outcome
 }
 
+/// One EC2 takeover: the master's link goes down, and the time until EC2
+/// (moto) reports the Elastic IP on the backup's network interface. lbd
+/// does it with `[vrrp.ec2]`; keepalived with a `notify_master` script, the
+/// glue lb replaces (a Python program making the same two calls with boto3,
+/// as the AWS CLI would).
+fn ec2_round(lbd: bool) -> Result<f64> {
+    let bins = Binaries::locate(&default_bin_dir(), &default_ebpf_object())?;
+    let prefix = unique_prefix("ec2fail");
+    let net = crate::topology::subnet_byte(&prefix);
+    let mut pair = Pair::new(&prefix, net, bins)?;
+    let outcome = (|| -> Result<f64> {
+        let moto = pair.start_moto()?;
+        let sides = [
+            pair::Side::new(101, EC2_ADVERT_MS),
+            pair::Side::new(100, EC2_ADVERT_MS),
+        ];
+        let election = Duration::from_millis(EC2_ADVERT_MS * 4 + 10_000);
+        if lbd {
+            pair.set_lbd_env(&[
+                ("AWS_ACCESS_KEY_ID", "testing"),
+                ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ]);
+            for (side, s) in sides.iter().enumerate() {
+                let text = pair.lbd_config_with(side, s, &pair.ec2_table(&moto, side));
+                pair.start_lbd_config(side, &text)?;
+            }
+        } else {
+            let python = moto.venv.join("bin/python");
+            for (side, s) in sides.iter().enumerate() {
+                let script = pair.dir().join(format!("notify-master-{side}.sh"));
+                fs::write(
+                    &script,
+                    format!(
+                        "#!/bin/sh\nexec {} {} {} takeover {} {} {} {}\n",
+                        python.display(),
+                        pair::moto_script().display(),
+                        pair.moto_endpoint(),
+                        moto.enis[side],
+                        moto.allocation,
+                        pair.vip(),
+                        pair.nat_source()
+                    ),
+                )?;
+                fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+                let mut s = s.clone();
+                s.keepalived_notify = Some(script);
+                pair.start_keepalived(side, &s)?;
+            }
+        }
+        let on = |side: usize| {
+            pair.moto_ec2(&moto, &["where", &moto.allocation])
+                .map(|w| w["eip_interface"] == moto.enis[side].as_str())
+                .unwrap_or(false)
+        };
+        wait_until(election, "the Elastic IP on the first master", || on(0))?;
+        let python = moto.venv.join("bin/python").display().to_string();
+        let script = pair::moto_script().display().to_string();
+        let mut waiter = pair.switch_ns().spawn(&[
+            &python,
+            &script,
+            "http://127.0.0.1:5000",
+            "wait",
+            &moto.allocation,
+            &moto.enis[1],
+        ])?;
+        waiter.wait_for_stdout("ready", Duration::from_secs(30))?;
+        pair.fail_link(0)?;
+        let status = waiter
+            .wait_timeout(Duration::from_secs(90))?
+            .context("the Elastic IP did not move within 90 s")?;
+        ensure!(
+            status.success(),
+            "waiting for the Elastic IP to move failed: {}",
+            waiter.output_so_far()
+        );
+        let out = waiter.stdout_so_far();
+        let line = out.lines().last().unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))?;
+        v["ms"].as_f64().context("no time in the waiter's report")
+    })();
+    if outcome.is_err() {
+        eprintln!("{}", pair.diagnostics());
+    }
+    outcome
+}
+
 fn keepalived_version() -> String {
     std::process::Command::new("keepalived")
         .arg("--version")
@@ -423,6 +515,18 @@ pub fn run(options: &FailoverOptions) -> Result<FailoverResults> {
             }
             results.gaps.extend(per_peer);
         }
+        let mut ec2 = [("keepalived", Vec::new()), ("lbd", Vec::new())];
+        for round in 0..options.rounds {
+            for (peer, times) in ec2.iter_mut() {
+                eprintln!(
+                    "bench failover: EC2 takeover, {peer}, round {}/{}",
+                    round + 1,
+                    options.rounds
+                );
+                times.push(ec2_round(*peer == "lbd")?);
+            }
+        }
+        results.ec2 = ec2.to_vec();
         Ok(())
     })();
     let _ = fs::remove_dir_all(&dir);
@@ -469,6 +573,33 @@ pub fn render(r: &FailoverResults) -> String {
         );
     }
     let _ = writeln!(md);
+    if !r.ec2.is_empty() {
+        let _ = writeln!(md, "### EC2 takeover\n");
+        let _ = writeln!(
+            md,
+            "The same pair with an Elastic IP, against moto's EC2 server (in a namespace on \
+             the bridge): from the master's link going down to EC2 reporting the Elastic IP \
+             on the backup's network interface (polled every 10 ms), advert interval \
+             {EC2_ADVERT_MS} ms. lbd moves it itself (`[vrrp.ec2]`: the private addresses, \
+             then the Elastic IP, then a read-back). keepalived runs a `notify_master` \
+             script making the same two calls from a Python program with boto3, as the \
+             usual AWS CLI script does: the glue lb replaces.\n"
+        );
+        let _ = writeln!(md, "| peer | takeover per round (ms) | median |");
+        let _ = writeln!(md, "|---|---|---:|");
+        for (peer, times) in &r.ec2 {
+            let per_round: Vec<String> = times.iter().map(|v| format!("{v:.0}")).collect();
+            let _ = writeln!(
+                md,
+                "| {peer} | {} | {} ms |",
+                per_round.join(", "),
+                crate::bench_e2e::median(times)
+                    .map(|m| format!("{m:.0}"))
+                    .unwrap_or_else(|| "–".into())
+            );
+        }
+        let _ = writeln!(md);
+    }
     md
 }
 

@@ -51,6 +51,8 @@ pub struct Side {
     pub float_nat: bool,
     /// The VRRP version keepalived speaks on this side (lbd speaks 3).
     pub keepalived_version: u8,
+    /// keepalived's `notify_master` script on this side, if any.
+    pub keepalived_notify: Option<PathBuf>,
 }
 
 impl Side {
@@ -61,6 +63,7 @@ impl Side {
             preempt: true,
             float_nat: true,
             keepalived_version: 3,
+            keepalived_notify: None,
         }
     }
 }
@@ -345,10 +348,10 @@ impl Pair {
             .map(|a| format!("    {a}/32 dev eth0\n"))
             .collect();
         let conf = format!(
-            "global_defs {{\n  router_id lb{n}\n  vrrp_version {version}\n}}\n\
+            "global_defs {{\n  router_id lb{n}\n  vrrp_version {version}\n  script_user root\n}}\n\
              vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  virtual_router_id {ROUTER_ID}\n  \
              priority {prio}\n  advert_int {adv}\n{nopreempt}  unicast_src_ip {me}\n  \
-             unicast_peer {{\n    {peer}\n  }}\n  virtual_ipaddress {{\n{addresses}  }}\n}}\n",
+             unicast_peer {{\n    {peer}\n  }}\n  virtual_ipaddress {{\n{addresses}  }}\n{notify}}}\n",
             n = side + 1,
             version = s.keepalived_version,
             prio = s.priority,
@@ -356,6 +359,11 @@ impl Pair {
             nopreempt = if s.preempt { "" } else { "  nopreempt\n" },
             me = self.lb_addr(side),
             peer = self.lb_addr(1 - side),
+            notify = s
+                .keepalived_notify
+                .as_ref()
+                .map(|p| format!("  notify_master \"{}\"\n", p.display()))
+                .unwrap_or_default(),
         );
         let path = self.dir.join(format!("keepalived{}.conf", side + 1));
         fs::write(&path, conf)?;
@@ -445,6 +453,68 @@ impl Pair {
         Ok(())
     }
 
+    // -- the EC2 API (moto) -------------------------------------------------
+
+    /// The EC2 API endpoint both sides reach: moto in the switch namespace.
+    pub fn moto_endpoint(&self) -> String {
+        format!("http://{}:5000", self.service_addr())
+    }
+
+    /// Starts moto's EC2 server in the switch namespace (on
+    /// [`Pair::service_addr`], added to the bridge) and creates one network
+    /// interface per side and an Elastic IP.
+    pub fn start_moto(&self) -> Result<Moto> {
+        let venv = moto_venv()?;
+        let service = self.service_addr();
+        self.switch_ns()
+            .ip(&["addr", "add", &format!("{service}/24"), "dev", "br0"])?;
+        let server = venv.join("bin/moto_server").display().to_string();
+        let child = self
+            .switch_ns()
+            .spawn_net(&[&server, "-H", "0.0.0.0", "-p", "5000"], true)?;
+        let (a1, a2) = (self.lb_addr(0).to_string(), self.lb_addr(1).to_string());
+        let mut ids = Err(anyhow::anyhow!("not tried"));
+        let answered = wait_until(Duration::from_secs(30), "moto to answer", || {
+            ids = moto_ec2(self, &venv, &["setup", &a1, &a2]);
+            ids.is_ok()
+        });
+        let ids = match (answered, ids) {
+            (Ok(()), Ok(ids)) => ids,
+            (_, Err(e)) | (Err(e), _) => return Err(e.context("setting moto up")),
+        };
+        let eni = |i: usize| -> Result<String> {
+            Ok(ids["enis"][i]
+                .as_str()
+                .context("moto_ec2.py setup: no interface id")?
+                .to_owned())
+        };
+        Ok(Moto {
+            enis: [eni(0)?, eni(1)?],
+            allocation: ids["allocation_id"]
+                .as_str()
+                .context("moto_ec2.py setup: no allocation id")?
+                .to_owned(),
+            venv,
+            _server: child,
+        })
+    }
+
+    /// Runs `tests/ec2/moto_ec2.py` against moto (see [`Pair::start_moto`]).
+    pub fn moto_ec2(&self, moto: &Moto, args: &[&str]) -> Result<serde_json::Value> {
+        moto_ec2(self, &moto.venv, args)
+    }
+
+    /// The `[vrrp.ec2]` table of side `side`, for [`Pair::lbd_config_with`].
+    pub fn ec2_table(&self, moto: &Moto, side: usize) -> String {
+        format!(
+            "\n[vrrp.ec2]\nnetwork_interface_id = \"{}\"\nelastic_ip_allocation_id = \"{}\"\n\
+             region = \"us-east-1\"\nendpoint = \"{}\"",
+            moto.enis[side],
+            moto.allocation,
+            self.moto_endpoint()
+        )
+    }
+
     /// Starts `lb-testkit` in the client namespace.
     pub fn spawn_client(&self, args: &[&str]) -> Result<Child> {
         let testkit = self.bins.testkit.display().to_string();
@@ -514,4 +584,48 @@ impl Drop for Pair {
         }
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// moto's EC2 server, running for a [`Pair`], with what was created in it.
+pub struct Moto {
+    /// The virtual environment moto (and boto3) live in.
+    pub venv: PathBuf,
+    /// The network interface of each side.
+    pub enis: [String; 2],
+    /// The Elastic IP's allocation id.
+    pub allocation: String,
+    _server: Child,
+}
+
+/// `tests/ec2/moto_ec2.py`, shipped with the test kit.
+pub fn moto_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ec2/moto_ec2.py")
+}
+
+/// moto's virtual environment: `$LB_MOTO_VENV` (set by `cargo xtask test`
+/// and `bench`), else where they install it.
+pub fn moto_venv() -> Result<PathBuf> {
+    let venv = std::env::var_os("LB_MOTO_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/lb/moto-5.2.5")
+        });
+    if !venv.join("bin/moto_server").is_file() {
+        bail!(
+            "moto is missing from {}: `cargo xtask test` (or `bench`) installs it",
+            venv.display()
+        );
+    }
+    Ok(venv)
+}
+
+fn moto_ec2(pair: &Pair, venv: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let python = venv.join("bin/python").display().to_string();
+    let script = moto_script().display().to_string();
+    let endpoint = "http://127.0.0.1:5000";
+    let mut full = vec![python.as_str(), script.as_str(), endpoint];
+    full.extend_from_slice(args);
+    let out = pair.switch_ns().exec(&full)?;
+    serde_json::from_str(out.trim()).with_context(|| format!("moto_ec2.py said {out:?}"))
 }

@@ -81,6 +81,17 @@ fn quick_failover_bench_measures_keepalived_and_lbd() {
         );
     }
     assert!(report.contains("/30 |"), "survival counted:\n{report}");
+    for peer in ["keepalived", "lbd"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.starts_with(&format!("| {peer} | "))
+                    && l.ends_with(" ms |")
+                    && !l.contains("advert")),
+            "the report lacks {peer}'s EC2 takeover:\n{report}"
+        );
+    }
+    assert!(report.contains("### EC2 takeover"), "{report}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use lb_tests::{
-    pair::{Pair, Side},
+    pair::{Moto, Pair, Side},
     wait_until, Child,
 };
 
@@ -269,39 +269,10 @@ fn a_reload_moves_the_floating_addresses_and_refuses_other_vrrp_changes() {
     assert!(pair.holds(0, pair.nat_source()));
 }
 
-/// moto's virtual environment, installed by `cargo xtask test`.
-fn moto_venv() -> std::path::PathBuf {
-    let venv = std::env::var_os("LB_MOTO_VENV")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(&std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/lb/moto-5.2.5")
-        });
-    assert!(
-        venv.join("bin/moto_server").is_file(),
-        "moto is missing from {}: run the tests with `cargo xtask test`, which installs it",
-        venv.display()
-    );
-    venv
-}
-
-/// Runs tests/ec2/moto_ec2.py in the switch namespace against moto there.
-fn moto_ec2(
-    pair: &Pair,
-    venv: &std::path::Path,
-    args: &[&str],
-) -> anyhow::Result<serde_json::Value> {
-    let python = venv.join("bin/python").display().to_string();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/ec2/moto_ec2.py");
-    let mut full = vec![python.as_str(), script, "http://127.0.0.1:5000"];
-    full.extend_from_slice(args);
-    let out = pair.switch_ns().exec(&full)?;
-    Ok(serde_json::from_str(out.trim())?)
-}
-
 /// Waits for side `side`'s EC2 takeover to complete, then checks with moto
 /// that the Elastic IP and the floating addresses are on its interface.
-fn assert_moved_to(pair: &Pair, venv: &std::path::Path, side: usize, eni: &str, allocation: &str) {
+fn assert_moved_to(pair: &Pair, moto: &Moto, side: usize) {
+    let (eni, allocation) = (moto.enis[side].as_str(), moto.allocation.as_str());
     wait_until(
         Duration::from_secs(60),
         &format!("the EC2 takeover of side {side}"),
@@ -313,7 +284,7 @@ fn assert_moved_to(pair: &Pair, venv: &std::path::Path, side: usize, eni: &str, 
         },
     )
     .unwrap();
-    let seen = moto_ec2(pair, venv, &["where", allocation]).unwrap();
+    let seen = pair.moto_ec2(moto, &["where", allocation]).unwrap();
     assert_eq!(seen["eip_interface"], eni, "{seen}");
     for addr in [pair.vip(), pair.nat_source()] {
         assert!(
@@ -328,38 +299,9 @@ fn assert_moved_to(pair: &Pair, venv: &std::path::Path, side: usize, eni: &str, 
 
 #[test]
 fn on_ec2_the_new_master_moves_the_elastic_ip_retrying_until_the_api_answers() {
-    let venv = moto_venv();
     let mut pair = Pair::for_test("haec2");
+    let moto = pair.start_moto().unwrap();
     let service = pair.service_addr();
-    pair.switch_ns()
-        .ip(&["addr", "add", &format!("{service}/24"), "dev", "br0"])
-        .unwrap();
-    let moto_server = venv.join("bin/moto_server").display().to_string();
-    let _moto = pair
-        .switch_ns()
-        .spawn_net(&[&moto_server, "-H", "0.0.0.0", "-p", "5000"], true)
-        .unwrap();
-    let (a1, a2) = (pair.lb_addr(0).to_string(), pair.lb_addr(1).to_string());
-    let mut ids = Err(anyhow::anyhow!("not tried"));
-    let answered = wait_until(Duration::from_secs(30), "moto to answer", || {
-        ids = moto_ec2(&pair, &venv, &["setup", &a1, &a2]);
-        ids.is_ok()
-    });
-    let ids = ids.unwrap_or_else(|e| panic!("{answered:?}: {e:#}"));
-    let enis: Vec<String> = ids["enis"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_owned())
-        .collect();
-    let allocation = ids["allocation_id"].as_str().unwrap().to_owned();
-    let ec2_table = |side: usize| {
-        format!(
-            "\n[vrrp.ec2]\nnetwork_interface_id = \"{}\"\nelastic_ip_allocation_id = \"{allocation}\"\n\
-             region = \"us-east-1\"\nendpoint = \"http://{service}:5000\"",
-            enis[side]
-        )
-    };
     pair.set_lbd_env(&[
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -371,7 +313,7 @@ fn on_ec2_the_new_master_moves_the_elastic_ip_retrying_until_the_api_answers() {
         .ip(&["addr", "del", &format!("{service}/24"), "dev", "br0"])
         .unwrap();
     let (a, b) = (Side::new(150, 100), Side::new(100, 100));
-    let text = pair.lbd_config_with(0, &a, &ec2_table(0));
+    let text = pair.lbd_config_with(0, &a, &pair.ec2_table(&moto, 0));
     pair.start_lbd_config(0, &text).unwrap();
     pair.wait_state(0, "master", ELECTION).unwrap();
     wait_until(Duration::from_secs(60), "a failed EC2 attempt", || {
@@ -389,16 +331,16 @@ fn on_ec2_the_new_master_moves_the_elastic_ip_retrying_until_the_api_answers() {
     pair.switch_ns()
         .ip(&["addr", "add", &format!("{service}/24"), "dev", "br0"])
         .unwrap();
-    assert_moved_to(&pair, &venv, 0, &enis[0], &allocation);
+    assert_moved_to(&pair, &moto, 0);
 
     // Side 1 takes over when side 0's link fails, and moves them again.
-    let text = pair.lbd_config_with(1, &b, &ec2_table(1));
+    let text = pair.lbd_config_with(1, &b, &pair.ec2_table(&moto, 1));
     pair.start_lbd_config(1, &text).unwrap();
     pair.wait_state(1, "backup", ELECTION).unwrap();
     assert_eq!(pair.vrrp_status(1).unwrap().ec2.unwrap().state, "idle");
     pair.fail_link(0).unwrap();
     pair.wait_state(1, "master", ELECTION).unwrap();
-    assert_moved_to(&pair, &venv, 1, &enis[1], &allocation);
+    assert_moved_to(&pair, &moto, 1);
     let e = pair.vrrp_status(1).unwrap().ec2.unwrap();
     assert_eq!((e.takeovers, e.failures), (1, 0), "{e:?}");
     assert!(e.public_ip.is_some());

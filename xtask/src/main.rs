@@ -211,7 +211,7 @@ fn test(args: Vec<String>) -> Result<()> {
 
 fn bench(quick: bool, only: Vec<String>) -> Result<()> {
     setup::ensure()?;
-    setup::ensure_bench_peers()?;
+    let moto = setup::ensure_bench_peers()?;
     let bin = build(true)?;
     let stamp = Command::new("date")
         .arg("+%Y%m%d-%H%M%S")
@@ -223,7 +223,8 @@ fn bench(quick: bool, only: Vec<String>) -> Result<()> {
     cmd.arg("--out")
         .arg(&out)
         .env("LB_EBPF_OBJECT", ebpf_object())
-        .env("LB_BIN_DIR", &bin);
+        .env("LB_BIN_DIR", &bin)
+        .env("LB_MOTO_VENV", &moto);
     if quick {
         cmd.arg("--quick");
     }

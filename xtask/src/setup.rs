@@ -175,11 +175,12 @@ pub fn ensure_moto() -> Result<PathBuf> {
     Ok(venv)
 }
 
-/// Installs the benchmark peers if missing.
-pub fn ensure_bench_peers() -> Result<()> {
+/// Installs the benchmark peers if missing; returns moto's virtual
+/// environment (the EC2 API of the failover section).
+pub fn ensure_bench_peers() -> Result<PathBuf> {
     install_missing(BENCH_PACKAGES)?;
     stop_system_services();
-    Ok(())
+    ensure_moto()
 }
 
 /// The peers' packages start system-wide services; the benchmarks and tests
