@@ -144,6 +144,11 @@ pub struct VipStatus {
     pub packets: u64,
     pub bytes: u64,
     pub flows: u64,
+    /// A digest of the live Maglev ring: the two load balancers of a pair
+    /// must show the same one for a VIP, or they send a flow to different
+    /// backends (see `VipEntry::ring_digest`).
+    #[serde(default)]
+    pub ring_digest: String,
     pub backends: Vec<BackendStatus>,
 }
 

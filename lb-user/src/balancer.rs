@@ -128,6 +128,31 @@ impl VipEntry {
     pub fn healthy_backends(&self) -> usize {
         self.backends.iter().filter(|b| b.in_ring()).count()
     }
+
+    /// A digest of the VIP's live Maglev ring, equal on two load balancers
+    /// exactly when they build the same ring: the ring is a function of the
+    /// ring size and the set of (identity, weight) of the backends taking new
+    /// flows (`maglev::build_ring` ranks them by identity, so their order
+    /// does not count). 16 hex digits of FNV-1a.
+    pub fn ring_digest(&self, ring_size: u32) -> String {
+        let mut live: Vec<(String, u32)> = self
+            .backends
+            .iter()
+            .filter(|b| b.in_ring())
+            .map(|b| (b.identity(), b.weight))
+            .collect();
+        live.sort();
+        let mut text = format!("{ring_size}");
+        for (identity, weight) in &live {
+            text.push_str(&format!(";{identity}*{weight}"));
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
 }
 
 pub fn vip_key(address: Ipv4Addr, port: u16) -> VipKey {
@@ -771,6 +796,7 @@ impl Balancer {
                     packets: c.packets,
                     bytes: c.bytes,
                     flows: c.flows,
+                    ring_digest: v.ring_digest(self.ring_size),
                     backends,
                 })
             })
@@ -1386,5 +1412,56 @@ mod tests {
         b.reload(&mut maps, &old, &fits).unwrap();
         assert_eq!(b.vips().len(), 2);
         assert_eq!(maps.vips.len(), 2);
+    }
+
+    #[test]
+    fn the_ring_digest_follows_the_live_set_not_its_order() {
+        let entry = |addr: [u8; 4], weight: u32, up: bool| BackendEntry {
+            id: u32::from(addr[3]),
+            address: Ipv4Addr::from(addr),
+            port: 8080,
+            weight,
+            admin: Admin::Enabled,
+            up,
+            check: crate::config::default_health(),
+        };
+        let vip = |backends: Vec<BackendEntry>| VipEntry {
+            id: 0,
+            name: "web".into(),
+            address: Ipv4Addr::new(10, 0, 0, 100),
+            port: 80,
+            on_empty: OnEmpty::Reset,
+            default_check: crate::config::default_health(),
+            live_slot: 0,
+            backends,
+        };
+        let a = vip(vec![
+            entry([10, 0, 2, 11], 1, true),
+            entry([10, 0, 2, 12], 1, true),
+        ]);
+        // Other ids and order: the same ring, the same digest.
+        let mut b = vip(vec![
+            entry([10, 0, 2, 12], 1, true),
+            entry([10, 0, 2, 11], 1, true),
+        ]);
+        b.backends[0].id = 7;
+        assert_eq!(a.ring_digest(65537), b.ring_digest(65537));
+        assert_eq!(a.ring_digest(65537).len(), 16);
+        // A weight, a down backend or the ring size: another ring.
+        let heavier = vip(vec![
+            entry([10, 0, 2, 11], 2, true),
+            entry([10, 0, 2, 12], 1, true),
+        ]);
+        let down = vip(vec![
+            entry([10, 0, 2, 11], 1, true),
+            entry([10, 0, 2, 12], 1, false),
+        ]);
+        for other in [
+            heavier.ring_digest(65537),
+            down.ring_digest(65537),
+            a.ring_digest(65521),
+        ] {
+            assert_ne!(a.ring_digest(65537), other);
+        }
     }
 }

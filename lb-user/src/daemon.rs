@@ -600,6 +600,7 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
             name: v.name.clone(),
             address: format!("{}:{}", v.address, v.port),
             healthy_backends: v.healthy_backends,
+            ring_digest: v.ring_digest.clone(),
             packets: v.packets,
             bytes: v.bytes,
             flows: v.flows,

@@ -66,6 +66,8 @@ pub struct VipMetrics {
     pub packets: u64,
     pub bytes: u64,
     pub flows: u64,
+    /// The live ring's digest (`VipStatus::ring_digest`).
+    pub ring_digest: String,
     pub backends: Vec<BackendMetrics>,
 }
 
@@ -233,6 +235,24 @@ pub fn render(s: &Snapshot) -> String {
         "Backends of the VIP taking new flows (up and not drained).",
         |v| u64::from(v.healthy_backends),
     );
+    let name = "lb_vip_ring_info";
+    o.family(
+        name,
+        "gauge",
+        "Always 1; `digest` identifies the VIP's live Maglev ring, which both load \
+         balancers of a pair must share.",
+    );
+    for v in &s.vips {
+        o.sample(
+            name,
+            &[
+                ("vip", &v.name),
+                ("address", &v.address),
+                ("digest", &v.ring_digest),
+            ],
+            1,
+        );
+    }
 
     o.per_backend(
         s,
@@ -665,6 +685,7 @@ mod tests {
                     packets: 1000,
                     bytes: 64_000,
                     flows: 10,
+                    ring_digest: "0123456789abcdef".into(),
                     backends: vec![
                         BackendMetrics {
                             address: "10.0.2.11:8080".into(),
@@ -758,6 +779,7 @@ mod tests {
             r#"lb_vip_packets_total{vip="web",address="10.0.0.1:80"} 1000"#,
             r#"lb_vip_bytes_total{vip="web",address="10.0.0.1:80"} 64000"#,
             r#"lb_vip_healthy_backends{vip="web",address="10.0.0.1:80"} 1"#,
+            r#"lb_vip_ring_info{vip="web",address="10.0.0.1:80",digest="0123456789abcdef"} 1"#,
             r#"lb_backend_packets_total{vip="web",backend="10.0.2.11:8080"} 700"#,
             r#"lb_backend_weight{vip="web",backend="10.0.2.11:8080"} 3"#,
             r#"lb_backend_up{vip="web",backend="10.0.2.11:8080"} 1"#,
@@ -805,7 +827,7 @@ mod tests {
                 assert!(kind.contains_key(name), "sample {name} before its TYPE");
             }
         }
-        assert_eq!(help.len(), 20, "{help:?}");
+        assert_eq!(help.len(), 21, "{help:?}");
         assert!(help.values().all(|&n| n == 1), "{help:?}");
         for (name, k) in &kind {
             assert!(name.starts_with("lb_"), "{name}");

@@ -27,7 +27,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use lb_user::api::{DaemonStatus, Request, VrrpStatus};
+use lb_user::api::{DaemonStatus, Request, VipStatus, VrrpStatus};
 
 use crate::{
     addr, disable_offloads,
@@ -403,6 +403,12 @@ impl Pair {
     /// `lbctl status` of `side`, as data.
     pub fn status(&self, side: usize) -> Result<DaemonStatus> {
         let v = control_request(&self.socket_path(side), Request::Status)?;
+        Ok(serde_json::from_value(v)?)
+    }
+
+    /// `lbctl vips` of `side`, as data.
+    pub fn vips(&self, side: usize) -> Result<Vec<VipStatus>> {
+        let v = control_request(&self.socket_path(side), Request::Vips)?;
         Ok(serde_json::from_value(v)?)
     }
 

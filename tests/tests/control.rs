@@ -842,7 +842,7 @@ fn lbctl_every_command_table_and_json() {
         let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
         assert_eq!(
             header,
-            ["VIP", "ADDRESS", "EMPTY", "HEALTHY", "PACKETS", "BYTES", "FLOWS"]
+            ["VIP", "ADDRESS", "EMPTY", "HEALTHY", "PACKETS", "BYTES", "FLOWS", "RING"]
         );
         let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(

@@ -73,6 +73,18 @@ fn the_backup_takes_over_on_link_loss_and_open_connections_carry_on() {
         one_request(&pair).is_some()
     })
     .unwrap();
+    // Both build the same ring (what lets a flow keep its backend), and say so.
+    wait_until(ELECTION, "both sides to build the same ring", || {
+        match (pair.vips(0), pair.vips(1)) {
+            (Ok(a), Ok(b)) => {
+                a[0].healthy_backends == 3
+                    && b[0].healthy_backends == 3
+                    && a[0].ring_digest == b[0].ring_digest
+            }
+            _ => false,
+        }
+    })
+    .unwrap();
 
     // Connections through the master, exchanging a line every 100 ms.
     let target = pair.vip_target();

@@ -295,19 +295,20 @@ fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value, print: impl FnOn
 
 fn print_vips(vips: &[VipStatus]) {
     println!(
-        "{:<16} {:<21} {:<6} {:>9} {:>10} {:>10} {:>8}",
-        "VIP", "ADDRESS", "EMPTY", "HEALTHY", "PACKETS", "BYTES", "FLOWS"
+        "{:<16} {:<21} {:<6} {:>9} {:>10} {:>10} {:>8}  {:<16}",
+        "VIP", "ADDRESS", "EMPTY", "HEALTHY", "PACKETS", "BYTES", "FLOWS", "RING"
     );
     for v in vips {
         println!(
-            "{:<16} {:<21} {:<6} {:>9} {:>10} {:>10} {:>8}",
+            "{:<16} {:<21} {:<6} {:>9} {:>10} {:>10} {:>8}  {:<16}",
             v.name,
             format!("{}:{}", v.address, v.port),
             v.on_empty,
             format!("{}/{}", v.healthy_backends, v.backends.len()),
             human(v.packets),
             human(v.bytes),
-            human(v.flows)
+            human(v.flows),
+            v.ring_digest
         );
     }
 }
