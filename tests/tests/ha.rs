@@ -31,6 +31,20 @@ fn finish_hold(mut hold: Child, secs: f64) -> (u64, serde_json::Value) {
     (json["survived"].as_u64().unwrap_or(0), json)
 }
 
+/// Starts lbd on side 0, waits for it to be master, starts side 1 and waits
+/// until it hears side 0.
+fn start_master_then_backup(pair: &mut Pair, a: &Side, b: &Side) {
+    pair.start_lbd(0, a).unwrap();
+    pair.wait_state(0, "master", ELECTION).unwrap();
+    pair.start_lbd(1, b).unwrap();
+    wait_until(ELECTION, "the backup to hear the master", || {
+        pair.vrrp_status(1)
+            .map(|v| v.master == Some(pair.lb_addr(0)))
+            .unwrap_or(false)
+    })
+    .unwrap();
+}
+
 /// One `ID` exchange through the VIP from the client; the backend's name.
 fn one_request(pair: &Pair) -> Option<String> {
     let target = pair.vip_target();
@@ -133,15 +147,7 @@ fn a_clean_stop_hands_the_addresses_over_without_waiting_for_the_timer() {
     // A slow interval: 3 intervals + skew = 10.8 s for a silent master,
     // against 1.8 s of skew after an advertisement of priority 0.
     let (a, b) = (Side::new(150, 3000), Side::new(100, 3000));
-    pair.start_lbd(0, &a).unwrap();
-    pair.wait_state(0, "master", ELECTION).unwrap();
-    pair.start_lbd(1, &b).unwrap();
-    wait_until(ELECTION, "the backup to hear the master", || {
-        pair.vrrp_status(1)
-            .map(|v| v.master == Some(pair.lb_addr(0)))
-            .unwrap_or(false)
-    })
-    .unwrap();
+    start_master_then_backup(&mut pair, &a, &b);
     let lbd = pair.take_process(0).unwrap();
     let stopped = Instant::now();
     let status = lbd.stop().unwrap();
@@ -407,15 +413,7 @@ fn a_master_restarted_with_sigquit_keeps_the_addresses_and_its_connections() {
     let mut pair = Pair::for_test("harestart");
     // 2 s adverts: the peer would take over 7.2 s after the last one.
     let (a, b) = (Side::new(150, 2000), Side::new(100, 2000));
-    pair.start_lbd(0, &a).unwrap();
-    pair.wait_state(0, "master", ELECTION).unwrap();
-    pair.start_lbd(1, &b).unwrap();
-    wait_until(ELECTION, "the backup to hear the master", || {
-        pair.vrrp_status(1)
-            .map(|v| v.master == Some(pair.lb_addr(0)))
-            .unwrap_or(false)
-    })
-    .unwrap();
+    start_master_then_backup(&mut pair, &a, &b);
     wait_until(ELECTION, "a request through the master", || {
         one_request(&pair).is_some()
     })

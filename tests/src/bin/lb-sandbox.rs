@@ -104,6 +104,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// `lb-testkit client` options for one second's batch of connections.
+fn batch_args<'a>(rate: &'a str, count: &'a str) -> [&'a str; 10] {
+    [
+        "--rate",
+        rate,
+        "--duration-secs",
+        "1",
+        "--count",
+        count,
+        "--concurrency",
+        "8",
+        "--timeout-ms",
+        "2000",
+    ]
+}
+
 /// What the client batches have seen so far.
 #[derive(Default)]
 struct Traffic {
@@ -237,18 +253,7 @@ fn live(topo: &Topology, args: &Args) -> Result<()> {
     let result = thread::scope(|s| -> Result<()> {
         s.spawn(|| {
             while !STOP.load(Ordering::SeqCst) && !finished.load(Ordering::SeqCst) {
-                let r = topo.try_client(&[
-                    "--rate",
-                    &rate,
-                    "--duration-secs",
-                    "1",
-                    "--count",
-                    &count,
-                    "--concurrency",
-                    "8",
-                    "--timeout-ms",
-                    "2000",
-                ]);
+                let r = topo.try_client(&batch_args(&rate, &count));
                 let mut t = traffic.lock().expect("traffic lock");
                 match r {
                     Ok(r) => {
@@ -467,21 +472,9 @@ fn pair_sandbox(args: &Args, bins: Binaries, bin_dir: &std::path::Path) -> Resul
     let mut result = Ok(());
     while !STOP.load(Ordering::SeqCst) && deadline.is_none_or(|d| Instant::now() < d) {
         // One second of new connections.
-        match pair.spawn_client(&[
-            "client",
-            "--target",
-            &target,
-            "--rate",
-            &rate,
-            "--duration-secs",
-            "1",
-            "--count",
-            &count,
-            "--concurrency",
-            "8",
-            "--timeout-ms",
-            "2000",
-        ]) {
+        let mut batch = vec!["client", "--target", &target];
+        batch.extend(batch_args(&rate, &count));
+        match pair.spawn_client(&batch) {
             Ok(mut c) => {
                 let _ = c.wait_timeout(Duration::from_secs(10));
                 if let Ok(r) = lb_tests::try_parse_client_report(&c.stdout_so_far()) {
