@@ -415,6 +415,29 @@ fn ec2_round(lbd: bool) -> Result<f64> {
                 .map(|w| w["eip_interface"] == moto.enis[side].as_str())
                 .unwrap_or(false)
         };
+        // Settle the election first: two keepalived starting together may
+        // both be master for a moment and both run their scripts, which then
+        // race (the glue's own hazard). Whatever happened, the measurement
+        // starts from side 0 master with the addresses on its interface.
+        if lbd {
+            pair.wait_state(0, "master", election)?;
+            pair.wait_state(1, "backup", election)?;
+        } else {
+            wait_until(election, "the VIP on the first keepalived", || {
+                pair.holds(0, pair.vip()) && !pair.holds(1, pair.vip())
+            })?;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        pair.moto_ec2(
+            &moto,
+            &[
+                "takeover",
+                &moto.enis[0],
+                &moto.allocation,
+                &pair.vip().to_string(),
+                &pair.nat_source().to_string(),
+            ],
+        )?;
         wait_until(election, "the Elastic IP on the first master", || on(0))?;
         let python = moto.venv.join("bin/python").display().to_string();
         let script = pair::moto_script().display().to_string();
