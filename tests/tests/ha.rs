@@ -12,6 +12,28 @@ use lb_tests::{
 
 const ELECTION: Duration = Duration::from_secs(30);
 
+/// Opens `connections` connections through the VIP with `lb-testkit hold`,
+/// each exchanging a line every 100 ms for `secs`, and waits until all are
+/// open. See [`finish_hold`].
+fn start_hold(pair: &Pair, connections: u32, secs: f64) -> Child {
+    let mut hold = pair
+        .spawn_client(&[
+            "hold",
+            "--target",
+            &pair.vip_target(),
+            "--connections",
+            &connections.to_string(),
+            "--interval-ms",
+            "100",
+            "--duration-secs",
+            &secs.to_string(),
+        ])
+        .unwrap();
+    hold.wait_for_stdout("ready", Duration::from_secs(30))
+        .unwrap();
+    hold
+}
+
 /// Runs an `lb-testkit hold` to completion and returns (survived, report).
 fn finish_hold(mut hold: Child, secs: f64) -> (u64, serde_json::Value) {
     hold.wait_timeout(Duration::from_secs_f64(secs + 60.0))
@@ -101,23 +123,8 @@ fn the_backup_takes_over_on_link_loss_and_open_connections_carry_on() {
     .unwrap();
 
     // Connections through the master, exchanging a line every 100 ms.
-    let target = pair.vip_target();
     let secs = 8.0;
-    let mut hold = pair
-        .spawn_client(&[
-            "hold",
-            "--target",
-            &target,
-            "--connections",
-            "30",
-            "--interval-ms",
-            "100",
-            "--duration-secs",
-            &secs.to_string(),
-        ])
-        .unwrap();
-    hold.wait_for_stdout("ready", Duration::from_secs(30))
-        .unwrap();
+    let hold = start_hold(&pair, 30, secs);
     std::thread::sleep(Duration::from_secs(1));
     pair.fail_link(0).unwrap();
     let failed = Instant::now();
@@ -418,21 +425,8 @@ fn a_master_restarted_with_sigquit_keeps_the_addresses_and_its_connections() {
         one_request(&pair).is_some()
     })
     .unwrap();
-    let target = pair.vip_target();
     let secs = 8.0;
-    let mut hold = pair
-        .spawn_client(&[
-            "hold",
-            "--target",
-            &target,
-            "--connections",
-            "20",
-            "--duration-secs",
-            &secs.to_string(),
-        ])
-        .unwrap();
-    hold.wait_for_stdout("ready", Duration::from_secs(30))
-        .unwrap();
+    let hold = start_hold(&pair, 20, secs);
 
     let mut old = pair.take_process(0).unwrap();
     old.signal(libc::SIGQUIT);
