@@ -232,6 +232,9 @@ pub struct VrrpStatus {
     /// Packets refused: malformed, wrong version or TTL, bad checksum, or
     /// from an address not in `vrrp.peers`.
     pub adverts_invalid: u64,
+    /// The same, by reason (`ttl`, `checksum`, `not_peer`, ...).
+    #[serde(default)]
+    pub refused: std::collections::BTreeMap<String, u64>,
     /// The last problem seen (a send that failed, an invalid packet).
     pub last_problem: Option<String>,
     /// The EC2 takeover, when `[vrrp.ec2]` is configured.

@@ -647,6 +647,7 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
                 adverts_sent: v.adverts_sent,
                 adverts_received: v.adverts_received,
                 adverts_invalid: v.adverts_invalid,
+                refused: v.refused.iter().map(|(r, n)| (r.clone(), *n)).collect(),
                 ec2: v.ec2.as_ref().map(|e| (e.takeovers, e.failures)),
             }
         }),

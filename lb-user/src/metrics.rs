@@ -52,6 +52,8 @@ pub struct VrrpMetrics {
     pub adverts_sent: u64,
     pub adverts_received: u64,
     pub adverts_invalid: u64,
+    /// Refused packets by reason.
+    pub refused: Vec<(String, u64)>,
     /// `(takeovers done, failed attempts)` of the EC2 takeover, if configured.
     pub ec2: Option<(u64, u64)>,
 }
@@ -448,6 +450,17 @@ pub fn render(s: &Snapshot) -> String {
         ] {
             o.sample(name, &[("direction", what)], n);
         }
+        let name = "lb_vrrp_refused_total";
+        o.family(
+            name,
+            "counter",
+            "VRRP packets refused, by reason: truncated, not_vrrp, ttl, version, type, \
+             checksum, zero_interval (malformed or off-link), not_peer (a sender not in \
+             vrrp.peers).",
+        );
+        for (reason, n) in &v.refused {
+            o.sample(name, &[("reason", reason.as_str())], *n);
+        }
         if let Some((done, failed)) = v.ec2 {
             for (name, help, value) in [
                 (
@@ -750,6 +763,7 @@ mod tests {
             adverts_sent: 40,
             adverts_received: 7,
             adverts_invalid: 1,
+            refused: vec![("ttl".into(), 1)],
             ec2: Some((2, 5)),
         });
         let text = render(&s);
@@ -762,6 +776,7 @@ mod tests {
             "lb_vrrp_adverts_total{direction=\"sent\"} 40",
             "lb_vrrp_adverts_total{direction=\"received\"} 7",
             "lb_vrrp_adverts_total{direction=\"refused\"} 1",
+            "lb_vrrp_refused_total{reason=\"ttl\"} 1",
             "lb_ec2_takeovers_total 2",
             "lb_ec2_takeover_failures_total 5",
             "# TYPE lb_vrrp_master gauge",

@@ -543,3 +543,66 @@ fn a_vrrp_interface_that_is_not_there_stops_lbd_before_it_touches_anything() {
         .unwrap();
     assert_eq!(reserved.trim(), "", "no ports reserved");
 }
+
+#[test]
+fn a_flood_of_refused_vrrp_packets_is_counted_but_barely_logged() {
+    let mut pair = Pair::for_test("haflood");
+    pair.start_lbd(0, &Side::new(100, 100)).unwrap();
+    pair.wait_state(0, "master", ELECTION).unwrap();
+    // Spoofed sources off the segment must reach lbd's raw socket.
+    let lb = pair.lb_ns(0);
+    for key in ["all", "default", "eth0"] {
+        lb.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")
+            .unwrap();
+    }
+    let before = pair.vrrp_status(0).unwrap();
+    let to = pair.lb_addr(0).to_string();
+    let base = pair.client_addr().octets();
+    let from_base = format!("{}.{}.100.0", base[0], base[1]);
+    let mut flood = pair
+        .spawn_client(&[
+            "vrrp-flood",
+            "--to",
+            &to,
+            "--from-base",
+            &from_base,
+            "--sources",
+            "2000",
+            "--count",
+            "20000",
+        ])
+        .unwrap();
+    flood
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap()
+        .expect("the flood ends");
+    eprintln!("  flood: {}", flood.stdout_so_far().trim());
+    // Counted, every one that arrived, by reason.
+    wait_until(Duration::from_secs(10), "refusals counted", || {
+        pair.vrrp_status(0)
+            .map(|v| v.adverts_invalid >= before.adverts_invalid + 1000)
+            .unwrap_or(false)
+    })
+    .unwrap();
+    // Past the log window, the owed summary lines are out too.
+    std::thread::sleep(Duration::from_secs(11));
+    let v = pair.vrrp_status(0).unwrap();
+    eprintln!("  refused: {:?} ({} in all)", v.refused, v.adverts_invalid);
+    for reason in ["not_peer", "ttl"] {
+        assert!(v.refused.get(reason).copied().unwrap_or(0) > 100, "{v:?}");
+    }
+    assert_eq!(
+        v.refused.values().sum::<u64>(),
+        v.adverts_invalid,
+        "every refusal counted under its reason"
+    );
+    assert_eq!(v.state, "master", "the flood changed nothing: {v:?}");
+    let out = pair.process(0).unwrap().output_so_far();
+    let lines = out.lines().filter(|l| l.contains("vrrp: refused")).count();
+    eprintln!("  log lines about refusals: {lines}");
+    assert!(
+        (2..=40).contains(&lines),
+        "{lines} lines about refused packets (at most 16 sources, each with one summary, and \
+         one summary for the rest, per reason)"
+    );
+}

@@ -63,6 +63,16 @@ pub struct Machine {
     holding: bool,
 }
 
+/// The largest advertisement interval a backup adopts from a master, as a
+/// multiple of its own. RFC 5798 has a backup take the master's interval as
+/// it is; a single advertisement with the largest one (40.95 s), spoofed
+/// from the peer's address, would then keep a backup waiting two minutes
+/// for a master that is not there. Bounded, it waits at most
+/// 3 × (3 × its own interval) and a skew. Both hosts of a pair must
+/// therefore advertise within a factor of 3 of each other (the same
+/// interval on both is the norm).
+pub const MAX_LEARNED_INTERVAL_FACTOR: u16 = 3;
+
 fn cs(n: u32) -> Duration {
     Duration::from_millis(u64::from(n) * 10)
 }
@@ -131,6 +141,16 @@ impl Machine {
         self.master_interval_cs
     }
 
+    /// Master_Adver_Interval := the master's interval, bounded by
+    /// [`MAX_LEARNED_INTERVAL_FACTOR`] times ours.
+    fn learn_interval(&mut self, interval_cs: u16) {
+        let max = self
+            .p
+            .interval_cs
+            .saturating_mul(MAX_LEARNED_INTERVAL_FACTOR);
+        self.master_interval_cs = interval_cs.min(max);
+    }
+
     /// Skew_Time: ((256 - Priority) * Master_Adver_Interval) / 256.
     fn skew(&self) -> Duration {
         cs((256 - u32::from(self.p.priority)) * u32::from(self.master_interval_cs) / 256)
@@ -180,7 +200,7 @@ impl Machine {
                     return Vec::new();
                 }
                 if !self.p.preempt || priority >= self.p.priority {
-                    self.master_interval_cs = interval_cs;
+                    self.learn_interval(interval_cs);
                     self.deadline = now + self.master_down();
                     self.master = Some(from);
                     if self.holding {
@@ -202,7 +222,7 @@ impl Machine {
                     || (priority == self.p.priority && u32::from(from) > u32::from(self.p.me));
                 if wins {
                     self.role = Role::Backup;
-                    self.master_interval_cs = interval_cs;
+                    self.learn_interval(interval_cs);
                     self.deadline = now + self.master_down();
                     self.master = Some(from);
                     self.holding = false;
@@ -278,6 +298,20 @@ mod tests {
         assert_eq!(m.master(), Some(PEER));
         assert_eq!(m.deadline() - t1, Duration::from_millis(300 + 60));
         assert_eq!(m.role(), Role::Backup);
+    }
+
+    #[test]
+    fn the_interval_learned_from_a_master_is_bounded() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(100), t0, false);
+        // The largest interval there is (40.95 s), from the peer's address.
+        assert!(m.on_advert(t0, PEER, 101, 4095).is_empty());
+        assert_eq!(m.master_interval_cs(), 300);
+        // 3 × 3 s + a skew of (256 - 100) × 3 s / 256, not two minutes.
+        assert_eq!(m.deadline() - t0, Duration::from_millis(9000 + 1820));
+        // Within the bound it is taken as it is.
+        m.on_advert(t0, PEER, 101, 250);
+        assert_eq!(m.master_interval_cs(), 250);
     }
 
     #[test]

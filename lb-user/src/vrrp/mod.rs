@@ -18,6 +18,7 @@ pub mod ec2;
 pub mod link;
 pub mod machine;
 pub mod packet;
+pub mod refusals;
 
 use std::{
     collections::HashMap,
@@ -88,6 +89,8 @@ pub struct Vrrp {
     ec2_task: Option<tokio::task::JoinHandle<()>>,
     /// Interfaces whose state lowers the priority.
     tracked: Vec<String>,
+    /// How often refused packets are logged.
+    refusals: refusals::LogLimit,
 }
 
 fn unix_now() -> u64 {
@@ -249,6 +252,7 @@ impl Vrrp {
             adverts_sent: 0,
             adverts_received: 0,
             adverts_invalid: 0,
+            refused: Default::default(),
             last_problem: None,
             ec2: cfg.ec2.as_ref().map(ec2::initial_status),
         };
@@ -264,6 +268,7 @@ impl Vrrp {
             ec2: cfg.ec2.as_ref().map(|c| Arc::new(ec2::Ec2::new(c))),
             ec2_task: None,
             tracked,
+            refusals: refusals::LogLimit::default(),
         })
     }
 
@@ -401,7 +406,7 @@ impl Vrrp {
 
     /// The advertisements waiting on the socket, each checked against the
     /// instance: `(sender, priority, interval)` of the valid ones.
-    fn receive(&self) -> io::Result<Vec<(Ipv4Addr, u8, u16)>> {
+    fn receive(&mut self) -> io::Result<Vec<(Ipv4Addr, u8, u16)>> {
         let mut out = Vec::new();
         let mut buf = [0u8; 2048];
         loop {
@@ -424,11 +429,12 @@ impl Vrrp {
                 }
                 return Err(e);
             }
-            let r = match packet::parse(&buf[..n as usize]) {
+            let datagram = &buf[..n as usize];
+            let r = match packet::parse(datagram) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.update(|s| s.adverts_invalid += 1);
-                    self.problem(format!("an invalid VRRP packet: {e}"));
+                    let from = packet::source(datagram).unwrap_or(Ipv4Addr::UNSPECIFIED);
+                    self.refuse(e.label(), from, format!("an invalid VRRP packet: {e}"));
                     continue;
                 }
             };
@@ -437,11 +443,14 @@ impl Vrrp {
                 continue;
             }
             if !self.cfg.peers.contains(&r.from) {
-                self.update(|s| s.adverts_invalid += 1);
-                self.problem(format!(
-                    "an advertisement for router {} from {}, which is not in vrrp.peers",
-                    r.advert.vrid, r.from
-                ));
+                self.refuse(
+                    "not_peer",
+                    r.from,
+                    format!(
+                        "an advertisement for router {} from {}, which is not in vrrp.peers",
+                        r.advert.vrid, r.from
+                    ),
+                );
                 continue;
             }
             if r.advert.addresses != self.addresses {
@@ -455,6 +464,51 @@ impl Vrrp {
             }
             self.update(|s| s.adverts_received += 1);
             out.push((r.from, r.advert.priority, r.advert.interval_cs));
+        }
+    }
+
+    /// A packet refused: counted by reason, logged within the rate limit
+    /// ([`refusals`]).
+    fn refuse(&mut self, reason: &'static str, from: Ipv4Addr, what: String) {
+        self.update(|s| {
+            s.adverts_invalid += 1;
+            *s.refused.entry(reason.to_owned()).or_default() += 1;
+        });
+        match self.refusals.note(Instant::now(), reason, from) {
+            refusals::Note::Log { earlier: 0 } => {
+                tracing::warn!(reason, %from, "vrrp: refused {what}")
+            }
+            refusals::Note::Log { earlier } => tracing::warn!(
+                reason,
+                %from,
+                earlier,
+                "vrrp: refused {what} ({earlier} more like it since the last line)"
+            ),
+            refusals::Note::Quiet => {}
+        }
+        self.update(|s| s.last_problem = Some(what));
+    }
+
+    /// Logs the refusals that went unlogged in windows that have ended.
+    fn flush_refusals(&mut self) {
+        for owed in self.refusals.flush(Instant::now()) {
+            match owed.from {
+                Some(from) => tracing::warn!(
+                    reason = owed.reason,
+                    %from,
+                    count = owed.count,
+                    "vrrp: refused {} more packets ({}) from {from}",
+                    owed.count,
+                    owed.reason
+                ),
+                None => tracing::warn!(
+                    reason = owed.reason,
+                    count = owed.count,
+                    "vrrp: refused {} more packets ({}) from other sources",
+                    owed.count,
+                    owed.reason
+                ),
+            }
         }
     }
 
@@ -594,6 +648,7 @@ impl Vrrp {
                 }
                 _ = track_tick.tick() => {
                     self.track(&mut m, &vips);
+                    self.flush_refusals();
                 }
                 changed = vip_problems.changed(), if problems_open => {
                     if changed.is_err() {

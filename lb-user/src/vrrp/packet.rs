@@ -63,6 +63,21 @@ pub enum Invalid {
     ZeroInterval,
 }
 
+impl Invalid {
+    /// A stable name for counting refusals by reason (metrics, status).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Invalid::Truncated(_) => "truncated",
+            Invalid::NotVrrp => "not_vrrp",
+            Invalid::Ttl(_) => "ttl",
+            Invalid::Version(_) => "version",
+            Invalid::Type(_) => "type",
+            Invalid::Checksum => "checksum",
+            Invalid::ZeroInterval => "zero_interval",
+        }
+    }
+}
+
 /// The internet checksum of `parts`, concatenated (each of even length but
 /// the last).
 fn checksum(parts: &[&[u8]]) -> u16 {
@@ -109,6 +124,13 @@ impl Advert {
         m[6..8].copy_from_slice(&sum.to_be_bytes());
         m
     }
+}
+
+/// The source address of an IPv4 datagram, if it is long enough to have
+/// one (to name the sender of a packet that is refused).
+pub fn source(datagram: &[u8]) -> Option<Ipv4Addr> {
+    let a = datagram.get(12..16)?;
+    Some(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
 }
 
 /// Reads an advertisement out of an IPv4 datagram as a raw socket returns

@@ -23,8 +23,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -190,6 +190,30 @@ enum Cmd {
         #[arg(required = true)]
         ifnames: Vec<String>,
     },
+    /// Sends VRRP packets a load balancer must refuse, from many spoofed
+    /// sources, as fast as it can (bounded by `--count` and `--max-secs`):
+    /// every other one is a valid advertisement from a sender that is no
+    /// peer, the rest arrive with TTL 64. Prints `{"sent": N}`.
+    VrrpFlood {
+        /// The load balancer's address.
+        #[arg(long)]
+        to: Ipv4Addr,
+        /// First spoofed source address; the others follow it.
+        #[arg(long)]
+        from_base: Ipv4Addr,
+        /// Distinct source addresses.
+        #[arg(long, default_value_t = 2000)]
+        sources: u32,
+        /// Packets to send.
+        #[arg(long, default_value_t = 20_000)]
+        count: u64,
+        /// Virtual router id to claim.
+        #[arg(long, default_value_t = 51)]
+        router_id: u8,
+        /// Hard cap on the run time, in seconds.
+        #[arg(long, default_value_t = 10)]
+        max_secs: u64,
+    },
 }
 
 /// XDP attach modes offered on the command line.
@@ -292,7 +316,96 @@ fn main() -> Result<()> {
             mode,
             ifnames,
         } => xdp_pass(&object, mode, &ifnames),
+        Cmd::VrrpFlood {
+            to,
+            from_base,
+            sources,
+            count,
+            router_id,
+            max_secs,
+        } => vrrp_flood(
+            to,
+            from_base,
+            sources.max(1),
+            count.min(1_000_000),
+            router_id,
+            Duration::from_secs(max_secs.clamp(1, 60)),
+        ),
     }
+}
+
+// ---------------------------------------------------------------------------
+// VRRP flood
+
+/// See `Cmd::VrrpFlood`. A raw socket with IP_HDRINCL, so each packet
+/// carries its own (spoofed) source address and TTL.
+fn vrrp_flood(
+    to: Ipv4Addr,
+    from_base: Ipv4Addr,
+    sources: u32,
+    count: u64,
+    router_id: u8,
+    max: Duration,
+) -> Result<()> {
+    use lb_user::vrrp::packet::{Advert, IPPROTO_VRRP};
+    // SAFETY: plain socket call; the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("raw socket (root needed)");
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid sockaddr_in.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sa.sin_family = libc::AF_INET as u16;
+    sa.sin_addr.s_addr = u32::from(to).to_be();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for i in 0..count {
+        if started.elapsed() > max {
+            break;
+        }
+        let from = Ipv4Addr::from(u32::from(from_base).wrapping_add(i as u32 % sources));
+        let advert = Advert {
+            vrid: router_id,
+            priority: 200,
+            interval_cs: 100,
+            addresses: vec![to],
+        };
+        let m = advert.encode(from, to);
+        let ttl: u8 = if i % 2 == 0 { 255 } else { 64 };
+        let total = (20 + m.len()) as u16;
+        let mut d = vec![0x45, 0];
+        d.extend_from_slice(&total.to_be_bytes());
+        d.extend_from_slice(&[0, 0, 0, 0, ttl, IPPROTO_VRRP, 0, 0]);
+        d.extend_from_slice(&from.octets());
+        d.extend_from_slice(&to.octets());
+        d.extend_from_slice(&m);
+        // SAFETY: a valid buffer and sockaddr_in with their sizes; the
+        // kernel fills in the IP checksum and id.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                d.as_ptr().cast(),
+                d.len(),
+                0,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+            {
+                std::thread::sleep(Duration::from_micros(100));
+                continue;
+            }
+            return Err(e).context("sendto");
+        }
+        sent += 1;
+    }
+    println!("{{\"sent\": {sent}}}");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
