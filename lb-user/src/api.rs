@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 /// with the error code `version`.
 pub const VERSION: u32 = 1;
 
+/// The longest request line lbd reads, newline excluded (a request is a few
+/// hundred bytes). A longer one is answered with `bad_request` and the
+/// connection is closed.
+pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+
 /// What a client asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
@@ -93,10 +98,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// Values quoted in `message` are cut to a readable length
+    /// ([`crate::text::clip`]): they may come from a client.
     fn new(code: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             code: code.into(),
-            message: message.into(),
+            message: crate::text::clip(&message.into()),
         }
     }
     pub fn invalid(m: impl Into<String>) -> ApiError {
@@ -380,5 +387,90 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(r, Request::BackendsAdd { weight: 1, .. }));
+    }
+}
+
+/// Fuzz-style tests: any request line gets a request or a structured
+/// error, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CODES: [&str; 6] = [
+        "invalid",
+        "not_found",
+        "conflict",
+        "version",
+        "bad_request",
+        "internal",
+    ];
+
+    /// JSON objects that look like requests: known and unknown commands,
+    /// fields of every type.
+    fn requestish() -> impl Strategy<Value = String> {
+        let value = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            "\\PC{0,20}".prop_map(serde_json::Value::from),
+            Just(serde_json::json!([1, "x"])),
+            Just(serde_json::json!({"a": 1})),
+        ];
+        let cmd = prop_oneof![
+            Just("backends_list".to_owned()),
+            Just("backends_add".to_owned()),
+            Just("backends_weight".to_owned()),
+            Just("status".to_owned()),
+            "[a-z_]{0,12}",
+        ];
+        let field = prop_oneof![
+            Just("vip"),
+            Just("address"),
+            Just("port"),
+            Just("weight"),
+            Just("version"),
+            Just("extra"),
+        ];
+        (
+            cmd,
+            prop_oneof![Just(Some(1u64)), any::<Option<u64>>()],
+            proptest::collection::vec((field, value), 0..6),
+        )
+            .prop_map(|(cmd, version, fields)| {
+                let mut m = serde_json::Map::new();
+                m.insert("cmd".into(), cmd.into());
+                if let Some(v) = version {
+                    m.insert("version".into(), v.into());
+                }
+                for (k, v) in fields {
+                    m.insert(k.into(), v);
+                }
+                serde_json::Value::Object(m).to_string()
+            })
+    }
+
+    fn check(line: &str) {
+        if let Err(e) = parse_request(line) {
+            assert!(CODES.contains(&e.code.as_str()), "{e:?}");
+            assert!(e.message.chars().count() < 1200);
+            // The answer is one line of JSON.
+            let out = response_line(Err(e));
+            assert!(!out.contains('\n'));
+            serde_json::from_str::<ResponseEnvelope>(&out).unwrap();
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_control_any_line(line in "\\PC{0,300}") {
+            check(&line);
+        }
+
+        #[test]
+        fn fuzz_control_requestish_lines(line in requestish()) {
+            check(&line);
+        }
     }
 }

@@ -23,7 +23,7 @@ use lb_ebpf::{
 use crate::{
     api::{ApiError, BackendStatus, VipStatus},
     config::{self, BackendConfig, Config, HealthCheck, OnEmpty},
-    dataplane::{addr_be, addr_from_be, Maps},
+    dataplane::{addr_be, addr_from_be, Journal, Maps},
     maglev::{self, RingBackend},
 };
 
@@ -183,7 +183,7 @@ pub struct ReloadSummary {
 }
 
 /// All VIPs, with backend and VIP id allocation.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Balancer {
     ring_size: u32,
     vips: Vec<VipEntry>,
@@ -192,6 +192,8 @@ pub struct Balancer {
     /// connections are not counted under a new backend.
     free_ids: VecDeque<u32>,
     free_vip_ids: VecDeque<u32>,
+    /// The load balancer's own NAT addresses, which no backend may have.
+    nat_sources: Vec<Ipv4Addr>,
 }
 
 fn entry_from_config(id: u32, b: &BackendConfig) -> BackendEntry {
@@ -220,6 +222,7 @@ impl Balancer {
             vips: Vec::new(),
             free_ids: (0..MAX_BACKENDS).collect(),
             free_vip_ids: (0..cfg.dataplane.max_vips).collect(),
+            nat_sources: vec![cfg.nat.source],
         }
     }
 
@@ -401,10 +404,46 @@ impl Balancer {
         Ok((i, j))
     }
 
+    /// Runs `change` as one transaction: its kernel writes go through a
+    /// [`Journal`], and if it fails, every write it made is undone and the
+    /// model is put back as it was, so the kernel and the model stay equal.
+    fn transaction<M: Maps, T>(
+        &mut self,
+        maps: &mut M,
+        change: impl FnOnce(&mut Balancer, &mut Journal<'_, M>) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let before = self.clone();
+        let mut journal = Journal::new(maps);
+        match change(self, &mut journal) {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                *self = before;
+                let writes = journal.len();
+                match journal.rollback() {
+                    Ok(()) => Err(e),
+                    Err(undo) => {
+                        tracing::error!(
+                            error = %e,
+                            undo = %format!("{undo:#}"),
+                            "a change failed and could not be undone: the kernel tables may \
+                             differ from lbd's model until the next reload"
+                        );
+                        Err(ApiError::internal(format!(
+                            "{}; undoing its {writes} kernel writes failed too ({undo:#}): \
+                             the kernel tables may differ from lbd's model until the next \
+                             reload",
+                            e.message
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
     /// Applies a change to one backend: the slot first when the backend is
     /// joining the ring (so it exists before packets can reach it), the ring
     /// first when it is leaving (so no new flow picks it after its slot says
-    /// its flows must move).
+    /// its flows must move). All or nothing.
     fn update_backend(
         &mut self,
         maps: &mut impl Maps,
@@ -412,33 +451,27 @@ impl Balancer {
         j: usize,
         change: impl FnOnce(&mut BackendEntry),
     ) -> Result<(), ApiError> {
-        let before = self.vips[i].backends[j].clone();
-        change(&mut self.vips[i].backends[j]);
-        let after = self.vips[i].backends[j].clone();
-        let vip_id = self.vips[i].id;
-        let ring_changes = before.in_ring() != after.in_ring() || before.weight != after.weight;
-        let result = if after.in_ring() {
-            maps.set_backend(after.id, after.kernel_value(vip_id))
-                .and_then(|()| {
-                    if ring_changes {
-                        self.publish_ring(maps, i)
-                    } else {
-                        Ok(())
-                    }
-                })
-        } else {
-            (if ring_changes {
-                self.publish_ring(maps, i)
+        self.transaction(maps, |b, maps| {
+            let before = b.vips[i].backends[j].clone();
+            change(&mut b.vips[i].backends[j]);
+            let after = b.vips[i].backends[j].clone();
+            let vip_id = b.vips[i].id;
+            let ring_changes = before.in_ring() != after.in_ring() || before.weight != after.weight;
+            if after.in_ring() {
+                maps.set_backend(after.id, after.kernel_value(vip_id))
+                    .map_err(internal)?;
+                if ring_changes {
+                    b.publish_ring(maps, i).map_err(internal)?;
+                }
             } else {
-                Ok(())
-            })
-            .and_then(|()| maps.set_backend(after.id, after.kernel_value(vip_id)))
-        };
-        if let Err(e) = result {
-            self.vips[i].backends[j] = before;
-            return Err(ApiError::internal(format!("{e:#}")));
-        }
-        Ok(())
+                if ring_changes {
+                    b.publish_ring(maps, i).map_err(internal)?;
+                }
+                maps.set_backend(after.id, after.kernel_value(vip_id))
+                    .map_err(internal)?;
+            }
+            Ok(())
+        })
     }
 
     /// Adds a backend to a VIP (health: the VIP's check, starting in its
@@ -452,7 +485,10 @@ impl Balancer {
         weight: u32,
     ) -> Result<BackendEntry, ApiError> {
         let i = self.vip_index(vip)?;
-        if let Some(why) = config::unicast_problem(address) {
+        let vip_addresses: Vec<Ipv4Addr> = self.vips.iter().map(|v| v.address).collect();
+        if let Some(why) =
+            config::backend_address_problem(address, &vip_addresses, &self.nat_sources)
+        {
             return Err(ApiError::invalid(format!(
                 "backend address {address} {why}"
             )));
@@ -473,7 +509,7 @@ impl Balancer {
                 self.ring_size
             )));
         }
-        let id = self.free_ids.pop_front().ok_or_else(|| {
+        let id = *self.free_ids.front().ok_or_else(|| {
             ApiError::invalid(format!("all {MAX_BACKENDS} backend slots are in use"))
         })?;
         let check = v.default_check.clone();
@@ -487,20 +523,15 @@ impl Balancer {
             check,
         };
         let vip_id = v.id;
-        let result = maps
-            .reset_backend_counters(id)
-            .and_then(|()| maps.set_backend(id, entry.kernel_value(vip_id)))
-            .and_then(|()| {
-                self.vips[i].backends.push(entry.clone());
-                self.publish_ring(maps, i)
-            });
-        if let Err(e) = result {
-            // Leave the model as the kernel has it: without the new backend.
-            self.vips[i].backends.retain(|b| b.id != id);
-            self.free_ids.push_front(id);
-            return Err(ApiError::internal(format!("{e:#}")));
-        }
-        Ok(entry)
+        self.transaction(maps, |b, maps| {
+            b.free_ids.pop_front();
+            maps.reset_backend_counters(id).map_err(internal)?;
+            maps.set_backend(id, entry.kernel_value(vip_id))
+                .map_err(internal)?;
+            b.vips[i].backends.push(entry.clone());
+            b.publish_ring(maps, i).map_err(internal)?;
+            Ok(entry)
+        })
     }
 
     /// Removes a backend: the new ring goes live first, then the backend slot
@@ -513,9 +544,10 @@ impl Balancer {
         port: u16,
     ) -> Result<BackendEntry, ApiError> {
         let (i, j) = self.backend_index(vip, address, port)?;
-        let entry = self.vips[i].backends.remove(j);
-        let vip_id = self.vips[i].id;
-        let result = self.publish_ring(maps, i).and_then(|()| {
+        self.transaction(maps, |b, maps| {
+            let entry = b.vips[i].backends.remove(j);
+            let vip_id = b.vips[i].id;
+            b.publish_ring(maps, i).map_err(internal)?;
             maps.set_backend(
                 entry.id,
                 Backend {
@@ -523,13 +555,10 @@ impl Balancer {
                     ..entry.kernel_value(vip_id)
                 },
             )
-        });
-        if let Err(e) = result {
-            self.vips[i].backends.insert(j, entry);
-            return Err(ApiError::internal(format!("{e:#}")));
-        }
-        self.free_ids.push_back(entry.id);
-        Ok(entry)
+            .map_err(internal)?;
+            b.free_ids.push_back(entry.id);
+            Ok(entry)
+        })
     }
 
     /// Drains (no new flows, existing ones stay) or re-enables a backend.
@@ -629,14 +658,28 @@ impl Balancer {
     /// backends by address and port. Kept backends keep their health state and
     /// ids (so their flows stay); admin state and weights are reset to the file.
     /// Settings that need a restart are refused before anything changes.
+    /// `kernel` is the new configuration's global settings, written last.
+    /// All or nothing: if any kernel write fails, every write made is
+    /// undone and the model is left as it was.
     pub fn reload(
         &mut self,
         maps: &mut impl Maps,
         old: &Config,
         new: &Config,
+        kernel: &lb_ebpf::Config,
     ) -> Result<ReloadSummary, ApiError> {
         restart_only_changes(old, new)?;
         self.check_reload_capacity(new)?;
+        self.transaction(maps, |b, maps| {
+            let summary = b.reconcile(maps, new)?;
+            maps.write_config(kernel).map_err(internal)?;
+            b.nat_sources = vec![new.nat.source];
+            Ok(summary)
+        })
+    }
+
+    /// The writes of [`Balancer::reload`], in order.
+    fn reconcile(&mut self, maps: &mut impl Maps, new: &Config) -> Result<ReloadSummary, ApiError> {
         let mut summary = ReloadSummary::default();
         // VIPs that are gone.
         let gone: Vec<usize> = (0..self.vips.len())
@@ -906,13 +949,27 @@ mod tests {
     use lb_ebpf::Counters;
 
     /// Maps kept in memory, recording the order of writes.
-    #[derive(Default)]
+    #[derive(Clone, Default)]
     struct FakeMaps {
         vips: HashMap<VipKey, VipValue>,
         backends: HashMap<u32, Backend>,
         rings: HashMap<(u32, u32), Vec<u32>>,
+        config: lb_ebpf::Config,
         log: Vec<String>,
         fail_rings: bool,
+        /// Writes so far (every kind), and the one to fail, if any.
+        writes: usize,
+        fail_write: Option<usize>,
+    }
+
+    /// What the fake kernel holds, comparable (a never-written ring reads
+    /// as zeroes, as an array map's would).
+    #[derive(Debug, PartialEq)]
+    struct Snapshot {
+        vips: Vec<(VipKey, VipValue)>,
+        backends: Vec<(u32, Backend)>,
+        rings: Vec<((u32, u32), Vec<u32>)>,
+        config: lb_ebpf::Config,
     }
 
     impl FakeMaps {
@@ -927,32 +984,93 @@ mod tests {
                     .collect(),
             }
         }
+
+        fn snapshot(&self) -> Snapshot {
+            let mut vips: Vec<_> = self.vips.iter().map(|(k, v)| (*k, *v)).collect();
+            vips.sort_by_key(|(k, _)| (k.addr_be, k.port_be));
+            let mut backends: Vec<_> = self
+                .backends
+                .iter()
+                .filter(|(_, b)| **b != Backend::default())
+                .map(|(i, b)| (*i, *b))
+                .collect();
+            backends.sort_by_key(|(i, _)| *i);
+            let mut rings: Vec<_> = self
+                .rings
+                .iter()
+                .filter(|(_, r)| r.iter().any(|id| *id != 0))
+                .map(|(k, r)| (*k, r.clone()))
+                .collect();
+            rings.sort_by_key(|(k, _)| *k);
+            Snapshot {
+                vips,
+                backends,
+                rings,
+                config: self.config,
+            }
+        }
+
+        /// Counts a write; fails it if it is the one to fail.
+        fn write(&mut self) -> Result<()> {
+            let n = self.writes;
+            self.writes += 1;
+            if self.fail_write == Some(n) {
+                anyhow::bail!("injected failure of write {n}");
+            }
+            Ok(())
+        }
     }
 
     impl Maps for FakeMaps {
         fn set_vip(&mut self, key: VipKey, value: VipValue) -> Result<()> {
+            self.write()?;
             self.log
                 .push(format!("vip {} slot {}", value.id, value.ring_slot));
             self.vips.insert(key, value);
             Ok(())
         }
         fn remove_vip(&mut self, key: VipKey) -> Result<()> {
+            self.write()?;
             self.log.push("remove vip".into());
             self.vips.remove(&key);
             Ok(())
         }
+        fn vip(&self, key: VipKey) -> Result<Option<VipValue>> {
+            Ok(self.vips.get(&key).copied())
+        }
         fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+            self.write()?;
             self.log
                 .push(format!("backend {id} flags {}", backend.flags));
             self.backends.insert(id, backend);
             Ok(())
         }
+        fn backend(&self, id: u32) -> Result<Backend> {
+            Ok(self.backends.get(&id).copied().unwrap_or_default())
+        }
         fn write_ring(&mut self, vip_id: u32, slot: u32, ring: &[u32]) -> Result<()> {
             if self.fail_rings {
                 anyhow::bail!("injected failure");
             }
+            self.write()?;
             self.log.push(format!("ring {vip_id} slot {slot}"));
             self.rings.insert((vip_id, slot), ring.to_vec());
+            Ok(())
+        }
+        fn ring(&self, vip_id: u32, slot: u32) -> Result<Vec<u32>> {
+            Ok(self
+                .rings
+                .get(&(vip_id, slot))
+                .cloned()
+                .unwrap_or_else(|| vec![0; 1009]))
+        }
+        fn read_config(&self) -> Result<lb_ebpf::Config> {
+            Ok(self.config)
+        }
+        fn write_config(&mut self, config: &lb_ebpf::Config) -> Result<()> {
+            self.write()?;
+            self.log.push("config".into());
+            self.config = *config;
             Ok(())
         }
         fn vip_counters(&self, _: u32) -> Result<Counters> {
@@ -968,6 +1086,17 @@ mod tests {
         fn reset_vip_counters(&mut self, id: u32) -> Result<()> {
             self.log.push(format!("reset vip {id}"));
             Ok(())
+        }
+    }
+
+    /// The global settings a reload to `cfg` writes (as the daemon's
+    /// `kernel_config` would, with a fixed tick).
+    fn kernel_cfg(cfg: &Config) -> lb_ebpf::Config {
+        lb_ebpf::Config {
+            nat_addr_be: addr_be(cfg.nat.source),
+            ring_size: cfg.dataplane.ring_size,
+            idle_timeout_ns: cfg.flows.idle_timeout_secs,
+            ..Default::default()
         }
     }
 
@@ -1142,6 +1271,134 @@ mod tests {
         assert!(b.vips()[0].backends[0].up);
     }
 
+    /// A configuration that changes everything a reload can change: a VIP
+    /// removed, one added, a backend removed, one added, a weight changed.
+    const CHANGED: &str = r#"
+        [dataplane]
+        interfaces = ["eth0"]
+        ring_size = 1009
+        [nat]
+        source = "10.0.2.10"
+        [[vip]]
+        name = "web"
+        address = "10.0.0.100"
+        port = 8080
+        [vip.health]
+        initial = "up"
+        [[vip.backend]]
+        address = "10.0.2.12"
+        weight = 3
+        [[vip.backend]]
+        address = "10.0.2.13"
+        [[vip]]
+        name = "api"
+        address = "10.0.0.101"
+        port = 443
+        [vip.health]
+        initial = "up"
+        [[vip.backend]]
+        address = "10.0.2.21"
+        "#;
+
+    #[test]
+    fn a_reload_failing_at_any_write_changes_nothing() {
+        let (maps, b) = installed();
+        let (old, new) = (config(), Config::from_toml_str(CHANGED).unwrap());
+        // How many writes the whole reload makes.
+        let mut probe = maps.clone();
+        probe.writes = 0;
+        b.clone()
+            .reload(&mut probe, &old, &new, &kernel_cfg(&new))
+            .unwrap();
+        let total = probe.writes;
+        assert!(total > 8, "{total} writes");
+        for n in 0..total {
+            let mut m = maps.clone();
+            m.writes = 0;
+            m.fail_write = Some(n);
+            let mut bb = b.clone();
+            let e = bb
+                .reload(&mut m, &old, &new, &kernel_cfg(&new))
+                .unwrap_err();
+            assert_eq!(e.code, "internal", "write {n}: {e}");
+            assert!(e.message.contains("injected failure"), "{e}");
+            assert_eq!(
+                m.snapshot(),
+                maps.snapshot(),
+                "kernel after failing write {n}"
+            );
+            assert_eq!(
+                format!("{bb:?}"),
+                format!("{b:?}"),
+                "model after failing write {n}"
+            );
+        }
+        // And the same reload, unhindered, still goes through.
+        let mut m = maps.clone();
+        let mut bb = b.clone();
+        bb.reload(&mut m, &old, &new, &kernel_cfg(&new)).unwrap();
+        assert_eq!(bb.vips().len(), 2);
+        assert_eq!(m.config, kernel_cfg(&new));
+    }
+
+    #[test]
+    fn commands_failing_at_any_write_change_nothing() {
+        let (maps, b) = installed();
+        type Op = fn(&mut Balancer, &mut FakeMaps) -> Result<BackendEntry, ApiError>;
+        let ops: [(&str, Op); 4] = [
+            ("add", |b, m| {
+                b.add_backend(m, "web", Ipv4Addr::new(10, 0, 2, 13), 80, 2)
+            }),
+            ("remove", |b, m| {
+                b.remove_backend(m, "web", Ipv4Addr::new(10, 0, 2, 11), 80)
+            }),
+            ("drain", |b, m| {
+                b.set_admin(m, "web", Ipv4Addr::new(10, 0, 2, 11), 80, Admin::Drained)
+            }),
+            ("weight", |b, m| {
+                b.set_weight(m, "web", Ipv4Addr::new(10, 0, 2, 12), 80, 5)
+            }),
+        ];
+        for (name, op) in ops {
+            let mut probe = maps.clone();
+            probe.writes = 0;
+            op(&mut b.clone(), &mut probe).unwrap();
+            for n in 0..probe.writes {
+                let mut m = maps.clone();
+                m.writes = 0;
+                m.fail_write = Some(n);
+                let mut bb = b.clone();
+                assert!(op(&mut bb, &mut m).is_err(), "{name}, write {n}");
+                assert_eq!(m.snapshot(), maps.snapshot(), "{name}: kernel, write {n}");
+                assert_eq!(
+                    format!("{bb:?}"),
+                    format!("{b:?}"),
+                    "{name}: model, write {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backends_must_be_other_hosts() {
+        let (mut maps, mut b) = installed();
+        for (a, why) in [
+            ("10.0.0.100", "VIP address"),
+            ("10.0.2.10", "NAT source"),
+            ("127.0.0.1", "loopback"),
+            ("0.0.0.0", "unspecified"),
+            ("0.1.2.3", "0.0.0.0/8"),
+            ("224.0.0.5", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("240.0.0.1", "reserved"),
+        ] {
+            let e = b.add_backend(&mut maps, "web", addr(a), 80, 1).unwrap_err();
+            assert_eq!(e.code, "invalid", "{a}");
+            assert!(e.message.contains(why), "{a}: {e}");
+        }
+        assert_eq!(b.vips()[0].backends.len(), 2);
+    }
+
     #[test]
     fn an_empty_vip_gets_an_empty_ring() {
         let mut cfg = config();
@@ -1281,7 +1538,7 @@ mod tests {
             BASE.replace("[[vip.backend]]\n        address = \"10.0.2.11\"\n", "")
         ))
         .unwrap();
-        let summary = b.reload(&mut maps, &old, &new).unwrap();
+        let summary = b.reload(&mut maps, &old, &new, &kernel_cfg(&new)).unwrap();
         assert_eq!(summary.vips_added, ["api"]);
         assert_eq!((summary.backends_added, summary.backends_removed), (1, 1));
         let web = &b.vips()[0];
@@ -1302,7 +1559,7 @@ mod tests {
         assert_eq!(b.vips().len(), 2);
         assert_eq!(maps.vips.len(), 2);
         // Removing the VIP again.
-        let summary = b.reload(&mut maps, &new, &old).unwrap();
+        let summary = b.reload(&mut maps, &new, &old, &kernel_cfg(&old)).unwrap();
         assert_eq!(summary.vips_removed, ["api"]);
         assert_eq!(maps.vips.len(), 1);
     }
@@ -1314,7 +1571,9 @@ mod tests {
         let mut new = config();
         new.dataplane.ring_size = 65_537;
         new.vips[0].backends.clear();
-        let e = b.reload(&mut maps, &config(), &new).unwrap_err();
+        let e = b
+            .reload(&mut maps, &config(), &new, &kernel_cfg(&new))
+            .unwrap_err();
         assert!(e.message.contains("dataplane.ring_size"), "{e}");
         assert_eq!(maps.log.len(), log);
         assert_eq!(b.vips()[0].backends.len(), 2);
@@ -1353,7 +1612,7 @@ mod tests {
                 .replace("10.0.0.X\"", "10.0.0.2\""),
         )
         .unwrap();
-        b.reload(&mut maps, &old, &new).unwrap();
+        b.reload(&mut maps, &old, &new, &kernel_cfg(&new)).unwrap();
         assert_eq!(maps.vips.len(), 2, "both VIPs are still in the kernel");
         for v in b.vips() {
             assert_eq!(
@@ -1398,7 +1657,9 @@ mod tests {
         new.vips.push(api);
         let log = maps.log.len();
         let before = format!("{:?}", b.vips());
-        let e = b.reload(&mut maps, &old, &new).unwrap_err();
+        let e = b
+            .reload(&mut maps, &old, &new, &kernel_cfg(&new))
+            .unwrap_err();
         assert!(
             e.message
                 .contains("adds 2 backends but only 1 backend slots"),
@@ -1409,7 +1670,8 @@ mod tests {
         // Dropping the run-time backends from the file frees their slots.
         let mut fits = config();
         fits.vips.push(new.vips[1].clone());
-        b.reload(&mut maps, &old, &fits).unwrap();
+        b.reload(&mut maps, &old, &fits, &kernel_cfg(&fits))
+            .unwrap();
         assert_eq!(b.vips().len(), 2);
         assert_eq!(maps.vips.len(), 2);
     }

@@ -507,6 +507,20 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {}: {source}", .path.display())]
     Read { path: PathBuf, source: io::Error },
+    /// The path is not a regular file (a FIFO, a device, a directory...).
+    #[error("{} is not a regular file but {what}", .path.display())]
+    NotAFile { path: PathBuf, what: &'static str },
+    /// The file is larger than [`MAX_CONFIG_BYTES`].
+    #[error("{} is {size} bytes long; a configuration may have at most {max} bytes", .path.display(), max = MAX_CONFIG_BYTES)]
+    TooLarge { path: PathBuf, size: u64 },
+    /// Another user could change the file: lbd runs as root, and health
+    /// checks of kind `exec` run the commands it names.
+    #[error(
+        "{} {why}: lbd runs as root and runs the commands the file names (exec health \
+         checks), so only root may be able to change it (chown root, chmod go-w)",
+        .path.display()
+    )]
+    Unsafe { path: PathBuf, why: String },
     /// The text is not valid TOML, a key is unknown, or a value has the wrong type.
     #[error("{}", parse_display(*.line, *.column, .table.as_deref(), .message))]
     Parse {
@@ -566,10 +580,12 @@ fn parse_display(
     s
 }
 
+/// An `Invalid` error. Values quoted in `message` are cut to a readable
+/// length ([`crate::text::clip`]): they may be megabytes of anything.
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
+        key: crate::text::clip(&key.into()),
+        message: crate::text::clip(&message.into()),
     }
 }
 
@@ -577,13 +593,106 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 // Entry points
 // ---------------------------------------------------------------------------
 
-impl Config {
-    /// Reads and parses `path`. Errors name the file.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+/// The largest configuration file lbd reads (a large one is tens of KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// What a file type is, for an error message.
+fn file_kind(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "something else"
+    }
+}
+
+/// The text of the configuration file at `path`, read as
+/// [`Config::from_file`] says.
+fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // O_NONBLOCK: opening a FIFO with no writer must not wait for one.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    if !meta.file_type().is_file() {
+        return Err(ConfigError::NotAFile {
             path: path.to_path_buf(),
-            source,
-        })?;
+            what: file_kind(meta.file_type()),
+        });
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+        });
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(ConfigError::Unsafe {
+            path: path.to_path_buf(),
+            why: format!("is owned by uid {}", meta.uid()),
+        });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(ConfigError::Unsafe {
+            path: path.to_path_buf(),
+            why: format!(
+                "is writable by {} (mode {:o})",
+                if meta.mode() & 0o002 != 0 {
+                    "everybody"
+                } else {
+                    "its group"
+                },
+                meta.mode() & 0o7777
+            ),
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        // It grew while being read.
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        read_error(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        ))
+    })
+}
+
+impl Config {
+    /// Reads and parses `path`. Errors name the file. Only a regular file
+    /// of at most [`MAX_CONFIG_BYTES`] that only root (or lbd's own user)
+    /// can change is read: a FIFO or a device is refused without waiting on
+    /// it, and nothing past the limit is read.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = read_config_file(path)?;
         Config::from_toml_str(&text).map_err(|e| ConfigError::File {
             path: path.to_path_buf(),
             error: Box::new(e),
@@ -767,6 +876,20 @@ impl Config {
             }
 
             total_backends += vip.backends.len();
+        }
+
+        let vip_addresses: Vec<Ipv4Addr> = self.vips.iter().map(|v| v.address).collect();
+        for (i, vip) in self.vips.iter().enumerate() {
+            for (j, b) in vip.backends.iter().enumerate() {
+                if let Some(why) =
+                    backend_address_problem(b.address, &vip_addresses, &[self.nat.source])
+                {
+                    return Err(invalid(
+                        format!("vip[{i}].backend[{j}].address"),
+                        format!("{} {why}", b.address),
+                    ));
+                }
+            }
         }
 
         if total_backends > lb_ebpf::MAX_BACKENDS as usize {
@@ -1344,17 +1467,52 @@ fn check_vip_name(key: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Why `addr` cannot be a VIP, NAT or backend address, if it cannot.
+/// Why `addr` cannot be a VIP, NAT, backend or peer address, if it cannot:
+/// it is no single host another machine can reach.
 pub fn unicast_problem(addr: Ipv4Addr) -> Option<&'static str> {
     if addr.is_unspecified() {
         Some("is the unspecified address")
+    } else if addr.octets()[0] == 0 {
+        Some("is in 0.0.0.0/8 (\"this network\"), never a destination")
+    } else if addr.is_loopback() {
+        Some("is a loopback address (127.0.0.0/8), which never leaves its host")
     } else if addr.is_broadcast() {
         Some("is the broadcast address")
     } else if addr.is_multicast() {
         Some("is a multicast address")
+    } else if addr.octets()[0] >= 240 {
+        Some("is in the reserved range 240.0.0.0/4")
     } else {
         None
     }
+}
+
+/// Why `addr` cannot be a backend, beyond [`unicast_problem`]: it is the
+/// address of a VIP (packets would loop through the load balancer) or a NAT
+/// source address (this host's own).
+pub fn backend_address_problem(
+    addr: Ipv4Addr,
+    vip_addresses: &[Ipv4Addr],
+    nat_sources: &[Ipv4Addr],
+) -> Option<String> {
+    if let Some(why) = unicast_problem(addr) {
+        return Some(format!("{why}; a backend needs a unicast address"));
+    }
+    if vip_addresses.contains(&addr) {
+        return Some(
+            "is a VIP address; a backend must be another host, or its packets would come \
+             back to the load balancer"
+                .into(),
+        );
+    }
+    if nat_sources.contains(&addr) {
+        return Some(
+            "is the NAT source address (nat.source), the load balancer's own; a backend \
+             must be another host"
+                .into(),
+        );
+    }
+    None
 }
 
 fn check_unicast(key: &str, addr: Ipv4Addr) -> Result<(), ConfigError> {
@@ -1423,6 +1581,7 @@ fn parse_error(src: &str, e: &toml::de::Error) -> ConfigError {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ");
+    let message = crate::text::clip(&message);
     let offset = e.span().map(|s| s.start.min(src.len()));
     let (line, column, table) = match offset {
         Some(off) => {
@@ -2394,6 +2553,125 @@ port = 443
 
     fn minimal() -> Config {
         Config::from_toml_str(&doc("", "", "")).unwrap()
+    }
+
+    /// A scratch directory of this test process, root-only.
+    fn scratch(name: &str) -> PathBuf {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = std::env::temp_dir().join(format!("lb-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn only_a_small_regular_file_only_root_can_change_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("files");
+        let ok = dir.join("ok.toml");
+        std::fs::write(&ok, doc("", "", "")).unwrap();
+        Config::from_file(&ok).unwrap();
+
+        let e = Config::from_file(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not a regular file but a character device"),
+            "{e}"
+        );
+        let e = Config::from_file(&dir).unwrap_err().to_string();
+        assert!(e.contains("a directory"), "{e}");
+        // A FIFO with no writer: refused at once, not waited on.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let started = std::time::Instant::now();
+        let e = Config::from_file(&fifo).unwrap_err().to_string();
+        assert!(e.contains("a FIFO"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        let big = dir.join("big.toml");
+        let mut text = doc("", "", "");
+        text.push_str(&"# padding padding padding\n".repeat(50_000));
+        std::fs::write(&big, &text).unwrap();
+        let e = Config::from_file(&big).unwrap_err().to_string();
+        assert!(e.contains("at most 1048576 bytes"), "{e}");
+
+        for (mode, who) in [(0o666, "everybody"), (0o664, "its group")] {
+            std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = Config::from_file(&ok).unwrap_err().to_string();
+            assert!(e.contains(&format!("writable by {who}")), "{e}");
+            assert!(e.contains("chmod go-w"), "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn huge_values_are_not_echoed_whole() {
+        let huge = "9".repeat(10_000_000);
+        for text in [
+            one_vip("", &format!("port = {huge}")),
+            doc(
+                "",
+                "",
+                &format!("[[vip]]\nname = \"w\"\naddress = \"{huge}\"\nport = 80\n"),
+            ),
+            doc(
+                "",
+                "",
+                &format!("[[vip]]\nname = \"{huge}\"\naddress = \"10.0.0.1\"\nport = 80\n"),
+            ),
+            doc(&format!("{huge} = 1"), "", ""),
+            doc("", &format!("ports = \"{huge}\""), ""),
+        ] {
+            let e = err(&text);
+            assert!(e.len() < 1500, "{} bytes: {}", e.len(), &e[..200]);
+        }
+    }
+
+    #[test]
+    fn backends_must_be_other_unicast_hosts() {
+        for (addr, why) in [
+            ("10.0.0.100", "is a VIP address"),
+            ("10.0.0.101", "is a VIP address"),
+            ("10.0.1.10", "is the NAT source address"),
+            ("127.0.0.1", "loopback"),
+            ("0.0.0.0", "unspecified"),
+            ("0.9.9.9", "0.0.0.0/8"),
+            ("239.1.1.1", "multicast"),
+            ("255.255.255.255", "broadcast"),
+            ("250.1.1.1", "reserved"),
+        ] {
+            let text = doc(
+                "",
+                "",
+                &format!(
+                    "[[vip]]\nname = \"web\"\naddress = \"10.0.0.100\"\nport = 80\n\
+                     [[vip.backend]]\naddress = \"10.0.2.11\"\n\
+                     [[vip.backend]]\naddress = \"{addr}\"\n\
+                     [[vip]]\nname = \"api\"\naddress = \"10.0.0.101\"\nport = 80\n"
+                ),
+            );
+            assert_err(&text, &["vip[0].backend[1].address", why]);
+        }
+        for (key, line) in [
+            ("vip[0].address", "127.0.0.5"),
+            ("vip[0].address", "0.0.0.0"),
+        ] {
+            assert_err(
+                &doc(
+                    "",
+                    "",
+                    &format!("[[vip]]\nname = \"w\"\naddress = \"{line}\"\nport = 80\n"),
+                ),
+                &[key],
+            );
+        }
+        assert_err(
+            &doc("", "", "").replace("10.0.1.10", "127.0.0.1"),
+            &["nat.source", "loopback"],
+        );
     }
 
     #[test]
@@ -3968,5 +4246,67 @@ port = 443
             &with_vrrp("track_interfaces = [\"a/b\"]"),
             &["vrrp.track_interfaces[0]"],
         );
+    }
+}
+
+/// Fuzz-style tests: any text is a configuration or an error that names
+/// what is wrong, never a panic, and never an error of unbounded size.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/lb.toml");
+
+    /// The example file with some lines dropped, repeated or replaced.
+    fn mangled() -> impl Strategy<Value = String> {
+        let lines: Vec<String> = EXAMPLE.lines().map(str::to_owned).collect();
+        let n = lines.len();
+        proptest::collection::vec((0..n, 0u8..4, "[ -~]{0,40}"), 1..8).prop_map(move |edits| {
+            let mut out = lines.clone();
+            for (i, what, text) in edits {
+                let i = i % out.len().max(1);
+                match what {
+                    0 => {
+                        out.remove(i);
+                    }
+                    1 => {
+                        let l = out[i].clone();
+                        out.insert(i, l);
+                    }
+                    2 => out[i] = text,
+                    _ => {
+                        // Keep the key, change the value.
+                        if let Some((k, _)) = out[i].split_once('=') {
+                            out[i] = format!("{k}= {text}");
+                        }
+                    }
+                }
+                if out.is_empty() {
+                    break;
+                }
+            }
+            out.join("\n")
+        })
+    }
+
+    fn check(text: &str) {
+        if let Err(e) = Config::from_toml_str(text) {
+            let m = e.to_string();
+            assert!(!m.is_empty());
+            assert!(m.chars().count() < 1200, "{m}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_config_any_text(text in "\\PC{0,400}") {
+            check(&text);
+        }
+
+        #[test]
+        fn fuzz_config_mangled_example(text in mangled()) {
+            check(&text);
+        }
     }
 }

@@ -26,7 +26,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb_ebpf::Reason;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, watch},
 };
@@ -520,10 +520,9 @@ pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
             .map_err(|e| ApiError::invalid(format!("invalid configuration: {e}")))?;
         vrrp_reloadable(&st.cfg, &new)?;
         let kernel = kernel_config(&new).map_err(|e| ApiError::internal(format!("{e:#}")))?;
-        let summary = st.balancer.reload(&mut st.dataplane, &st.cfg, &new)?;
-        st.dataplane
-            .set_config(&kernel)
-            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let summary = st
+            .balancer
+            .reload(&mut st.dataplane, &st.cfg, &new, &kernel)?;
         st.monitor.set_targets(st.balancer.health_targets());
         if let Some(tx) = &st.vrrp_addresses {
             let _ = tx.send(new.vrrp_placements());
@@ -697,37 +696,124 @@ async fn serve_control(
     }
 }
 
-async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>) {
-    let (rd, mut wr) = stream.into_split();
-    let mut lines = BufReader::new(rd).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let state = state.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let request = api::parse_request(&line)?;
-            if matches!(request, Request::Stats) {
-                // Counted without the lock held (see snapshot_counting_tables).
-                let (mut value, counter) = {
-                    let mut st = lock_state(&state);
-                    let counter = st
-                        .dataplane
-                        .table_counter()
-                        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-                    (handle(&mut st, request)?, counter)
-                };
-                value["flows"] = counter.flows().into();
-                value["nat_entries"] = counter.nat_entries().into();
-                return Ok(value);
+/// One request line as read from a client.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    Text(String),
+    /// A line that is not UTF-8: answered with an error, and the connection
+    /// goes on.
+    NotUtf8,
+    /// A line longer than [`api::MAX_REQUEST_LINE`]: answered with an error,
+    /// then the connection is closed (the rest of it is not read).
+    TooLong,
+}
+
+/// Reads the next request line (without its `\n` or `\r\n`), never
+/// holding more than `max` bytes of it. `None` at the end of the stream.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> std::io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    loop {
+        let chunk = r.fill_buf().await?;
+        if chunk.is_empty() {
+            if line.is_empty() {
+                return Ok(None);
             }
-            handle(&mut lock_state(&state), request)
-        })
-        .await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))));
+            break;
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                if line.len() + i > max {
+                    return Ok(Some(Line::TooLong));
+                }
+                line.extend_from_slice(&chunk[..i]);
+                r.consume(i + 1);
+                break;
+            }
+            None => {
+                let n = chunk.len();
+                if line.len() + n > max {
+                    return Ok(Some(Line::TooLong));
+                }
+                line.extend_from_slice(chunk);
+                r.consume(n);
+            }
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(Some(match String::from_utf8(line) {
+        Ok(text) => Line::Text(text),
+        Err(_) => Line::NotUtf8,
+    }))
+}
+
+/// Answers the requests of one client, a line each, in order, with
+/// `handle`; every line gets an answer, a malformed one an error.
+async fn serve_lines<R, W, F, Fut>(rd: R, mut wr: W, handle: F)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = Result<serde_json::Value, ApiError>>,
+{
+    let mut rd = BufReader::new(rd);
+    loop {
+        let (result, last) = match read_line(&mut rd, api::MAX_REQUEST_LINE).await {
+            Ok(None) | Err(_) => return,
+            Ok(Some(Line::Text(line))) => (handle(line).await, false),
+            Ok(Some(Line::NotUtf8)) => (
+                Err(ApiError::bad_request("the request is not UTF-8 text")),
+                false,
+            ),
+            Ok(Some(Line::TooLong)) => (
+                Err(ApiError::bad_request(format!(
+                    "the request line is longer than {} bytes; closing the connection",
+                    api::MAX_REQUEST_LINE
+                ))),
+                true,
+            ),
+        };
         let mut out = api::response_line(result);
         out.push('\n');
-        if wr.write_all(out.as_bytes()).await.is_err() {
+        if wr.write_all(out.as_bytes()).await.is_err() || last {
+            let _ = wr.shutdown().await;
             return;
         }
     }
+}
+
+async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>) {
+    let (rd, wr) = stream.into_split();
+    serve_lines(rd, wr, |line| {
+        let state = state.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let request = api::parse_request(&line)?;
+                if matches!(request, Request::Stats) {
+                    // Counted without the lock held (see snapshot_counting_tables).
+                    let (mut value, counter) = {
+                        let mut st = lock_state(&state);
+                        let counter = st
+                            .dataplane
+                            .table_counter()
+                            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                        (handle(&mut st, request)?, counter)
+                    };
+                    value["flows"] = counter.flows().into();
+                    value["nat_entries"] = counter.nat_entries().into();
+                    return Ok(value);
+                }
+                handle(&mut lock_state(&state), request)
+            })
+            .await
+            .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))))
+        }
+    })
+    .await
 }
 
 fn to_value<T: serde::Serialize>(v: T) -> Result<serde_json::Value, ApiError> {
@@ -895,6 +981,116 @@ fn status(st: &State) -> Result<serde_json::Value, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Feeds `input` to `serve_lines` with a handler that echoes each
+    /// request back, in chunks of `chunk` bytes, and returns the answers.
+    async fn converse(input: Vec<u8>, chunk: usize) -> Vec<ResponseEnvelopeText> {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (srd, swr) = tokio::io::split(server);
+        let served = tokio::spawn(serve_lines(srd, swr, |line: String| async move {
+            Ok(serde_json::Value::String(line))
+        }));
+        let (mut crd, mut cwr) = tokio::io::split(client);
+        let writer = tokio::spawn(async move {
+            for part in input.chunks(chunk.max(1)) {
+                if cwr.write_all(part).await.is_err() {
+                    return;
+                }
+            }
+            let _ = cwr.shutdown().await;
+        });
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(10), crd.read_to_string(&mut out))
+            .await
+            .expect("answers within 10 s")
+            .expect("read answers");
+        let _ = writer.await;
+        served.await.unwrap();
+        out.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("answers are JSON");
+                ResponseEnvelopeText(v)
+            })
+            .collect()
+    }
+
+    #[derive(Debug)]
+    struct ResponseEnvelopeText(serde_json::Value);
+
+    impl ResponseEnvelopeText {
+        fn code(&self) -> Option<&str> {
+            self.0["error"]["code"].as_str()
+        }
+        fn echoed(&self) -> Option<&str> {
+            self.0["result"].as_str()
+        }
+    }
+
+    #[tokio::test]
+    async fn every_line_is_answered_and_bad_ones_with_errors() {
+        let mut input = b"one\r\n\xff\xfe not utf-8\ntwo\n".to_vec();
+        input.extend_from_slice(b"three");
+        let answers = converse(input, 3).await;
+        assert_eq!(answers.len(), 4, "{answers:?}");
+        assert_eq!(answers[0].echoed(), Some("one"));
+        assert_eq!(answers[1].code(), Some("bad_request"));
+        assert!(answers[1].0["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8"));
+        assert_eq!(answers[2].echoed(), Some("two"));
+        assert_eq!(
+            answers[3].echoed(),
+            Some("three"),
+            "a last line without newline"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_line_is_refused_and_the_connection_closed() {
+        let mut input = b"first\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', api::MAX_REQUEST_LINE + 1));
+        input.extend_from_slice(b"\nnever\n");
+        let answers = converse(input, 4096).await;
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert_eq!(answers[0].echoed(), Some("first"));
+        assert_eq!(answers[1].code(), Some("bad_request"));
+        assert!(answers[1].0["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 65536 bytes"));
+        // Exactly the limit is still a request.
+        let mut input = vec![b'y'; api::MAX_REQUEST_LINE];
+        input.push(b'\n');
+        let answers = converse(input, 65_536).await;
+        assert_eq!(
+            answers[0].echoed().map(str::len),
+            Some(api::MAX_REQUEST_LINE)
+        );
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn fuzz_control_stream(
+                lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..20),
+                chunk in 1usize..64,
+            ) {
+                let mut input = Vec::new();
+                for l in &lines {
+                    input.extend(l.iter().filter(|&&b| b != b'\n'));
+                    input.push(b'\n');
+                }
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let answers = rt.block_on(converse(input, chunk));
+                prop_assert_eq!(answers.len(), lines.len());
+            }
+        }
+    }
 
     #[test]
     fn the_state_lock_outlives_a_panic_while_held() {

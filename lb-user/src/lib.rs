@@ -15,6 +15,7 @@ pub mod health;
 pub mod host;
 pub mod maglev;
 pub mod metrics;
+pub mod text;
 pub mod vrrp;
 
 /// The XDP object built into this binary by `cargo xtask build`, if any.

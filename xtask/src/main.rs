@@ -55,6 +55,14 @@ enum Task {
     },
     /// rustfmt and clippy -D warnings on the host crates and the eBPF crate.
     Lint,
+    /// The fuzz-style tests (`fuzz_*`: the VRRP decoder, the control
+    /// protocol, the configuration loader, the XDP program) with many more
+    /// cases than `cargo xtask test` runs.
+    Fuzz {
+        /// Cases per test (proptest's PROPTEST_CASES).
+        #[arg(long, default_value_t = 20_000)]
+        cases: u32,
+    },
     /// Benchmarks with a Markdown report and plots in results/<time>/ (see
     /// docs/performance.md). Installs the peers it compares with.
     Bench {
@@ -80,6 +88,7 @@ fn main() -> Result<()> {
         } => run(release, pair, args),
         Task::Test { args } => test(args),
         Task::Lint => lint(),
+        Task::Fuzz { cases } => fuzz(cases),
         Task::Bench { quick, only } => bench(quick, only),
     }
 }
@@ -193,6 +202,11 @@ fn test(args: Vec<String>) -> Result<()> {
     setup::ensure()?;
     let moto = setup::ensure_test_peers()?;
     let bin = build(false)?;
+    check(&mut test_command(&bin, &moto, &args))
+}
+
+/// `cargo test` of the workspace with what the privileged tests need.
+fn test_command(bin: &Path, moto: &Path, args: &[String]) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(root()).args(["test", "--no-fail-fast"]);
     // `--workspace` would override a `-p` the caller passed to narrow the run.
@@ -203,9 +217,19 @@ fn test(args: Vec<String>) -> Result<()> {
         cmd.arg("--workspace");
     }
     cmd.env("LB_EBPF_OBJECT", ebpf_object())
-        .env("LB_BIN_DIR", &bin)
-        .env("LB_MOTO_VENV", &moto)
-        .args(&args);
+        .env("LB_BIN_DIR", bin)
+        .env("LB_MOTO_VENV", moto)
+        .args(args);
+    cmd
+}
+
+fn fuzz(cases: u32) -> Result<()> {
+    setup::ensure()?;
+    let moto = setup::ensure_test_peers()?;
+    let bin = build(false)?;
+    let args = vec!["fuzz_".to_string()];
+    let mut cmd = test_command(&bin, &moto, &args);
+    cmd.env("PROPTEST_CASES", cases.to_string());
     check(&mut cmd)
 }
 

@@ -23,13 +23,26 @@ use lb_ebpf::{map, prog, Backend, Config, Counters, Flow, FlowKey, NatEntry, Vip
 mod table;
 use table::{Slot as _, TableView};
 
-/// What the balancer needs from the kernel side.
+mod journal;
+pub use journal::Journal;
+
+/// What the balancer needs from the kernel side. Every write has a read
+/// that gives back what it replaces, so that a change made of several
+/// writes can be undone whole ([`Journal`]).
 pub trait Maps {
     fn set_vip(&mut self, key: VipKey, value: VipValue) -> Result<()>;
     fn remove_vip(&mut self, key: VipKey) -> Result<()>;
+    /// The VIP's entry, if the kernel has one.
+    fn vip(&self, key: VipKey) -> Result<Option<VipValue>>;
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()>;
+    fn backend(&self, id: u32) -> Result<Backend>;
     /// Writes one ring slot of a VIP (`ring.len()` is the ring size).
     fn write_ring(&mut self, vip_id: u32, slot: u32, ring: &[u32]) -> Result<()>;
+    /// Reads one ring slot of a VIP back.
+    fn ring(&self, vip_id: u32, slot: u32) -> Result<Vec<u32>>;
+    /// The global settings the program runs with ([`map::CONFIG`]).
+    fn read_config(&self) -> Result<Config>;
+    fn write_config(&mut self, config: &Config) -> Result<()>;
     fn vip_counters(&self, vip_id: u32) -> Result<Counters>;
     fn backend_counters(&self, backend_id: u32) -> Result<Counters>;
     /// Zeroes a backend's counters (its id is being given to a new backend).
@@ -98,6 +111,17 @@ impl RingMemory {
             entries,
             len,
         })
+    }
+
+    fn read(&self, offset: usize, len: usize) -> Result<Vec<u32>> {
+        if offset + len > self.entries {
+            bail!("ring read beyond {} entries", self.entries);
+        }
+        let words = ARRAY_STRIDE / 4;
+        Ok((0..len)
+            // SAFETY: bounds checked above, as in `write`.
+            .map(|i| unsafe { self.ptr.add((offset + i) * words).read() })
+            .collect())
     }
 
     fn write(&mut self, offset: usize, ring: &[u32]) -> Result<()> {
@@ -697,10 +721,37 @@ impl Maps for Dataplane {
             .with_context(|| format!("removing from {}", map::VIPS))
     }
 
+    fn vip(&self, key: VipKey) -> Result<Option<VipValue>> {
+        match self.vips.get(&key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", map::VIPS)),
+        }
+    }
+
     fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
         self.backends
             .set(id, backend, 0)
             .with_context(|| format!("writing {}[{id}]", map::BACKENDS))
+    }
+
+    fn backend(&self, id: u32) -> Result<Backend> {
+        self.backends
+            .get(&id, 0)
+            .with_context(|| format!("reading {}[{id}]", map::BACKENDS))
+    }
+
+    fn ring(&self, vip_id: u32, slot: u32) -> Result<Vec<u32>> {
+        let base = (vip_id * 2 + slot) as usize * self.ring_size as usize;
+        self.ring_memory.read(base, self.ring_size as usize)
+    }
+
+    fn read_config(&self) -> Result<Config> {
+        self.config()
+    }
+
+    fn write_config(&mut self, config: &Config) -> Result<()> {
+        self.set_config(config)
     }
 
     fn write_ring(&mut self, vip_id: u32, slot: u32, ring: &[u32]) -> Result<()> {

@@ -272,3 +272,76 @@ mod tests {
         assert_eq!(parse(&tcp), Err(Invalid::NotVrrp));
     }
 }
+
+/// Fuzz-style tests: any datagram a raw socket may hand over is either a
+/// valid advertisement or refused with a reason, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid() -> impl Strategy<Value = (Advert, Ipv4Addr, Ipv4Addr)> {
+        (
+            any::<u8>(),
+            any::<u8>(),
+            1u16..=MAX_ADVER_INT_CS,
+            proptest::collection::vec(any::<u32>(), 0..20),
+            any::<u32>(),
+            any::<u32>(),
+        )
+            .prop_map(|(vrid, priority, interval_cs, addrs, src, dst)| {
+                (
+                    Advert {
+                        vrid,
+                        priority,
+                        interval_cs,
+                        addresses: addrs.into_iter().map(Ipv4Addr::from).collect(),
+                    },
+                    Ipv4Addr::from(src),
+                    Ipv4Addr::from(dst),
+                )
+            })
+    }
+
+    fn datagram(m: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+        let total = (20 + m.len()) as u16;
+        let mut d = vec![0x45, 0];
+        d.extend_from_slice(&total.to_be_bytes());
+        d.extend_from_slice(&[0, 0, 0x40, 0, VRRP_TTL, IPPROTO_VRRP, 0, 0]);
+        d.extend_from_slice(&src.octets());
+        d.extend_from_slice(&dst.octets());
+        d.extend_from_slice(m);
+        d
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_vrrp_any_bytes_parse_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse(&bytes);
+            let _ = source(&bytes);
+        }
+
+        #[test]
+        fn fuzz_vrrp_adverts_round_trip((a, src, dst) in valid()) {
+            let r = parse(&datagram(&a.encode(src, dst), src, dst)).unwrap();
+            prop_assert_eq!(r.advert, a);
+            prop_assert_eq!((r.from, r.to), (src, dst));
+        }
+
+        #[test]
+        fn fuzz_vrrp_damaged_adverts_never_panic(
+            (a, src, dst) in valid(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut d = datagram(&a.encode(src, dst), src, dst);
+            for (at, x) in flips {
+                let i = at.index(d.len());
+                d[i] ^= x.max(1);
+            }
+            let keep = cut.index(d.len() + 1);
+            let _ = parse(&d[..keep]);
+            let _ = parse(&d);
+        }
+    }
+}
