@@ -39,8 +39,26 @@ use crate::{
     health::{HealthEvent, HealthMonitor},
     host::{self, HostSettings},
     metrics,
+    state::{self, StateDir},
     vrrp::{Leave, Vrrp},
 };
+
+/// What lbd keeps in its state directory while the data plane runs
+/// ([`crate::state`]): read back by the lbd that adopts the data plane, so
+/// that a clean stop, whichever lbd makes it, undoes exactly what the first
+/// one changed.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Record {
+    /// The host's original settings.
+    host: HostSettings,
+    /// Directories lbd created (for the pins, the control socket),
+    /// outermost first: removed at a clean stop if they are empty.
+    #[serde(default)]
+    created_dirs: Vec<PathBuf>,
+}
+
+/// The record's file name in the state directory.
+const RECORD: &str = "state.json";
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -122,6 +140,10 @@ pub struct State {
 pub struct Running {
     state: Arc<Mutex<State>>,
     host: HostSettings,
+    /// lbd's state directory, locked by this process.
+    state_dir: StateDir,
+    /// Directories lbd created, as in the record.
+    created_dirs: Vec<PathBuf>,
     health_rx: Option<mpsc::UnboundedReceiver<HealthEvent>>,
     /// The VRRP instance, opened but not yet running, with the receivers of
     /// its floating addresses and of the VIPs' problems.
@@ -135,9 +157,17 @@ type VrrpStart = (
 );
 
 /// Brings the data plane up as configured (adopting a running one if the
-/// pins of an earlier lbd are there). Must run inside a tokio runtime (health
-/// checks are spawned).
-pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running> {
+/// pins of an earlier lbd are there). `state_dir` is the data plane's state
+/// directory, locked; `created_dirs` the directories this lbd made already
+/// (for the control socket). Must run inside a tokio runtime (health checks
+/// are spawned).
+pub fn start(
+    cfg: Config,
+    config_path: PathBuf,
+    object: &[u8],
+    state_dir: StateDir,
+    mut created_dirs: Vec<PathBuf>,
+) -> Result<Running> {
     let native = cfg.dataplane.xdp_mode == XdpMode::Native;
     if native {
         for ifname in &cfg.dataplane.interfaces {
@@ -159,19 +189,63 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
     let mut dataplane =
         Dataplane::load(object, &load_options(&cfg), Some(&cfg.dataplane.pin_path))?;
     let adopted = dataplane.adopted();
-    if adopted {
-        if let Err(e) = check_adoptable(&dataplane, &cfg) {
-            abandon(dataplane, adopted);
-            return Err(e);
+    created_dirs.extend(dataplane.created_dirs().iter().cloned());
+    let previous = if adopted {
+        let read = check_adoptable(&dataplane, &cfg).and_then(|()| {
+            state_dir
+                .read::<Record>(RECORD)
+                .context("reading the record of the lbd whose data plane this one adopts")
+        });
+        match read {
+            Ok(Some(r)) => Some(r),
+            Ok(None) => {
+                tracing::warn!(
+                    dir = %state_dir.path().display(),
+                    "adopting without the previous lbd's record: the host settings found now will be restored at a clean stop"
+                );
+                None
+            }
+            Err(e) => {
+                abandon(dataplane, adopted, &state_dir, &created_dirs);
+                return Err(e);
+            }
         }
-    }
-    let mut host = match HostSettings::apply(&cfg, adopted) {
+    } else {
+        None
+    };
+    let previous = previous.map(|r| {
+        // Ours are made already; the earlier lbd's come first.
+        let mut dirs = r.created_dirs;
+        dirs.extend(
+            created_dirs
+                .drain(..)
+                .filter(|d| !dirs.contains(d))
+                .collect::<Vec<_>>(),
+        );
+        created_dirs = dirs;
+        r.host
+    });
+    let host = match HostSettings::apply(&cfg, previous) {
         Ok(h) => h,
         Err(e) => {
-            abandon(dataplane, adopted);
+            abandon(dataplane, adopted, &state_dir, &created_dirs);
             return Err(e);
         }
     };
+    let record = Record { host, created_dirs };
+    if let Err(e) = state_dir.write(RECORD, &record) {
+        let Record {
+            host: mut h,
+            created_dirs,
+        } = record;
+        h.restore();
+        abandon(dataplane, adopted, &state_dir, &created_dirs);
+        return Err(e.into());
+    }
+    let Record {
+        mut host,
+        created_dirs,
+    } = record;
     let mut balancer = None;
     let up = (|| -> Result<()> {
         dataplane.set_config(&kernel_cfg)?;
@@ -204,7 +278,7 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
         } else {
             host.restore();
         }
-        abandon(dataplane, adopted);
+        abandon(dataplane, adopted, &state_dir, &created_dirs);
         return Err(e);
     }
     let balancer = balancer.expect("set when bring-up succeeds");
@@ -245,6 +319,8 @@ pub fn start(cfg: Config, config_path: PathBuf, object: &[u8]) -> Result<Running
             vrrp_vip_problems: problems_tx,
         })),
         host,
+        state_dir,
+        created_dirs,
         health_rx: Some(rx),
         vrrp,
     })
@@ -277,14 +353,19 @@ fn lock_state<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     })
 }
 
-/// Undoes a failed bring-up: a fresh data plane is removed; an adopted one
-/// is left as it was found, still forwarding.
-fn abandon(mut dataplane: Dataplane, adopted: bool) {
+/// Undoes a failed bring-up: a fresh data plane is removed, with the
+/// record and the directories made for it; an adopted one is left as it was
+/// found, still forwarding, with the record that goes with it.
+fn abandon(mut dataplane: Dataplane, adopted: bool, state_dir: &StateDir, created: &[PathBuf]) {
     if adopted {
         dataplane.release();
-    } else if let Err(e) = dataplane.shutdown() {
+        return;
+    }
+    if let Err(e) = dataplane.shutdown() {
         tracing::warn!(error = %format!("{e:#}"), "cleaning up after a failed start");
     }
+    state_dir.remove(RECORD);
+    state::remove_created_dirs(created);
 }
 
 impl Running {
@@ -302,6 +383,11 @@ impl Running {
             Exit::Clean => {
                 let result = st.dataplane.shutdown();
                 self.host.restore();
+                drop(st);
+                // Everything else lbd made, now that the pins are gone: its
+                // state directory, then the directories it created.
+                self.state_dir.discard();
+                state::remove_created_dirs(&self.created_dirs);
                 result
             }
             Exit::KeepForwarding => {
@@ -327,12 +413,16 @@ pub async fn run(
     // first): one that arrives from here on stops lbd cleanly once it is up.
     tracing::info!(config = %config_path.display(), "starting");
     let socket = cfg.control.socket.clone();
-    let listener = bind_control(&socket)?;
+    // Before anything is adopted or changed: one lbd per data plane.
+    let state_dir = StateDir::lock(Path::new(state::STATE_ROOT), &cfg.dataplane.pin_path)?;
+    state_dir.claim(&socket)?;
+    let (listener, socket_dirs) = bind_control(&socket)?;
     let metrics_listener = match cfg.metrics.listen {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => Some(l),
             Err(e) => {
                 let _ = std::fs::remove_file(&socket);
+                state::remove_created_dirs(&socket_dirs);
                 return Err(anyhow::Error::new(e).context(format!(
                     "binding the metrics endpoint {addr} (metrics.listen)"
                 )));
@@ -340,10 +430,11 @@ pub async fn run(
         },
         None => None,
     };
-    let mut running = match start(cfg, config_path, object) {
+    let mut running = match start(cfg, config_path, object, state_dir, socket_dirs.clone()) {
         Ok(r) => r,
         Err(e) => {
             let _ = std::fs::remove_file(&socket);
+            state::remove_created_dirs(&socket_dirs);
             return Err(e);
         }
     };
@@ -654,12 +745,17 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
 }
 
 /// Binds the control socket, root-only. A live daemon already on it is an error;
-/// a stale socket file is replaced.
-fn bind_control(path: &Path) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+/// a stale socket file is replaced. Returns the directories it created.
+fn bind_control(path: &Path) -> Result<(UnixListener, Vec<PathBuf>)> {
+    state::check_socket_dir(path).context("control.socket")?;
+    let created = match path.parent() {
+        Some(dir) => {
+            state::create_dirs(dir, 0o755).with_context(|| format!("creating {}", dir.display()))?
+        }
+        None => Vec::new(),
+    };
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        state::remove_created_dirs(&created);
         bail!("another lbd is already serving {}", path.display());
     }
     match std::fs::remove_file(path) {
@@ -671,7 +767,7 @@ fn bind_control(path: &Path) -> Result<UnixListener> {
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
-    Ok(listener)
+    Ok((listener, created))
 }
 
 async fn serve_control(

@@ -15,10 +15,11 @@ use crate::config::Config;
 
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
-/// Values lbd changed, with what they were before. Kept in a small state
-/// file (next to the control socket) too, so that an lbd that adopts a
-/// running data plane restores the host's original values, not the ones the
-/// previous lbd had set, when it finally stops cleanly.
+/// Values lbd changed, with what they were before. lbd keeps them in its
+/// state directory ([`crate::state`]) while the data plane runs, so that an
+/// lbd that adopts a running data plane restores the host's original
+/// values, not the ones the previous lbd had set, when it finally stops
+/// cleanly.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct HostSettings {
     saved: Vec<(PathBuf, String)>,
@@ -27,8 +28,6 @@ pub struct HostSettings {
     /// leaving everything else as it is.
     #[serde(default)]
     reserved_added: Vec<(u16, u16)>,
-    #[serde(skip)]
-    state_file: Option<PathBuf>,
 }
 
 fn read(path: &PathBuf) -> Result<String> {
@@ -36,12 +35,6 @@ fn read(path: &PathBuf) -> Result<String> {
         .with_context(|| format!("reading {}", path.display()))?
         .trim()
         .to_string())
-}
-
-/// Where the original host settings are kept while lbd (or the data plane
-/// it leaves behind) runs.
-pub fn state_file(cfg: &Config) -> PathBuf {
-    cfg.control.socket.with_extension("host-settings.json")
 }
 
 impl HostSettings {
@@ -52,53 +45,23 @@ impl HostSettings {
         }
         fs::write(&path, format!("{value}\n"))
             .with_context(|| format!("writing {value:?} to {}", path.display()))?;
-        // An adopted state file already holds the original of this one.
+        // An adopted record already holds the original of this one.
         if !self.saved.iter().any(|(p, _)| *p == path) {
             self.saved.push((path, old));
         }
         Ok(())
     }
 
-    /// Applies the settings `cfg` needs. With `adopted`, the originals are
-    /// read from the state file the previous lbd left. On error, whatever
-    /// was already changed is restored before returning.
-    pub fn apply(cfg: &Config, adopted: bool) -> Result<HostSettings> {
-        let file = state_file(cfg);
-        let mut s = HostSettings::default();
-        if adopted {
-            match fs::read(&file) {
-                Ok(bytes) => match serde_json::from_slice::<HostSettings>(&bytes) {
-                    Ok(prev) => s = prev,
-                    Err(e) => {
-                        tracing::warn!(file = %file.display(), error = %e, "ignoring an unreadable host-settings file")
-                    }
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => tracing::warn!(
-                    file = %file.display(),
-                    "adopting without the previous lbd's host-settings file: the values found now will be restored at a clean stop"
-                ),
-                Err(e) => {
-                    tracing::warn!(file = %file.display(), error = %e, "cannot read the host-settings file")
-                }
-            }
-        }
-        s.state_file = Some(file);
-        if let Err(e) = s.apply_all(cfg).and_then(|()| s.save()) {
+    /// Applies the settings `cfg` needs. `previous`: what the lbd whose data
+    /// plane this one adopts had recorded (the host's originals). On error,
+    /// whatever was already changed is restored before returning.
+    pub fn apply(cfg: &Config, previous: Option<HostSettings>) -> Result<HostSettings> {
+        let mut s = previous.unwrap_or_default();
+        if let Err(e) = s.apply_all(cfg) {
             s.restore();
             return Err(e);
         }
         Ok(s)
-    }
-
-    fn save(&self) -> Result<()> {
-        let Some(file) = &self.state_file else {
-            return Ok(());
-        };
-        if let Some(dir) = file.parent() {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let json = serde_json::to_vec(self).expect("host settings serialise");
-        fs::write(file, json).with_context(|| format!("writing {}", file.display()))
     }
 
     fn apply_all(&mut self, cfg: &Config) -> Result<()> {
@@ -131,17 +94,15 @@ impl HostSettings {
         Ok(())
     }
 
-    /// Leaves every setting as it is (the data plane keeps running), and the
-    /// state file for the lbd that adopts it.
+    /// Leaves every setting as it is (the data plane keeps running; the
+    /// record stays in the state directory for the lbd that adopts it).
     pub fn forget(&mut self) {
         self.saved.clear();
         self.reserved_added.clear();
-        self.state_file = None;
     }
 
-    /// Puts back every value changed, newest first, takes the NAT range out
-    /// of the reserved ports (leaving other entries alone), and removes the
-    /// state file.
+    /// Puts back every value changed, newest first, and takes the NAT range
+    /// out of the reserved ports (leaving other entries alone).
     pub fn restore(&mut self) {
         let added = std::mem::take(&mut self.reserved_added);
         if !added.is_empty() {
@@ -163,9 +124,6 @@ impl HostSettings {
             if let Err(e) = fs::write(&path, format!("{old}\n")) {
                 tracing::warn!(path = %path.display(), error = %e, "could not restore a host setting");
             }
-        }
-        if let Some(file) = self.state_file.take() {
-            let _ = fs::remove_file(file);
         }
     }
 }

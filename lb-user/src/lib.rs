@@ -5,6 +5,7 @@
 //! - [`dataplane`]: loading, pinning, attaching; typed maps behind [`dataplane::Maps`].
 //! - [`balancer`]: VIPs, backends, ids and ring swaps, on top of `Maps`.
 //! - [`host`]: sysctls lbd needs while running.
+//! - [`state`]: lbd's own state directory: the one-lbd-per-data-plane lock.
 //! - [`api`]: the control-socket protocol; [`daemon`]: the process wired together.
 pub mod api;
 pub mod balancer;
@@ -15,6 +16,7 @@ pub mod health;
 pub mod host;
 pub mod maglev;
 pub mod metrics;
+pub mod state;
 pub mod text;
 pub mod vrrp;
 

@@ -2,6 +2,7 @@
 //! its duration printed, and the usual assertion on a client report.
 
 use std::{
+    path::Path,
     sync::{Mutex, MutexGuard},
     thread,
     time::Instant,
@@ -94,6 +95,41 @@ pub fn assert_data_plane_removed(topo: &Topology) {
         topo.pin_path().display()
     );
     assert!(!topo.socket_path().exists(), "control socket still exists");
+}
+
+/// Asserts that nothing of a test whose names start with `prefix` is left:
+/// no namespace, no pin directory `lb-PREFIX*` under /sys/fs/bpf, no
+/// state directory of lbd's for it, no topology directory in /tmp.
+pub fn assert_cleaned_up(prefix: &str) {
+    let left: Vec<String> = crate::netns_list()
+        .expect("ip netns list")
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let ours = |dir: &str, start: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(start))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let pins = ours("/sys/fs/bpf", &format!("lb-{prefix}"));
+    assert!(pins.is_empty(), "pins left behind in /sys/fs/bpf: {pins:?}");
+    let state = ours(
+        lb_user::state::STATE_ROOT,
+        &lb_user::state::dir_name(Path::new(&format!("/sys/fs/bpf/lb-{prefix}"))),
+    );
+    assert!(state.is_empty(), "lbd state left behind: {state:?}");
+    let tmp = std::env::temp_dir();
+    let dirs: Vec<String> = ["lb-topology-", "lb-pair-"]
+        .iter()
+        .flat_map(|p| ours(&tmp.to_string_lossy(), &format!("{p}{prefix}")))
+        .collect();
+    assert!(dirs.is_empty(), "test directories left behind: {dirs:?}");
 }
 
 /// Waits for a transfer and asserts that all `bytes` came back intact.

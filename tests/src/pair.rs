@@ -230,8 +230,9 @@ impl Pair {
         PathBuf::from(format!("/sys/fs/bpf/lb-{}-{}", self.prefix, side + 1))
     }
 
+    /// lbd's `control.socket` on `side`, in the pair's private directory.
     pub fn socket_path(&self, side: usize) -> PathBuf {
-        PathBuf::from(format!("/tmp/lb-{}-{}.sock", self.prefix, side + 1))
+        self.dir.join(format!("lbd{}.sock", side + 1))
     }
 
     pub fn dir(&self) -> &Path {

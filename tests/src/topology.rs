@@ -445,9 +445,11 @@ impl Topology {
         PathBuf::from(format!("/sys/fs/bpf/lb-{}", self.prefix))
     }
 
-    /// lbd's `control.socket`: `/tmp/lb-PREFIX.sock`.
+    /// lbd's `control.socket`: `lbd.sock` in the topology's private
+    /// directory (lbd refuses a socket in a directory others can write,
+    /// such as `/tmp` itself).
     pub fn socket_path(&self) -> PathBuf {
-        PathBuf::from(format!("/tmp/lb-{}.sock", self.prefix))
+        self.dir.join("lbd.sock")
     }
 
     // -- lbd ----------------------------------------------------------------
@@ -842,6 +844,16 @@ fn is_server_of(command: &str, name: &str) -> bool {
 /// Removes lbd's pin directory and control socket if they exist; with
 /// `report`, says so (they should have been removed by lbd itself).
 pub(crate) fn remove_lb_state(pin_path: &Path, socket: &Path, report: bool) {
+    // lbd's state directory for the data plane (its lock and record).
+    let state = Path::new(lb_user::state::STATE_ROOT).join(lb_user::state::dir_name(pin_path));
+    if state.exists() {
+        if report {
+            eprintln!("topology cleanup: removing {} left by lbd", state.display());
+        }
+        if let Err(e) = fs::remove_dir_all(&state) {
+            eprintln!("warning: removing {}: {e}", state.display());
+        }
+    }
     if pin_path.exists() {
         if report {
             eprintln!(
@@ -853,12 +865,7 @@ pub(crate) fn remove_lb_state(pin_path: &Path, socket: &Path, report: bool) {
             eprintln!("warning: removing {}: {e}", pin_path.display());
         }
     }
-    // The socket, and the host-settings file an lbd that did not stop
-    // cleanly leaves beside it.
-    for file in [
-        socket.to_path_buf(),
-        socket.with_extension("host-settings.json"),
-    ] {
+    for file in [socket.to_path_buf()] {
         match fs::remove_file(&file) {
             Ok(()) if report => {
                 eprintln!("topology cleanup: removed {} left by lbd", file.display())
@@ -922,7 +929,10 @@ mod tests {
         let weights: Vec<u32> = v.backends.iter().map(|b| b.weight).collect();
         assert_eq!(weights, [1, 2, 3]);
         assert_eq!(cfg.nat.source, Ipv4Addr::new(10, 123, 2, 10));
-        assert_eq!(cfg.control.socket, Path::new("/tmp/lb-ab12cd.sock"));
+        assert_eq!(
+            cfg.control.socket,
+            std::env::temp_dir().join("lb-topology-unit-test-unused/lbd.sock")
+        );
         assert_eq!(cfg.dataplane.pin_path, Path::new("/sys/fs/bpf/lb-ab12cd"));
     }
 

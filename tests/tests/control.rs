@@ -12,15 +12,15 @@
 use std::{
     collections::BTreeMap,
     fs,
-    path::Path,
     process::Output,
     thread,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    harness::{assert_all_ok, assert_data_plane_removed, finish_transfer, Timing},
-    netns_list,
+    harness::{
+        assert_all_ok, assert_cleaned_up, assert_data_plane_removed, finish_transfer, Timing,
+    },
     topology::{Topology, BACKENDS, BACKEND_PORT, HEALTH_INTERVAL_MS, VIP_NAME, VIP_PORT},
     try_parse_client_report, wait_until, Child, ClientReport,
 };
@@ -338,21 +338,6 @@ fn pins(topo: &Topology) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-/// Asserts that no namespace starting with `prefix` is left, nor lbd's pins
-/// or socket.
-fn assert_cleaned_up(prefix: &str) {
-    let left: Vec<String> = netns_list()
-        .expect("ip netns list")
-        .into_iter()
-        .filter(|n| n.starts_with(prefix))
-        .collect();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
-    let pins = Path::new("/sys/fs/bpf").join(format!("lb-{prefix}"));
-    assert!(!pins.exists(), "{} left behind", pins.display());
-    let socket = Path::new("/tmp").join(format!("lb-{prefix}.sock"));
-    assert!(!socket.exists(), "{} left behind", socket.display());
 }
 
 /// The health table of a VIP for [`config`]: the topology's fast TCP check.
@@ -1119,7 +1104,7 @@ fn lbctl_every_command_table_and_json() {
         assert!(topo.lbctl(&["status"]).contains("reloads 2 ok, 0 refused"));
 
         // No lbd on the socket: exit 3, saying so.
-        let nowhere = format!("/tmp/lb-{}-nobody.sock", topo.prefix());
+        let nowhere = topo.dir().join("nobody.sock").display().to_string();
         for args in [&["status"][..], &["--json", "backends"]] {
             let mut full = vec!["--socket", nowhere.as_str()];
             full.extend_from_slice(args);

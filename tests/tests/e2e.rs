@@ -10,8 +10,10 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use lb_tests::{
-    harness::{assert_all_ok, assert_data_plane_removed, finish_transfer, Timing},
-    netns_exists, netns_list,
+    harness::{
+        assert_all_ok, assert_cleaned_up, assert_data_plane_removed, finish_transfer, Timing,
+    },
+    netns_exists,
     topology::{default_bin_dir, Topology, BACKENDS, BACKEND_PORT, VIP_NAME},
     wait_until, Child, ClientReport,
 };
@@ -66,25 +68,6 @@ fn table_rows(table: &str) -> BTreeMap<String, Vec<String>> {
                 .then(|| (cols[0].clone(), cols))
         })
         .collect()
-}
-
-/// Asserts that no namespace starting with `prefix` is left.
-fn assert_no_namespaces(prefix: &str) {
-    let left: Vec<String> = netns_list()
-        .expect("ip netns list")
-        .into_iter()
-        .filter(|n| n.starts_with(prefix))
-        .collect();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
-}
-
-/// Asserts that the topology's namespaces, pins and socket are gone.
-fn assert_cleaned_up(prefix: &str) {
-    assert_no_namespaces(prefix);
-    let pins = Path::new("/sys/fs/bpf").join(format!("lb-{prefix}"));
-    assert!(!pins.exists(), "{} left behind", pins.display());
-    let socket = Path::new("/tmp").join(format!("lb-{prefix}.sock"));
-    assert!(!socket.exists(), "{} left behind", socket.display());
 }
 
 #[test]
@@ -601,7 +584,7 @@ fn sandbox_shows_balanced_traffic() {
         !netns_exists("lbsbxc") && !netns_exists("lbsbxl")
     })
     .expect("namespaces removed");
-    assert_no_namespaces("lbsbx");
+    assert_cleaned_up("lbsbx");
     assert!(!Path::new("/sys/fs/bpf/lb-lbsbx").exists());
 }
 

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use lb_tests::{
-    addr, disable_offloads, netns_exists, netns_list, parse_client_report, parse_transfer_report,
-    unique_prefix, veth, wait_until, Child, Netns,
+    addr, disable_offloads, harness::assert_cleaned_up, netns_exists, parse_client_report,
+    parse_transfer_report, unique_prefix, veth, wait_until, Child, Netns,
 };
 
 /// The `lb-testkit` binary cargo built for these tests.
@@ -44,16 +44,6 @@ fn serve(ns: &Netns, listen: &[String], name: &str) -> Child {
         .wait_for_stdout("ready", Duration::from_secs(10))
         .expect("server ready");
     child
-}
-
-/// Asserts that no namespace starting with `prefix` is left.
-fn assert_no_namespaces(prefix: &str) {
-    let left: Vec<String> = netns_list()
-        .expect("ip netns list")
-        .into_iter()
-        .filter(|n| n.starts_with(prefix))
-        .collect();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
 
 #[test]
@@ -99,7 +89,7 @@ fn client_and_transfer_over_veth() {
         let status = server.stop().expect("server stops on SIGTERM");
         assert!(status.success(), "server exit: {status}");
     }
-    assert_no_namespaces(&prefix);
+    assert_cleaned_up(&prefix);
 }
 
 #[test]
@@ -186,7 +176,7 @@ fn rate_duration_errors_and_pacing() {
 
         drop(server);
     }
-    assert_no_namespaces(&prefix);
+    assert_cleaned_up(&prefix);
 }
 
 #[test]
@@ -207,7 +197,7 @@ fn namespaces_are_cleaned_up_on_panic() {
     });
     assert!(result.is_err());
     assert!(!netns_exists(&name), "namespace {name} survived a panic");
-    assert_no_namespaces(&prefix);
+    assert_cleaned_up(&prefix);
 }
 
 #[test]
@@ -220,5 +210,5 @@ fn stale_namespace_is_replaced() {
         let lo = ns.ip(&["-br", "link", "show", "lo"]).expect("lo");
         assert!(lo.contains("UP") || lo.contains("UNKNOWN"), "{lo}");
     }
-    assert_no_namespaces(&prefix);
+    assert_cleaned_up(&prefix);
 }

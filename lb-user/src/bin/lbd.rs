@@ -77,6 +77,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Not a property of the file alone, but a configuration error all the
+    // same: refused at --check time too.
+    if let Err(e) = lb_user::state::check_socket_dir(&cfg.control.socket) {
+        eprintln!(
+            "lbd: invalid configuration: {}: control.socket: {e}; put the socket in a \
+             directory only root can write (the default is /run/lb/lbd.sock)",
+            args.config.display()
+        );
+        return ExitCode::from(2);
+    }
     if args.check {
         let backends: usize = cfg.vips.iter().map(|v| v.backends.len()).sum();
         println!(

@@ -85,6 +85,9 @@ pub struct Dataplane {
     logger: Option<KernelLogger>,
     /// `LB_RINGS` mapped into this process.
     ring_memory: RingMemory,
+    /// Directories `load` created for the pins (the pin directory and any
+    /// missing parents), outermost first.
+    created_dirs: Vec<PathBuf>,
 }
 
 /// The memory-mapped ring array (`BPF_F_MMAPABLE`). The kernel stores array
@@ -283,8 +286,15 @@ impl Dataplane {
             .map_max_entries(map::NAT, lb_ebpf::nat_slots_for(opts.max_flows))
             .map_max_entries(map::RINGS, rings);
         let mut adopted = false;
+        let mut created = Vec::new();
         if let Some(dir) = pin_dir {
-            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            created = crate::state::create_dirs(dir, 0o700)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            // Pins another user could have placed are not adopted.
+            if let Err(e) = crate::state::check_trusted_dir(dir) {
+                crate::state::remove_created_dirs(&created);
+                return Err(e).context("dataplane.pin_path");
+            }
             adopted = dir.join(map::VIPS).exists();
             if adopted {
                 check_pinned_sizes(dir, opts, rings)?;
@@ -293,16 +303,21 @@ impl Dataplane {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
-        let loaded = Self::finish_load(loader, object, opts, pin_dir, adopted);
-        if loaded.is_err() && !adopted {
-            // The maps this attempt created and pinned would otherwise pass
-            // for a running data plane at the next start.
-            if let Some(dir) = pin_dir {
-                for name in map::ALL.iter().chain([&prog::LB]) {
-                    let _ = fs::remove_file(dir.join(name));
+        let mut loaded = Self::finish_load(loader, object, opts, pin_dir, adopted);
+        match &mut loaded {
+            Ok(dp) => dp.created_dirs = created,
+            Err(_) if !adopted => {
+                // The maps this attempt created and pinned would otherwise pass
+                // for a running data plane at the next start.
+                if let Some(dir) = pin_dir {
+                    for name in map::ALL.iter().chain([&prog::LB]) {
+                        let _ = fs::remove_file(dir.join(name));
+                    }
+                    let _ = fs::remove_dir(dir);
                 }
-                let _ = fs::remove_dir(dir);
+                crate::state::remove_created_dirs(&created);
             }
+            Err(_) => {}
         }
         loaded
     }
@@ -376,7 +391,14 @@ impl Dataplane {
             attached: Vec::new(),
             logger,
             ring_memory,
+            created_dirs: Vec::new(),
         })
+    }
+
+    /// The directories this load created for the pins, outermost first
+    /// (removed, when empty, at a clean stop: see [`crate::state`]).
+    pub fn created_dirs(&self) -> &[PathBuf] {
+        &self.created_dirs
     }
 
     /// The reader of the program's log records (once).
