@@ -4,6 +4,7 @@
 //! so the README's two commands (`cargo xtask run`, `cargo xtask test`) work on
 //! a new box and in CI.
 
+mod deps;
 mod setup;
 
 use std::{
@@ -53,7 +54,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// rustfmt and clippy -D warnings on the host crates and the eBPF crate.
+    /// The dependency policy (sources and licences, see xtask/src/deps.rs),
+    /// then rustfmt and clippy -D warnings on the host crates and the eBPF
+    /// crate.
     Lint,
     /// The fuzz-style tests (`fuzz_*`: the VRRP decoder, the control
     /// protocol, the configuration loader, the XDP program) with many more
@@ -265,6 +268,7 @@ fn bench(quick: bool, only: Vec<String>) -> Result<()> {
 
 fn lint() -> Result<()> {
     let root = root();
+    deps::check(&root)?;
     check(
         Command::new("cargo")
             .current_dir(&root)
