@@ -27,7 +27,7 @@ pub enum Request {
     /// Add a backend to a VIP.
     BackendsAdd {
         vip: String,
-        address: String,
+        address: Ipv4Addr,
         port: u16,
         #[serde(default = "one")]
         weight: u32,
@@ -35,25 +35,25 @@ pub enum Request {
     /// Remove a backend from a VIP.
     BackendsRemove {
         vip: String,
-        address: String,
+        address: Ipv4Addr,
         port: u16,
     },
     /// Stop sending new flows to a backend; its open flows stay.
     BackendsDrain {
         vip: String,
-        address: String,
+        address: Ipv4Addr,
         port: u16,
     },
     /// Undo a drain.
     BackendsEnable {
         vip: String,
-        address: String,
+        address: Ipv4Addr,
         port: u16,
     },
     /// Change a backend's weight.
     BackendsWeight {
         vip: String,
-        address: String,
+        address: Ipv4Addr,
         port: u16,
         weight: u32,
     },
@@ -88,42 +88,163 @@ pub struct ResponseEnvelope {
     pub error: Option<ApiError>,
 }
 
+/// Declares a fieldless enum of the protocol, serialised as its snake_case
+/// name, with that name as its `Display` and `as_str`.
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)*
+        }
+
+        impl $name {
+            /// The name on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        /// Compares with the name on the wire (scripts and tests think in
+        /// those).
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// What kind of refusal an error is: stable, for scripts.
+    ErrorCode {
+        /// A value out of range or a rule broken.
+        Invalid = "invalid",
+        /// No such VIP or backend.
+        NotFound = "not_found",
+        /// Already there, or not enough free slots.
+        Conflict = "conflict",
+        /// Another protocol version.
+        Version = "version",
+        /// Not a request at all: not JSON, not UTF-8, too long, unknown command.
+        BadRequest = "bad_request",
+        /// A kernel operation failed (and was undone).
+        Internal = "internal",
+    }
+}
+
+wire_enum! {
+    /// A backend's state: whether it takes new flows, and why not.
+    BackendState {
+        /// Healthy and enabled: in the ring.
+        Up = "up",
+        /// Health checks say down: out of the ring, its flows move.
+        Down = "down",
+        /// Drained by the operator: out of the ring, its flows stay.
+        Drained = "drained",
+    }
+}
+
+wire_enum! {
+    /// A VIP's transport protocol.
+    Protocol {
+        Tcp = "tcp",
+    }
+}
+
+wire_enum! {
+    /// What a VIP with no backend taking new flows does with a new connection.
+    OnEmpty {
+        Reset = "reset",
+        Drop = "drop",
+    }
+}
+
+wire_enum! {
+    /// How the XDP program is attached.
+    XdpMode {
+        Native = "native",
+        Generic = "generic",
+    }
+}
+
 /// A structured error: a stable `code` for scripts, a message for people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message} ({code})")]
 pub struct ApiError {
-    /// `invalid`, `not_found`, `conflict`, `version`, `bad_request` or `internal`.
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
     /// Values quoted in `message` are cut to a readable length
     /// ([`crate::text::clip`]): they may come from a client.
-    fn new(code: &str, message: impl Into<String>) -> ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            code: code.into(),
+            code,
             message: crate::text::clip(&message.into()),
         }
     }
     pub fn invalid(m: impl Into<String>) -> ApiError {
-        ApiError::new("invalid", m)
+        ApiError::new(ErrorCode::Invalid, m)
     }
     pub fn not_found(m: impl Into<String>) -> ApiError {
-        ApiError::new("not_found", m)
+        ApiError::new(ErrorCode::NotFound, m)
     }
     pub fn conflict(m: impl Into<String>) -> ApiError {
-        ApiError::new("conflict", m)
+        ApiError::new(ErrorCode::Conflict, m)
     }
     pub fn bad_request(m: impl Into<String>) -> ApiError {
-        ApiError::new("bad_request", m)
+        ApiError::new(ErrorCode::BadRequest, m)
     }
     pub fn version(m: impl Into<String>) -> ApiError {
-        ApiError::new("version", m)
+        ApiError::new(ErrorCode::Version, m)
     }
     pub fn internal(m: impl Into<String>) -> ApiError {
-        ApiError::new("internal", m)
+        ApiError::new(ErrorCode::Internal, m)
     }
+}
+
+/// What a command that changed one backend answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendChange {
+    pub vip: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadSummary {
+    pub vips_added: Vec<String>,
+    pub vips_removed: Vec<String>,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+    pub backends_changed: usize,
+}
+
+/// The answer to each request, by kind (each serialises as its content).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    /// `backends_list`, `vips`.
+    Vips(Vec<VipStatus>),
+    /// The backend commands.
+    Backend(BackendChange),
+    Status(Box<DaemonStatus>),
+    Stats(Stats),
+    Reload(ReloadSummary),
 }
 
 /// A backend as `lbctl backends` shows it.
@@ -132,7 +253,7 @@ pub struct BackendStatus {
     pub address: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
-    pub state: String,
+    pub state: BackendState,
     pub packets: u64,
     pub bytes: u64,
     pub flows: u64,
@@ -144,9 +265,9 @@ pub struct VipStatus {
     pub name: String,
     pub address: Ipv4Addr,
     pub port: u16,
-    pub protocol: String,
-    /// `reset` or `drop`: what new connections get with no healthy backend.
-    pub on_empty: String,
+    pub protocol: Protocol,
+    /// What new connections get with no healthy backend.
+    pub on_empty: OnEmpty,
     pub healthy_backends: u32,
     pub packets: u64,
     pub bytes: u64,
@@ -184,7 +305,7 @@ pub struct DaemonStatus {
     pub uptime_secs: u64,
     pub config: String,
     pub interfaces: Vec<String>,
-    pub xdp_mode: String,
+    pub xdp_mode: XdpMode,
     /// The data plane was adopted from an earlier lbd (hitless restart).
     pub adopted: bool,
     pub vips: u32,
@@ -291,12 +412,12 @@ pub fn parse_request(line: &str) -> Result<Request, ApiError> {
 }
 
 /// Serialises a response line (without the newline).
-pub fn response_line(result: Result<serde_json::Value, ApiError>) -> String {
+pub fn response_line(result: Result<Response, ApiError>) -> String {
     let env = match result {
-        Ok(v) => ResponseEnvelope {
+        Ok(r) => ResponseEnvelope {
             version: VERSION,
             ok: true,
-            result: Some(v),
+            result: Some(serde_json::to_value(r).expect("responses serialise")),
             error: None,
         },
         Err(e) => ResponseEnvelope {
@@ -320,28 +441,28 @@ mod tests {
             Request::Stats,
             Request::BackendsAdd {
                 vip: "web".into(),
-                address: "10.0.0.1".into(),
+                address: Ipv4Addr::new(10, 0, 0, 1),
                 port: 80,
                 weight: 3,
             },
             Request::BackendsRemove {
                 vip: "web".into(),
-                address: "10.0.0.1".into(),
+                address: Ipv4Addr::new(10, 0, 0, 1),
                 port: 80,
             },
             Request::BackendsDrain {
                 vip: "web".into(),
-                address: "10.0.0.1".into(),
+                address: Ipv4Addr::new(10, 0, 0, 1),
                 port: 80,
             },
             Request::BackendsEnable {
                 vip: "web".into(),
-                address: "10.0.0.1".into(),
+                address: Ipv4Addr::new(10, 0, 0, 1),
                 port: 80,
             },
             Request::BackendsWeight {
                 vip: "web".into(),
-                address: "10.0.0.1".into(),
+                address: Ipv4Addr::new(10, 0, 0, 1),
                 port: 80,
                 weight: 5,
             },
@@ -360,24 +481,39 @@ mod tests {
 
     #[test]
     fn bad_requests_get_structured_errors() {
-        assert_eq!(parse_request("{").unwrap_err().code, "bad_request");
+        assert_eq!(parse_request("{").unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(
             parse_request(r#"{"cmd":"stats"}"#).unwrap_err().code,
-            "bad_request"
+            ErrorCode::BadRequest
         );
         assert_eq!(
             parse_request(r#"{"version":99,"cmd":"stats"}"#)
                 .unwrap_err()
                 .code,
-            "version"
+            ErrorCode::Version
         );
         let e = parse_request(r#"{"version":1,"cmd":"explode"}"#).unwrap_err();
-        assert_eq!(e.code, "bad_request");
+        assert_eq!(e.code, ErrorCode::BadRequest);
         assert!(e.message.contains("explode"), "{e}");
         let line = response_line(Err(ApiError::not_found("no VIP named \"x\"")));
         let env: ResponseEnvelope = serde_json::from_str(&line).unwrap();
         assert!(!env.ok);
-        assert_eq!(env.error.unwrap().code, "not_found");
+        assert_eq!(env.error.unwrap().code, ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn enums_are_their_snake_case_names_on_the_wire() {
+        fn json(v: impl serde::Serialize) -> String {
+            serde_json::to_string(&v).unwrap()
+        }
+        assert_eq!(json(ErrorCode::NotFound), "\"not_found\"");
+        assert_eq!(json(ErrorCode::BadRequest), "\"bad_request\"");
+        assert_eq!(json(BackendState::Drained), "\"drained\"");
+        assert_eq!(json(OnEmpty::Reset), "\"reset\"");
+        assert_eq!(json(XdpMode::Generic), "\"generic\"");
+        assert_eq!(ErrorCode::Internal.to_string(), "internal");
+        let e: ErrorCode = serde_json::from_str("\"conflict\"").unwrap();
+        assert_eq!(e, ErrorCode::Conflict);
     }
 
     #[test]
@@ -396,15 +532,6 @@ mod tests {
 mod fuzz {
     use super::*;
     use proptest::prelude::*;
-
-    const CODES: [&str; 6] = [
-        "invalid",
-        "not_found",
-        "conflict",
-        "version",
-        "bad_request",
-        "internal",
-    ];
 
     /// JSON objects that look like requests: known and unknown commands,
     /// fields of every type.
@@ -453,7 +580,6 @@ mod fuzz {
 
     fn check(line: &str) {
         if let Err(e) = parse_request(line) {
-            assert!(CODES.contains(&e.code.as_str()), "{e:?}");
             assert!(e.message.chars().count() < 1200);
             // The answer is one line of JSON.
             let out = response_line(Err(e));

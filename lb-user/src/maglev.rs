@@ -97,6 +97,31 @@ pub fn is_prime(n: u32) -> bool {
     true
 }
 
+/// A digest of the ring [`build_ring`] makes of `backends` and
+/// `ring_size`: 16 hex digits of FNV-1a over the ring size and the sorted
+/// (identity, weight) pairs. The ring depends on exactly these (the builder
+/// ranks backends by identity, so their order does not count), so two load
+/// balancers show the same digest exactly when they build the same ring;
+/// `lbctl vips` and `lb_vip_ring_info` show it for comparing the two hosts
+/// of a pair.
+pub fn ring_digest(backends: &[RingBackend], ring_size: u32) -> String {
+    let mut live: Vec<(&str, u32)> = backends
+        .iter()
+        .map(|b| (b.identity.as_str(), b.weight))
+        .collect();
+    live.sort();
+    let mut text = format!("{ring_size}");
+    for (identity, weight) in &live {
+        text.push_str(&format!(";{identity}*{weight}"));
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// Builds a Maglev ring of `ring_size` entries for `backends`.
 ///
 /// Every entry is an index into `backends` (as `u32`); if `backends` is empty,

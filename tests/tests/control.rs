@@ -53,7 +53,7 @@ fn state_in(topo: &Topology, vips: &[VipStatus], name: &str, i: usize) -> Option
         .backends
         .iter()
         .find(|b| b.address == topo.backend_addr(i) && b.port == BACKEND_PORT)
-        .map(|b| b.state.clone())
+        .map(|b| b.state.to_string())
 }
 
 /// Polls `lbctl --json backends` until backend `i` of VIP `name` is in
@@ -1069,7 +1069,7 @@ fn lbctl_every_command_table_and_json() {
                     (
                         format!("{}:{}", b.address, b.port),
                         b.weight,
-                        b.state.clone(),
+                        b.state.to_string(),
                     )
                 })
                 .collect()
@@ -1245,7 +1245,7 @@ fn reload_valid_and_invalid() {
                             v.port,
                             format!("{}:{}", b.address, b.port),
                             b.weight,
-                            b.state.clone(),
+                            b.state.to_string(),
                         )
                     })
                 })
@@ -1577,7 +1577,7 @@ fn sigquit_leaves_forwarding_then_clean_stop() {
                 (
                     format!("{}:{}", b.address, b.port),
                     b.weight,
-                    b.state.clone(),
+                    b.state.to_string(),
                 )
             })
             .collect();

@@ -130,7 +130,7 @@ fn print_backends(vips: &[VipStatus]) {
             human(v.flows)
         );
         if v.healthy_backends == 0 {
-            let what = if v.on_empty == "reset" {
+            let what = if v.on_empty == api::OnEmpty::Reset {
                 "refused with a TCP reset"
             } else {
                 "dropped"
@@ -185,23 +185,23 @@ fn main() -> ExitCode {
                 weight,
             }) => Request::BackendsAdd {
                 vip: vip.clone(),
-                address: backend.ip().to_string(),
+                address: *backend.ip(),
                 port: backend.port(),
                 weight: *weight,
             },
             Some(BackendsAction::Remove { vip, backend }) => Request::BackendsRemove {
                 vip: vip.clone(),
-                address: backend.ip().to_string(),
+                address: *backend.ip(),
                 port: backend.port(),
             },
             Some(BackendsAction::Drain { vip, backend }) => Request::BackendsDrain {
                 vip: vip.clone(),
-                address: backend.ip().to_string(),
+                address: *backend.ip(),
                 port: backend.port(),
             },
             Some(BackendsAction::Enable { vip, backend }) => Request::BackendsEnable {
                 vip: vip.clone(),
-                address: backend.ip().to_string(),
+                address: *backend.ip(),
                 port: backend.port(),
             },
             Some(BackendsAction::Weight {
@@ -210,7 +210,7 @@ fn main() -> ExitCode {
                 weight,
             }) => Request::BackendsWeight {
                 vip: vip.clone(),
-                address: backend.ip().to_string(),
+                address: *backend.ip(),
                 port: backend.port(),
                 weight: *weight,
             },
@@ -252,7 +252,7 @@ fn main() -> ExitCode {
         Request::Vips => decode(result, |v: Vec<VipStatus>| print_vips(&v)),
         Request::Stats => decode(result, |s: Stats| print_stats(&s)),
         Request::Status => decode(result, |s: DaemonStatus| print_status(&s)),
-        Request::Reload => decode(result, |s: lb_user::balancer::ReloadSummary| {
+        Request::Reload => decode(result, |s: api::ReloadSummary| {
             println!(
                 "reloaded: VIPs +{} -{}, backends +{} -{} ~{}",
                 s.vips_added.len(),
@@ -262,14 +262,10 @@ fn main() -> ExitCode {
                 s.backends_changed
             )
         }),
-        _ => decode(result, |b: serde_json::Value| {
+        _ => decode(result, |b: api::BackendChange| {
             println!(
                 "ok: {} {}:{} weight {} {}",
-                b["vip"].as_str().unwrap_or("?"),
-                b["address"].as_str().unwrap_or("?"),
-                b["port"],
-                b["weight"],
-                b["state"].as_str().unwrap_or("")
+                b.vip, b.address, b.port, b.weight, b.state
             )
         }),
     };

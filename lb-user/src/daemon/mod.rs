@@ -15,26 +15,23 @@
 use std::{
     collections::HashMap,
     future::Future,
-    io::ErrorKind,
     net::Ipv4Addr,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lb_ebpf::Reason;
-use tokio::{
-    io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
-    sync::{mpsc, watch},
-};
+use tokio::sync::{mpsc, watch};
+
+mod control;
+pub use control::handle;
 
 use crate::{
-    api::{self, ApiError, DaemonStatus, ReasonCount, Request, Stats},
-    balancer::{Admin, Balancer, KernelState, ReloadSummary},
-    config::{Config, XdpMode},
+    api,
+    balancer::{Balancer, BalancerError, KernelState, ReloadChanges},
+    config::{Config, ConfigError, XdpMode},
     dataplane::{addr_be, Dataplane, LoadOptions},
     health::{HealthEvent, HealthMonitor},
     host::{self, HostSettings},
@@ -416,7 +413,7 @@ pub async fn run(
     // Before anything is adopted or changed: one lbd per data plane.
     let state_dir = StateDir::lock(Path::new(state::STATE_ROOT), &cfg.dataplane.pin_path)?;
     state_dir.claim(&socket)?;
-    let (listener, socket_dirs) = bind_control(&socket)?;
+    let (listener, socket_dirs) = control::bind(&socket)?;
     let metrics_listener = match cfg.metrics.listen {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => Some(l),
@@ -453,7 +450,7 @@ pub async fn run(
     println!("lbd: ready");
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(serve_control(
+    tasks.push(tokio::spawn(control::serve(
         listener,
         running.state(),
         stop_rx.clone(),
@@ -593,7 +590,7 @@ async fn apply_health(mut rx: mpsc::UnboundedReceiver<HealthEvent>, state: Arc<M
                     ),
                     Ok(false) => {}
                     // A target removed by a reload racing its last verdict.
-                    Err(e) if e.code == "not_found" => {}
+                    Err(e) if e.is_not_found() => {}
                     Err(e) => tracing::error!(error = %e, "applying a health verdict failed"),
                 },
             }
@@ -603,14 +600,30 @@ async fn apply_health(mut rx: mpsc::UnboundedReceiver<HealthEvent>, state: Arc<M
     }
 }
 
+/// Why a reload was refused or failed; in every case nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(
+        "[vrrp] changed: only vrrp.addresses (and the VIPs) can change on a reload; \
+         restart lbd for the rest (the peer takes over meanwhile)"
+    )]
+    Vrrp,
+    #[error("{0}")]
+    Balancer(#[from] BalancerError),
+    /// The kernel settings for the new file could not be worked out.
+    #[error("{0}")]
+    Host(String),
+}
+
 /// Re-reads the configuration file and reconciles to it. An invalid file or
 /// a change that needs a restart is refused with nothing changed.
-pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
-    let result = (|| -> Result<ReloadSummary, ApiError> {
-        let new = Config::from_file(&st.config_path)
-            .map_err(|e| ApiError::invalid(format!("invalid configuration: {e}")))?;
+pub fn reload(st: &mut State) -> Result<ReloadChanges, ReloadError> {
+    let result = (|| -> Result<ReloadChanges, ReloadError> {
+        let new = Config::from_file(&st.config_path)?;
         vrrp_reloadable(&st.cfg, &new)?;
-        let kernel = kernel_config(&new).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        let kernel = kernel_config(&new).map_err(|e| ReloadError::Host(format!("{e:#}")))?;
         let summary = st
             .balancer
             .reload(&mut st.dataplane, &st.cfg, &new, &kernel)?;
@@ -628,7 +641,7 @@ pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
         }
         Err(e) => {
             st.reload_failures += 1;
-            st.last_reload_error = Some(e.message.clone());
+            st.last_reload_error = Some(crate::text::clip(&e.to_string()));
         }
     }
     result
@@ -636,7 +649,7 @@ pub fn reload(st: &mut State) -> Result<ReloadSummary, ApiError> {
 
 /// A reload may change the floating addresses (directly or through the
 /// VIPs); anything else in `[vrrp]` needs a restart.
-fn vrrp_reloadable(old: &Config, new: &Config) -> Result<(), ApiError> {
+fn vrrp_reloadable(old: &Config, new: &Config) -> Result<(), ReloadError> {
     let without_addresses = |c: &Config| {
         c.vrrp.clone().map(|mut v| {
             v.addresses = None;
@@ -645,10 +658,7 @@ fn vrrp_reloadable(old: &Config, new: &Config) -> Result<(), ApiError> {
         })
     };
     if without_addresses(old) != without_addresses(new) {
-        return Err(ApiError::invalid(
-            "[vrrp] changed: only vrrp.addresses (and the VIPs) can change on a reload; \
-             restart lbd for the rest (the peer takes over meanwhile)",
-        ));
+        return Err(ReloadError::Vrrp);
     }
     Ok(())
 }
@@ -681,9 +691,7 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
         .zip(counters.iter())
         .map(|(r, c)| (r.label(), c.packets, c.bytes, r.is_drop()))
         .collect();
-    let vips = st
-        .balancer
-        .status(&st.dataplane)
+    let vips = control::vip_statuses(&st.balancer, &st.dataplane, st.cfg.dataplane.ring_size)
         .unwrap_or_default()
         .into_iter()
         .map(|v| metrics::VipMetrics {
@@ -706,7 +714,7 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
                     metrics::BackendMetrics {
                         address: format!("{}:{}", b.address, b.port),
                         weight: b.weight,
-                        state: b.state.clone(),
+                        state: b.state.as_str().to_owned(),
                         packets: b.packets,
                         bytes: b.bytes,
                         flows: b.flows,
@@ -744,190 +752,6 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
     }
 }
 
-/// Binds the control socket, root-only. A live daemon already on it is an error;
-/// a stale socket file is replaced. Returns the directories it created.
-fn bind_control(path: &Path) -> Result<(UnixListener, Vec<PathBuf>)> {
-    state::check_socket_dir(path).context("control.socket")?;
-    let created = match path.parent() {
-        Some(dir) => {
-            state::create_dirs(dir, 0o755).with_context(|| format!("creating {}", dir.display()))?
-        }
-        None => Vec::new(),
-    };
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        state::remove_created_dirs(&created);
-        bail!("another lbd is already serving {}", path.display());
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
-    }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    Ok((listener, created))
-}
-
-async fn serve_control(
-    listener: UnixListener,
-    state: Arc<Mutex<State>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    // Connections end with the listener: dropping the set aborts them.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(serve_connection(stream, state.clone()));
-                }
-                Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
-            },
-            // Reap finished connections so the set does not grow.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-}
-
-/// One request line as read from a client.
-#[derive(Debug, PartialEq, Eq)]
-enum Line {
-    Text(String),
-    /// A line that is not UTF-8: answered with an error, and the connection
-    /// goes on.
-    NotUtf8,
-    /// A line longer than [`api::MAX_REQUEST_LINE`]: answered with an error,
-    /// then the connection is closed (the rest of it is not read).
-    TooLong,
-}
-
-/// Reads the next request line (without its `\n` or `\r\n`), never
-/// holding more than `max` bytes of it. `None` at the end of the stream.
-async fn read_line<R: AsyncBufRead + Unpin>(
-    r: &mut R,
-    max: usize,
-) -> std::io::Result<Option<Line>> {
-    let mut line = Vec::new();
-    loop {
-        let chunk = r.fill_buf().await?;
-        if chunk.is_empty() {
-            if line.is_empty() {
-                return Ok(None);
-            }
-            break;
-        }
-        match chunk.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                if line.len() + i > max {
-                    return Ok(Some(Line::TooLong));
-                }
-                line.extend_from_slice(&chunk[..i]);
-                r.consume(i + 1);
-                break;
-            }
-            None => {
-                let n = chunk.len();
-                if line.len() + n > max {
-                    return Ok(Some(Line::TooLong));
-                }
-                line.extend_from_slice(chunk);
-                r.consume(n);
-            }
-        }
-    }
-    if line.last() == Some(&b'\r') {
-        line.pop();
-    }
-    Ok(Some(match String::from_utf8(line) {
-        Ok(text) => Line::Text(text),
-        Err(_) => Line::NotUtf8,
-    }))
-}
-
-/// Answers the requests of one client, a line each, in order, with
-/// `handle`; every line gets an answer, a malformed one an error.
-async fn serve_lines<R, W, F, Fut>(rd: R, mut wr: W, handle: F)
-where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-    F: Fn(String) -> Fut,
-    Fut: Future<Output = Result<serde_json::Value, ApiError>>,
-{
-    let mut rd = BufReader::new(rd);
-    loop {
-        let (result, last) = match read_line(&mut rd, api::MAX_REQUEST_LINE).await {
-            Ok(None) | Err(_) => return,
-            Ok(Some(Line::Text(line))) => (handle(line).await, false),
-            Ok(Some(Line::NotUtf8)) => (
-                Err(ApiError::bad_request("the request is not UTF-8 text")),
-                false,
-            ),
-            Ok(Some(Line::TooLong)) => (
-                Err(ApiError::bad_request(format!(
-                    "the request line is longer than {} bytes; closing the connection",
-                    api::MAX_REQUEST_LINE
-                ))),
-                true,
-            ),
-        };
-        let mut out = api::response_line(result);
-        out.push('\n');
-        if wr.write_all(out.as_bytes()).await.is_err() || last {
-            let _ = wr.shutdown().await;
-            return;
-        }
-    }
-}
-
-async fn serve_connection(stream: UnixStream, state: Arc<Mutex<State>>) {
-    let (rd, wr) = stream.into_split();
-    serve_lines(rd, wr, |line| {
-        let state = state.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let request = api::parse_request(&line)?;
-                if matches!(request, Request::Stats) {
-                    // Counted without the lock held (see snapshot_counting_tables).
-                    let (mut value, counter) = {
-                        let mut st = lock_state(&state);
-                        let counter = st
-                            .dataplane
-                            .table_counter()
-                            .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-                        (handle(&mut st, request)?, counter)
-                    };
-                    value["flows"] = counter.flows().into();
-                    value["nat_entries"] = counter.nat_entries().into();
-                    return Ok(value);
-                }
-                handle(&mut lock_state(&state), request)
-            })
-            .await
-            .unwrap_or_else(|e| Err(ApiError::internal(format!("request handler failed: {e}"))))
-        }
-    })
-    .await
-}
-
-fn to_value<T: serde::Serialize>(v: T) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))
-}
-
-fn parse_addr(s: &str) -> Result<Ipv4Addr, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::invalid(format!("{s:?} is not an IPv4 address")))
-}
-
-fn backend_json(vip: &str, b: &crate::balancer::BackendEntry) -> serde_json::Value {
-    serde_json::json!({
-        "vip": vip, "address": b.address, "port": b.port,
-        "weight": b.weight, "state": b.state(),
-    })
-}
-
 /// The VIPs that have backends but none taking new flows: what
 /// `vrrp.track_backends` lowers the priority for.
 fn vip_problems(balancer: &Balancer) -> Vec<String> {
@@ -954,239 +778,9 @@ fn publish_vip_problems(st: &State) {
     }
 }
 
-/// Executes one control request (and tells VRRP what it changed).
-pub fn handle(st: &mut State, request: Request) -> Result<serde_json::Value, ApiError> {
-    let result = handle_request(st, request);
-    publish_vip_problems(st);
-    result
-}
-
-fn handle_request(st: &mut State, request: Request) -> Result<serde_json::Value, ApiError> {
-    let internal = |e: anyhow::Error| ApiError::internal(format!("{e:#}"));
-    match request {
-        Request::Status => return status(st),
-        Request::Reload => {
-            let summary = reload(st)?;
-            tracing::info!(summary = ?summary, "reloaded on request");
-            return to_value(summary);
-        }
-        _ => {}
-    }
-    let State {
-        balancer,
-        dataplane,
-        monitor,
-        cfg,
-        ..
-    } = st;
-    match request {
-        Request::Status | Request::Reload => unreachable!("handled above"),
-        Request::BackendsList | Request::Vips => {
-            to_value(balancer.status(dataplane).map_err(internal)?)
-        }
-        Request::BackendsAdd {
-            vip,
-            address,
-            port,
-            weight,
-        } => {
-            let b = balancer.add_backend(dataplane, &vip, parse_addr(&address)?, port, weight)?;
-            monitor.set_targets(balancer.health_targets());
-            tracing::info!(vip, backend = %format!("{}:{}", b.address, b.port), weight, "backend added");
-            Ok(backend_json(&vip, &b))
-        }
-        Request::BackendsRemove { vip, address, port } => {
-            let b = balancer.remove_backend(dataplane, &vip, parse_addr(&address)?, port)?;
-            monitor.set_targets(balancer.health_targets());
-            tracing::info!(vip, backend = %format!("{}:{}", b.address, b.port), "backend removed");
-            Ok(backend_json(&vip, &b))
-        }
-        Request::BackendsDrain { vip, address, port } => {
-            let b =
-                balancer.set_admin(dataplane, &vip, parse_addr(&address)?, port, Admin::Drained)?;
-            tracing::info!(vip, backend = %format!("{}:{}", b.address, b.port), "backend drained");
-            Ok(backend_json(&vip, &b))
-        }
-        Request::BackendsEnable { vip, address, port } => {
-            let b =
-                balancer.set_admin(dataplane, &vip, parse_addr(&address)?, port, Admin::Enabled)?;
-            tracing::info!(vip, backend = %format!("{}:{}", b.address, b.port), "backend enabled");
-            Ok(backend_json(&vip, &b))
-        }
-        Request::BackendsWeight {
-            vip,
-            address,
-            port,
-            weight,
-        } => {
-            let b = balancer.set_weight(dataplane, &vip, parse_addr(&address)?, port, weight)?;
-            tracing::info!(vip, backend = %format!("{}:{}", b.address, b.port), weight, "backend weight changed");
-            Ok(backend_json(&vip, &b))
-        }
-        Request::Stats => {
-            let counters = dataplane.reason_counters().map_err(internal)?;
-            let reasons = Reason::ALL
-                .iter()
-                .zip(counters)
-                .map(|(r, c)| ReasonCount {
-                    reason: r.label().into(),
-                    packets: c.packets,
-                    bytes: c.bytes,
-                })
-                .collect();
-            // The table sizes are filled in by the caller, outside the
-            // state lock (serve_connection).
-            to_value(Stats {
-                reasons,
-                flows: 0,
-                nat_entries: 0,
-                max_flows: cfg.dataplane.max_flows as u64,
-            })
-        }
-    }
-}
-
-fn status(st: &State) -> Result<serde_json::Value, ApiError> {
-    let backends: Vec<_> = st
-        .balancer
-        .vips()
-        .iter()
-        .flat_map(|v| v.backends.iter())
-        .collect();
-    to_value(DaemonStatus {
-        version: env!("CARGO_PKG_VERSION").into(),
-        pid: std::process::id(),
-        uptime_secs: st.started.elapsed().as_secs(),
-        config: st.config_path.display().to_string(),
-        interfaces: st.dataplane.attached(),
-        xdp_mode: st.cfg.dataplane.xdp_mode.to_string(),
-        adopted: st.dataplane.adopted(),
-        vips: st.balancer.vips().len() as u32,
-        backends: backends.len() as u32,
-        backends_up: backends.iter().filter(|b| b.in_ring()).count() as u32,
-        reloads: st.reloads,
-        reload_failures: st.reload_failures,
-        last_reload_error: st.last_reload_error.clone(),
-        vrrp: st
-            .vrrp
-            .as_ref()
-            .map(|v| v.lock().unwrap_or_else(|p| p.into_inner()).clone()),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
-
-    /// Feeds `input` to `serve_lines` with a handler that echoes each
-    /// request back, in chunks of `chunk` bytes, and returns the answers.
-    async fn converse(input: Vec<u8>, chunk: usize) -> Vec<ResponseEnvelopeText> {
-        let (client, server) = tokio::io::duplex(1 << 16);
-        let (srd, swr) = tokio::io::split(server);
-        let served = tokio::spawn(serve_lines(srd, swr, |line: String| async move {
-            Ok(serde_json::Value::String(line))
-        }));
-        let (mut crd, mut cwr) = tokio::io::split(client);
-        let writer = tokio::spawn(async move {
-            for part in input.chunks(chunk.max(1)) {
-                if cwr.write_all(part).await.is_err() {
-                    return;
-                }
-            }
-            let _ = cwr.shutdown().await;
-        });
-        let mut out = String::new();
-        tokio::time::timeout(Duration::from_secs(10), crd.read_to_string(&mut out))
-            .await
-            .expect("answers within 10 s")
-            .expect("read answers");
-        let _ = writer.await;
-        served.await.unwrap();
-        out.lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).expect("answers are JSON");
-                ResponseEnvelopeText(v)
-            })
-            .collect()
-    }
-
-    #[derive(Debug)]
-    struct ResponseEnvelopeText(serde_json::Value);
-
-    impl ResponseEnvelopeText {
-        fn code(&self) -> Option<&str> {
-            self.0["error"]["code"].as_str()
-        }
-        fn echoed(&self) -> Option<&str> {
-            self.0["result"].as_str()
-        }
-    }
-
-    #[tokio::test]
-    async fn every_line_is_answered_and_bad_ones_with_errors() {
-        let mut input = b"one\r\n\xff\xfe not utf-8\ntwo\n".to_vec();
-        input.extend_from_slice(b"three");
-        let answers = converse(input, 3).await;
-        assert_eq!(answers.len(), 4, "{answers:?}");
-        assert_eq!(answers[0].echoed(), Some("one"));
-        assert_eq!(answers[1].code(), Some("bad_request"));
-        assert!(answers[1].0["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("UTF-8"));
-        assert_eq!(answers[2].echoed(), Some("two"));
-        assert_eq!(
-            answers[3].echoed(),
-            Some("three"),
-            "a last line without newline"
-        );
-    }
-
-    #[tokio::test]
-    async fn an_oversized_line_is_refused_and_the_connection_closed() {
-        let mut input = b"first\n".to_vec();
-        input.extend(std::iter::repeat_n(b'x', api::MAX_REQUEST_LINE + 1));
-        input.extend_from_slice(b"\nnever\n");
-        let answers = converse(input, 4096).await;
-        assert_eq!(answers.len(), 2, "{answers:?}");
-        assert_eq!(answers[0].echoed(), Some("first"));
-        assert_eq!(answers[1].code(), Some("bad_request"));
-        assert!(answers[1].0["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("longer than 65536 bytes"));
-        // Exactly the limit is still a request.
-        let mut input = vec![b'y'; api::MAX_REQUEST_LINE];
-        input.push(b'\n');
-        let answers = converse(input, 65_536).await;
-        assert_eq!(
-            answers[0].echoed().map(str::len),
-            Some(api::MAX_REQUEST_LINE)
-        );
-    }
-
-    mod fuzz {
-        use super::*;
-        use proptest::prelude::*;
-
-        proptest! {
-            #[test]
-            fn fuzz_control_stream(
-                lines in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..20),
-                chunk in 1usize..64,
-            ) {
-                let mut input = Vec::new();
-                for l in &lines {
-                    input.extend(l.iter().filter(|&&b| b != b'\n'));
-                    input.push(b'\n');
-                }
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                let answers = rt.block_on(converse(input, chunk));
-                prop_assert_eq!(answers.len(), lines.len());
-            }
-        }
-    }
 
     #[test]
     fn the_state_lock_outlives_a_panic_while_held() {
