@@ -22,7 +22,7 @@ use lb_ebpf::{
 
 use crate::{
     config::{self, BackendConfig, Config, HealthCheck, OnEmpty},
-    dataplane::{addr_be, addr_from_be, Journal, Maps},
+    dataplane::{addr_be, addr_from_be, Journal, KernelState, Maps},
     maglev::{self, RingBackend},
 };
 
@@ -182,14 +182,6 @@ pub fn vip_key(address: Ipv4Addr, port: u16) -> VipKey {
         proto: IPPROTO_TCP,
         _pad: 0,
     }
-}
-
-/// What the kernel tables hold, read back for adoption.
-#[derive(Clone, Debug, Default)]
-pub struct KernelState {
-    pub vips: Vec<(VipKey, VipValue)>,
-    /// Backend slots with `BACKEND_F_PRESENT`.
-    pub backends: Vec<(u32, Backend)>,
 }
 
 /// What a reload changed.

@@ -501,6 +501,30 @@ impl HealthCheck {
     }
 }
 
+/// The identity of a backend of a VIP: the VIP's name and the backend's
+/// address and port (VIPs are matched by name, backends by address and
+/// port, in reloads, `lbctl` and health checks alike).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub vip: String,
+    pub backend: std::net::SocketAddrV4,
+}
+
+impl BackendKey {
+    pub fn new(vip: impl Into<String>, address: Ipv4Addr, port: u16) -> BackendKey {
+        BackendKey {
+            vip: vip.into(),
+            backend: std::net::SocketAddrV4::new(address, port),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.vip, self.backend)
+    }
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -13,8 +13,8 @@ use lb_ebpf::prog;
 use lb_user::{
     balancer::Balancer,
     config::Config,
-    daemon::{kernel_config, load_options},
     dataplane::Dataplane,
+    dataplane::{kernel_config, load_options},
     maglev::{build_ring, RingBackend},
 };
 
@@ -297,7 +297,7 @@ pub fn control_plane(rounds: usize) -> Result<ControlPlane> {
     let mut cfg65k = cfg.clone();
     cfg65k.dataplane.ring_size = 65_537;
     let mut dp = Dataplane::load(&xdp_fixture::object(), &load_options(&cfg65k), None)?;
-    dp.set_config(&kernel_config(&cfg65k)?)?;
+    dp.set_config(&kernel_config(&cfg65k, lb_user::host::ns_per_tick()?))?;
     let mut balancer = Balancer::new(&cfg65k);
     balancer.install(&mut dp, &Default::default())?;
     let b = balancer.vips()[0].backends[2].clone();

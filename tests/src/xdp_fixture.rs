@@ -11,8 +11,8 @@ use lb_ebpf::{hash::flow_hash, Reason, IPPROTO_TCP, SEED_NAT_PORT, SEED_RING};
 use lb_user::{
     balancer::{ring_for, Balancer},
     config::Config,
-    daemon::{kernel_config, load_options},
     dataplane::{addr_be, Dataplane},
+    dataplane::{kernel_config, load_options},
 };
 
 use crate::{
@@ -220,7 +220,7 @@ pub fn fixture(test: &str, tweak: impl FnOnce(&mut lb_ebpf::Config)) -> Fixture 
 
     let cfg = Config::from_toml_str(CONFIG).unwrap();
     let mut dp = Dataplane::load(&object(), &load_options(&cfg), None).unwrap();
-    let mut kcfg = kernel_config(&cfg).unwrap();
+    let mut kcfg = kernel_config(&cfg, lb_user::host::ns_per_tick().unwrap());
     tweak(&mut kcfg);
     dp.set_config(&kcfg).unwrap();
     let mut balancer = Balancer::new(&cfg);

@@ -1168,7 +1168,7 @@ fn a_data_plane_pinned_with_the_old_lru_tables_is_refused_untouched() {
     let cfg = lb_user::config::Config::from_toml_str(CONFIG).unwrap();
     let e = lb_user::dataplane::Dataplane::load(
         &object(),
-        &lb_user::daemon::load_options(&cfg),
+        &lb_user::dataplane::load_options(&cfg),
         Some(&dir.0),
     )
     .err()

@@ -315,7 +315,6 @@ fn reload_error(e: ReloadError) -> ApiError {
     match e {
         ReloadError::Balancer(e) => balancer_error(e),
         ReloadError::Config(_) | ReloadError::Vrrp => ApiError::invalid(e.to_string()),
-        ReloadError::Host(_) => ApiError::internal(e.to_string()),
     }
 }
 

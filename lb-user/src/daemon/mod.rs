@@ -30,9 +30,9 @@ pub use control::handle;
 
 use crate::{
     api,
-    balancer::{Balancer, BalancerError, KernelState, ReloadChanges},
-    config::{Config, ConfigError, XdpMode},
-    dataplane::{addr_be, Dataplane, LoadOptions},
+    balancer::{Balancer, BalancerError, ReloadChanges},
+    config::{BackendKey, Config, ConfigError, XdpMode},
+    dataplane::{kernel_config, load_options, Dataplane, KernelState},
     health::{HealthEvent, HealthMonitor},
     host::{self, HostSettings},
     metrics,
@@ -56,43 +56,6 @@ struct Record {
 
 /// The record's file name in the state directory.
 const RECORD: &str = "state.json";
-
-const NS_PER_SEC: u64 = 1_000_000_000;
-
-/// The kernel's view of the global settings.
-pub fn kernel_config(cfg: &Config) -> Result<lb_ebpf::Config> {
-    Ok(lb_ebpf::Config {
-        nat_addr_be: addr_be(cfg.nat.source),
-        nat_port_min: cfg.nat.port_min,
-        nat_port_max: cfg.nat.port_max,
-        ring_size: cfg.dataplane.ring_size,
-        ns_per_tick: crate::host::ns_per_tick()?,
-        idle_timeout_ns: cfg.flows.idle_timeout_secs * NS_PER_SEC,
-        closed_timeout_ns: cfg.flows.closed_timeout_secs * NS_PER_SEC,
-        port_hold_ns: cfg.nat.port_hold_secs * NS_PER_SEC,
-        vip_filter: vip_filter(cfg.vips.iter().map(|v| v.address)),
-        flow_buckets: lb_ebpf::flow_slots_for(cfg.dataplane.max_flows) / lb_ebpf::FLOW_WAYS,
-        nat_buckets: lb_ebpf::nat_slots_for(cfg.dataplane.max_flows) / lb_ebpf::NAT_WAYS,
-    })
-}
-
-/// The kernel's VIP address filter for a set of VIP addresses.
-pub fn vip_filter(addresses: impl Iterator<Item = Ipv4Addr>) -> [u64; 4] {
-    let mut filter = [0u64; 4];
-    for a in addresses {
-        let bit = lb_ebpf::vip_filter_bit(addr_be(a));
-        filter[(bit / 64) as usize] |= 1 << (bit % 64);
-    }
-    filter
-}
-
-pub fn load_options(cfg: &Config) -> LoadOptions {
-    LoadOptions {
-        ring_size: cfg.dataplane.ring_size,
-        max_vips: cfg.dataplane.max_vips,
-        max_flows: cfg.dataplane.max_flows,
-    }
-}
 
 /// How lbd should leave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,9 +82,11 @@ pub struct State {
     pub balancer: Balancer,
     pub dataplane: Dataplane,
     pub monitor: HealthMonitor,
-    pub checks: HashMap<(String, Ipv4Addr, u16), CheckStats>,
+    pub checks: HashMap<BackendKey, CheckStats>,
     pub started: Instant,
     pub started_unix: u64,
+    /// The kernel's tick, for `LB_CONFIG` (see `host::ns_per_tick`).
+    pub ns_per_tick: u32,
     pub reloads: u64,
     pub reload_failures: u64,
     pub last_reload_error: Option<String>,
@@ -174,7 +139,8 @@ pub fn start(
     host::ensure_bpffs()?;
     // Everything that can be refused is checked before the host or the maps
     // change.
-    let kernel_cfg = kernel_config(&cfg)?;
+    let ns_per_tick = host::ns_per_tick()?;
+    let kernel_cfg = kernel_config(&cfg, ns_per_tick);
     let vrrp = match &cfg.vrrp {
         Some(v) => Some(Vrrp::open(
             v,
@@ -308,6 +274,7 @@ pub fn start(
             checks: HashMap::new(),
             started: Instant::now(),
             started_unix,
+            ns_per_tick,
             reloads: 0,
             reload_failures: 0,
             last_reload_error: None,
@@ -547,13 +514,8 @@ async fn apply_health(mut rx: mpsc::UnboundedReceiver<HealthEvent>, state: Arc<M
             let mut st = lock_state(&state);
             let st = &mut *st;
             match event {
-                HealthEvent::Checked {
-                    vip,
-                    address,
-                    port,
-                    outcome,
-                } => {
-                    let c = st.checks.entry((vip, address, port)).or_default();
+                HealthEvent::Checked { key, outcome } => {
+                    let c = st.checks.entry(key).or_default();
                     if outcome.ok {
                         c.ok += 1;
                     } else {
@@ -564,26 +526,17 @@ async fn apply_health(mut rx: mpsc::UnboundedReceiver<HealthEvent>, state: Arc<M
                 }
                 // A verdict from a task a reload has since replaced: the
                 // monitor's current state for the target is what counts.
-                HealthEvent::Changed {
-                    vip,
-                    address,
-                    port,
+                HealthEvent::Changed { key, up, .. } if st.monitor.state(&key) != Some(up) => {}
+                HealthEvent::Changed { key, up, detail } => match st.balancer.set_health(
+                    &mut st.dataplane,
+                    &key.vip,
+                    *key.backend.ip(),
+                    key.backend.port(),
                     up,
-                    ..
-                } if st.monitor.state(&vip, address, port) != Some(up) => {}
-                HealthEvent::Changed {
-                    vip,
-                    address,
-                    port,
-                    up,
-                    detail,
-                } => match st
-                    .balancer
-                    .set_health(&mut st.dataplane, &vip, address, port, up)
-                {
+                ) {
                     Ok(true) => tracing::info!(
-                        vip,
-                        backend = %format!("{address}:{port}"),
+                        vip = key.vip,
+                        backend = %key.backend,
                         state = if up { "up" } else { "down" },
                         detail,
                         "backend health changed"
@@ -612,9 +565,6 @@ pub enum ReloadError {
     Vrrp,
     #[error("{0}")]
     Balancer(#[from] BalancerError),
-    /// The kernel settings for the new file could not be worked out.
-    #[error("{0}")]
-    Host(String),
 }
 
 /// Re-reads the configuration file and reconciles to it. An invalid file or
@@ -623,7 +573,7 @@ pub fn reload(st: &mut State) -> Result<ReloadChanges, ReloadError> {
     let result = (|| -> Result<ReloadChanges, ReloadError> {
         let new = Config::from_file(&st.config_path)?;
         vrrp_reloadable(&st.cfg, &new)?;
-        let kernel = kernel_config(&new).map_err(|e| ReloadError::Host(format!("{e:#}")))?;
+        let kernel = kernel_config(&new, st.ns_per_tick);
         let summary = st
             .balancer
             .reload(&mut st.dataplane, &st.cfg, &new, &kernel)?;
@@ -708,7 +658,7 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
                 .map(|b| {
                     let c = st
                         .checks
-                        .get(&(v.name.clone(), b.address, b.port))
+                        .get(&BackendKey::new(v.name.clone(), b.address, b.port))
                         .cloned()
                         .unwrap_or_default();
                     metrics::BackendMetrics {

@@ -24,7 +24,9 @@ mod table;
 use table::{Slot as _, TableView};
 
 mod journal;
+mod settings;
 pub use journal::Journal;
+pub use settings::{kernel_config, load_options, vip_filter, KernelState};
 
 /// What the balancer needs from the kernel side. Every write has a read
 /// that gives back what it replaces, so that a change made of several
@@ -413,8 +415,8 @@ impl Dataplane {
     }
 
     /// The VIPs and (present) backend slots the kernel has, for adoption.
-    pub fn kernel_state(&self) -> Result<crate::balancer::KernelState> {
-        let mut state = crate::balancer::KernelState::default();
+    pub fn kernel_state(&self) -> Result<KernelState> {
+        let mut state = KernelState::default();
         for item in self.vips.iter() {
             state.vips.push(item?);
         }

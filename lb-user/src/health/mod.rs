@@ -28,7 +28,7 @@ use std::{
 
 use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle, time::Instant};
 
-use crate::config::{CheckKind, HealthCheck};
+use crate::config::{BackendKey, CheckKind, HealthCheck};
 
 pub use state::Health;
 
@@ -66,8 +66,8 @@ pub struct Target {
 }
 
 impl Target {
-    fn key(&self) -> Key {
-        (self.vip.clone(), self.address, self.port)
+    pub fn key(&self) -> BackendKey {
+        BackendKey::new(self.vip.clone(), self.address, self.port)
     }
 }
 
@@ -76,16 +76,12 @@ impl Target {
 pub enum HealthEvent {
     /// A check finished (sent for every check, before any `Changed` it causes).
     Checked {
-        vip: String,
-        address: Ipv4Addr,
-        port: u16,
+        key: BackendKey,
         outcome: CheckOutcome,
     },
     /// The backend went up or down.
     Changed {
-        vip: String,
-        address: Ipv4Addr,
-        port: u16,
+        key: BackendKey,
         up: bool,
         /// The last check's detail and the run that caused the change, e.g.
         /// `connect refused (3 consecutive failures)`.
@@ -143,8 +139,6 @@ pub fn default_host(address: Ipv4Addr, port: u16) -> String {
     }
 }
 
-type Key = (String, Ipv4Addr, u16);
-
 /// One running target.
 struct Task {
     check: HealthCheck,
@@ -159,7 +153,7 @@ struct Task {
 /// Dropping the monitor stops every task.
 pub struct HealthMonitor {
     tx: UnboundedSender<HealthEvent>,
-    tasks: HashMap<Key, Task>,
+    tasks: HashMap<BackendKey, Task>,
 }
 
 impl HealthMonitor {
@@ -186,7 +180,7 @@ impl HealthMonitor {
     /// recalled: a receiver should ignore events about backends it no longer
     /// has, and may confirm a `Changed` with [`HealthMonitor::state`].
     pub fn set_targets(&mut self, targets: Vec<(Target, bool)>) {
-        let wanted: HashMap<Key, (Target, bool)> = targets
+        let wanted: HashMap<BackendKey, (Target, bool)> = targets
             .into_iter()
             .map(|(t, up)| (t.key(), (t, up)))
             .collect();
@@ -222,10 +216,8 @@ impl HealthMonitor {
 
     /// The monitor's current state of a target: up, down, or `None` if it is
     /// not monitored.
-    pub fn state(&self, vip: &str, address: Ipv4Addr, port: u16) -> Option<bool> {
-        self.tasks
-            .get(&(vip.to_string(), address, port))
-            .map(|t| t.up.load(Ordering::SeqCst))
+    pub fn state(&self, key: &BackendKey) -> Option<bool> {
+        self.tasks.get(key).map(|t| t.up.load(Ordering::SeqCst))
     }
 
     /// Number of monitored targets.
@@ -264,9 +256,7 @@ async fn run(target: Target, state: Arc<AtomicBool>, tx: UnboundedSender<HealthE
     let check = &target.check;
     let initial_up = state.load(Ordering::SeqCst);
     let changed = |up: bool, detail: String| HealthEvent::Changed {
-        vip: target.vip.clone(),
-        address: target.address,
-        port: target.port,
+        key: target.key(),
         up,
         detail,
     };
@@ -289,9 +279,7 @@ async fn run(target: Target, state: Arc<AtomicBool>, tx: UnboundedSender<HealthE
         let transition = health.observe(outcome.ok);
         let detail = outcome.detail.clone();
         let checked = HealthEvent::Checked {
-            vip: target.vip.clone(),
-            address: target.address,
-            port: target.port,
+            key: target.key(),
             outcome,
         };
         if tx.send(checked).is_err() {
@@ -403,13 +391,9 @@ mod tests {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Err(_) => panic!("no Changed event within {secs} s"),
                 Ok(None) => panic!("channel closed"),
-                Ok(Some(HealthEvent::Changed {
-                    vip,
-                    port,
-                    up,
-                    detail,
-                    ..
-                })) => return (vip, port, up, detail),
+                Ok(Some(HealthEvent::Changed { key, up, detail })) => {
+                    return (key.vip, key.backend.port(), up, detail)
+                }
                 Ok(Some(HealthEvent::Checked { .. })) => {}
             }
         }
@@ -477,12 +461,18 @@ mod tests {
         let mut monitor = HealthMonitor::new(tx);
         let started = Instant::now();
         monitor.set_targets(vec![(target("web", port, fast_tcp()), false)]);
-        assert_eq!(monitor.state("web", LOCAL, port), Some(false));
+        assert_eq!(
+            monitor.state(&BackendKey::new("web", LOCAL, port)),
+            Some(false)
+        );
 
         let (vip, p, up, detail) = next_change(&mut rx, 5).await;
         assert_eq!((vip.as_str(), p, up), ("web", port, true));
         assert_eq!(detail, "connected (2 consecutive successes)");
-        assert_eq!(monitor.state("web", LOCAL, port), Some(true));
+        assert_eq!(
+            monitor.state(&BackendKey::new("web", LOCAL, port)),
+            Some(true)
+        );
 
         // Stop listening: down after two failures.
         server.abort();
@@ -490,7 +480,10 @@ mod tests {
         let (_, _, up, detail) = next_change(&mut rx, 5).await;
         assert!(!up);
         assert_eq!(detail, "connect refused (2 consecutive failures)");
-        assert_eq!(monitor.state("web", LOCAL, port), Some(false));
+        assert_eq!(
+            monitor.state(&BackendKey::new("web", LOCAL, port)),
+            Some(false)
+        );
 
         // Listen again on the same port: up after two successes.
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
@@ -527,10 +520,8 @@ mod tests {
         // Three failed checks, then the change they cause.
         for e in &events[..3] {
             match e {
-                HealthEvent::Checked {
-                    outcome, port: p, ..
-                } => {
-                    assert_eq!(*p, port);
+                HealthEvent::Checked { outcome, key } => {
+                    assert_eq!(key.backend.port(), port);
                     assert!(!outcome.ok);
                     assert_eq!(outcome.detail, "connect refused");
                 }
@@ -558,8 +549,8 @@ mod tests {
         // Nothing for b (already up), and no checks at all.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(rx.try_recv().is_err());
-        assert_eq!(monitor.state("a", LOCAL, 1), Some(true));
-        assert_eq!(monitor.state("b", LOCAL, 2), Some(true));
+        assert_eq!(monitor.state(&BackendKey::new("a", LOCAL, 1)), Some(true));
+        assert_eq!(monitor.state(&BackendKey::new("b", LOCAL, 2)), Some(true));
     }
 
     #[tokio::test]
@@ -590,8 +581,8 @@ mod tests {
         ]);
         assert_eq!(next_change(&mut rx, 1).await.0, "c");
         assert_eq!(monitor.len(), 2);
-        assert_eq!(monitor.state("b", LOCAL, 2), None);
-        assert_eq!(monitor.state("a", LOCAL, 1), Some(true));
+        assert_eq!(monitor.state(&BackendKey::new("b", LOCAL, 2)), None);
+        assert_eq!(monitor.state(&BackendKey::new("a", LOCAL, 1)), Some(true));
 
         // a's check changes: restarted, keeping its state (up), so no event,
         // although the caller passes false.
@@ -605,8 +596,8 @@ mod tests {
         ]);
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(rx.try_recv().is_err());
-        assert_eq!(monitor.state("a", LOCAL, 1), Some(true));
-        assert_eq!(monitor.tasks[&("a".to_string(), LOCAL, 1)].check, other);
+        assert_eq!(monitor.state(&BackendKey::new("a", LOCAL, 1)), Some(true));
+        assert_eq!(monitor.tasks[&BackendKey::new("a", LOCAL, 1)].check, other);
 
         // A failing real check for a, starting from the kept state (up):
         // it has to fall.
@@ -628,7 +619,7 @@ mod tests {
         let mut monitor = HealthMonitor::new(tx);
         monitor.set_targets(vec![(target("web", 1, fast_tcp()), true)]);
         drop(rx);
-        let key = ("web".to_string(), LOCAL, 1);
+        let key = BackendKey::new("web", LOCAL, 1);
         let deadline = Instant::now() + Duration::from_secs(2);
         while !monitor.tasks[&key].handle.is_finished() {
             assert!(Instant::now() < deadline, "task still running");
