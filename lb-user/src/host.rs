@@ -9,9 +9,44 @@
 
 use std::{fs, path::PathBuf};
 
-use anyhow::{bail, Context, Result};
-
 use crate::config::Config;
+
+/// What went wrong with a host setting. Each message says what lbd was
+/// doing and why it failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
+    /// A port set that is not in `ip_local_reserved_ports` syntax.
+    #[error("{0}")]
+    PortSet(String),
+    #[error("interface {0} has no IPv4 settings (/proc/sys/net/ipv4/conf/{0} is missing)")]
+    NoIpv4(String),
+    #[error(
+        "{ifname} (ENA) has MTU {mtu}; native XDP on ENA needs an MTU of at most \
+         {ENA_XDP_MAX_MTU} (ip link set dev {ifname} mtu {ENA_XDP_MAX_MTU}), or set \
+         dataplane.xdp_mode = \"generic\""
+    )]
+    EnaMtu { ifname: String, mtu: u32 },
+    #[error(
+        "{BPFFS} is not a BPF filesystem and mounting one failed: {0} (mount it with: \
+         mount -t bpf bpf {BPFFS})"
+    )]
+    BpfFs(std::io::Error),
+    #[error(
+        "the coarse monotonic clock's resolution is {0} ns, not a kernel tick (1 ms to {max} ms \
+         expected): cannot tell time in the data plane",
+        max = MAX_TICK_NS / 1_000_000
+    )]
+    Tick(i64),
+}
+
+type Result<T, E = HostError> = std::result::Result<T, E>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HostError {
+    let what = what.into();
+    move |error| HostError::Io { what, error }
+}
 
 const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
@@ -32,7 +67,7 @@ pub struct HostSettings {
 
 fn read(path: &PathBuf) -> Result<String> {
     Ok(fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?
+        .map_err(io(format!("reading {}", path.display())))?
         .trim()
         .to_string())
 }
@@ -44,7 +79,7 @@ impl HostSettings {
             return Ok(());
         }
         fs::write(&path, format!("{value}\n"))
-            .with_context(|| format!("writing {value:?} to {}", path.display()))?;
+            .map_err(io(format!("writing {value:?} to {}", path.display())))?;
         // An adopted record already holds the original of this one.
         if !self.saved.iter().any(|(p, _)| *p == path) {
             self.saved.push((path, old));
@@ -68,25 +103,23 @@ impl HostSettings {
         if cfg.nat.reserve_ports {
             let path = PathBuf::from(RESERVED_PORTS);
             let old = read(&path)?;
-            let mut ports = PortSet::parse(&old)
-                .with_context(|| format!("reading {RESERVED_PORTS} ({old:?})"))?;
+            let mut ports = PortSet::parse(&old).map_err(|e| {
+                HostError::PortSet(format!("reading {RESERVED_PORTS} ({old:?}): {e}"))
+            })?;
             // Ports already reserved (by the admin, or by the lbd whose data
             // plane this one adopts) are not ours to release later.
             let added = ports.insert_range(cfg.nat.port_min, cfg.nat.port_max);
             if !added.is_empty() {
                 let new = ports.to_string();
                 fs::write(&path, format!("{new}\n"))
-                    .with_context(|| format!("writing {new:?} to {RESERVED_PORTS}"))?;
+                    .map_err(io(format!("writing {new:?} to {RESERVED_PORTS}")))?;
                 self.reserved_added.extend(added);
             }
         }
         for ifname in &cfg.dataplane.interfaces {
             let dir = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{ifname}"));
             if !dir.is_dir() {
-                bail!(
-                    "interface {ifname} has no IPv4 settings ({} is missing)",
-                    dir.display()
-                );
+                return Err(HostError::NoIpv4(ifname.clone()));
             }
             self.set(dir.join("forwarding"), "1".into())?;
             self.set(dir.join("accept_local"), "1".into())?;
@@ -112,10 +145,10 @@ impl HostSettings {
                     ports.remove_range(lo, hi);
                 }
                 fs::write(RESERVED_PORTS, format!("{ports}\n"))
-                    .context("writing ip_local_reserved_ports")
+                    .map_err(io("writing ip_local_reserved_ports"))
             });
             if let Err(e) = result {
-                tracing::warn!(error = %format!("{e:#}"), "could not release the NAT port range");
+                tracing::warn!(error = %e, "could not release the NAT port range");
             }
         }
         while let Some((path, old)) = self.saved.pop() {
@@ -145,16 +178,18 @@ impl PortSet {
             .filter(|p| !p.is_empty())
         {
             let num = |s: &str| -> Result<u16> {
-                s.trim()
-                    .parse()
-                    .with_context(|| format!("{part:?} is not a port or a port range"))
+                s.trim().parse().map_err(|_| {
+                    HostError::PortSet(format!("{part:?} is not a port or a port range"))
+                })
             };
             let (lo, hi) = match part.split_once('-') {
                 Some((a, b)) => (num(a)?, num(b)?),
                 None => (num(part)?, num(part)?),
             };
             if lo > hi {
-                bail!("{part:?} is not a port range (its start is past its end)");
+                return Err(HostError::PortSet(format!(
+                    "{part:?} is not a port range (its start is past its end)"
+                )));
             }
             set.insert_range(lo, hi);
         }
@@ -226,11 +261,10 @@ pub fn check_native_xdp(ifname: &str) -> Result<()> {
     if driver.as_deref() == Some("ena") {
         let mtu: u32 = read(&sys.join("mtu"))?.parse().unwrap_or(0);
         if mtu > ENA_XDP_MAX_MTU {
-            bail!(
-                "{ifname} (ENA) has MTU {mtu}; native XDP on ENA needs an MTU of at most \
-                 {ENA_XDP_MAX_MTU} (ip link set dev {ifname} mtu {ENA_XDP_MAX_MTU}), \
-                 or set dataplane.xdp_mode = \"generic\""
-            );
+            return Err(HostError::EnaMtu {
+                ifname: ifname.into(),
+                mtu,
+            });
         }
     }
     Ok(())
@@ -252,7 +286,7 @@ pub fn ensure_bpffs() -> Result<()> {
     if rc == 0 && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
-    fs::create_dir_all(BPFFS).with_context(|| format!("creating {BPFFS}"))?;
+    fs::create_dir_all(BPFFS).map_err(io(format!("creating {BPFFS}")))?;
     let fstype = std::ffi::CString::new("bpf").expect("no NUL");
     // SAFETY: all pointers are valid NUL-terminated strings; no data argument.
     let rc = unsafe {
@@ -265,11 +299,7 @@ pub fn ensure_bpffs() -> Result<()> {
         )
     };
     if rc != 0 {
-        bail!(
-            "{BPFFS} is not a BPF filesystem and mounting one failed: {} \
-             (mount it with: mount -t bpf bpf {BPFFS})",
-            std::io::Error::last_os_error()
-        );
+        return Err(HostError::BpfFs(std::io::Error::last_os_error()));
     }
     tracing::info!("mounted the BPF filesystem on {BPFFS}");
     Ok(())
@@ -286,8 +316,9 @@ pub fn ns_per_tick() -> Result<u32> {
     };
     // SAFETY: `res` is a valid, writable timespec.
     if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("clock_getres(CLOCK_MONOTONIC_COARSE) for the kernel's tick length");
+        return Err(io(
+            "clock_getres(CLOCK_MONOTONIC_COARSE) for the kernel's tick length",
+        )(std::io::Error::last_os_error()));
     }
     // time_t and c_long are narrower than i64 on 32-bit targets.
     #[allow(clippy::unnecessary_cast)]
@@ -302,11 +333,7 @@ const MAX_TICK_NS: i64 = 50_000_000;
 pub fn tick_from_resolution(secs: i64, nanos: i64) -> Result<u32> {
     let ns = secs.saturating_mul(1_000_000_000).saturating_add(nanos);
     if !(1_000_000..=MAX_TICK_NS).contains(&ns) {
-        bail!(
-            "the coarse monotonic clock's resolution is {ns} ns, not a kernel tick \
-             (1 ms to {} ms expected): cannot tell time in the data plane",
-            MAX_TICK_NS / 1_000_000
-        );
+        return Err(HostError::Tick(ns));
     }
     Ok(ns as u32)
 }

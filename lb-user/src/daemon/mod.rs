@@ -192,7 +192,7 @@ pub fn start(
         Ok(h) => h,
         Err(e) => {
             abandon(dataplane, adopted, &state_dir, &created_dirs);
-            return Err(e);
+            return Err(e.into());
         }
     };
     let record = Record { host, created_dirs };
