@@ -20,6 +20,20 @@ pub const fn replace16(csum: u16, old: u16, new: u16) -> u16 {
     !fold(!csum as u32 + !old as u32 + new as u32)
 }
 
+/// New checksum after a 16-bit field changed that may start at an odd
+/// offset of the covered data (a TCP option can sit anywhere). `old` and
+/// `new` are the field's two bytes as loaded from the packet; at an odd
+/// offset they straddle two checksum words, and their contribution to the
+/// sum is the byte-swapped value.
+#[inline(always)]
+pub const fn replace16_at(csum: u16, old: u16, new: u16, odd: bool) -> u16 {
+    if odd {
+        replace16(csum, old.swap_bytes(), new.swap_bytes())
+    } else {
+        replace16(csum, old, new)
+    }
+}
+
 /// New checksum after a 32-bit field (two words) changed.
 #[inline(always)]
 pub const fn replace32(csum: u16, old: u32, new: u32) -> u16 {
@@ -78,6 +92,28 @@ mod tests {
             assert!(
                 after == want || (after ^ want) == 0xffff && (want == 0 || want == 0xffff),
                 "replace16 {after:#x} != {want:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_field_at_any_offset_is_updated_like_a_full_recompute() {
+        let mut seed = 0x9e37_79b9;
+        for _ in 0..10_000 {
+            let mut data = [0u8; 23];
+            for b in data.iter_mut() {
+                *b = pseudo_random(&mut seed) as u8;
+            }
+            let before = reference(&data);
+            let off = (pseudo_random(&mut seed) % 21) as usize;
+            let old = u16::from_ne_bytes([data[off], data[off + 1]]);
+            let new = pseudo_random(&mut seed) as u16;
+            data[off..off + 2].copy_from_slice(&new.to_ne_bytes());
+            let after = replace16_at(before, old, new, off % 2 == 1);
+            let want = reference(&data);
+            assert!(
+                after == want || (after ^ want) == 0xffff && (want == 0 || want == 0xffff),
+                "offset {off}: {after:#x} != {want:#x}"
             );
         }
     }

@@ -48,9 +48,13 @@ pub mod map {
     /// `ARRAY` backend id -> [`super::NextHop`]: the resolved next hop toward
     /// each backend, shared by its new flows. Writer: XDP. Reader: XDP.
     pub const BACKEND_HOPS: &str = "LB_BE_HOPS";
+    /// `PERCPU_ARRAY` [`super::Event`] -> `u64`: how often something
+    /// happened to a packet besides its verdict (an MSS clamped, ...).
+    /// Writer: XDP. Reader: lbd.
+    pub const EVENTS: &str = "LB_EVENTS";
 
     /// Every map, in the order they are pinned.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         VIPS,
         BACKENDS,
         RINGS,
@@ -62,6 +66,7 @@ pub mod map {
         BACKEND_STATS,
         REASONS,
         BACKEND_HOPS,
+        EVENTS,
     ];
 }
 
@@ -233,6 +238,39 @@ pub const BACKEND_F_PRESENT: u32 = 8;
 /// VIP flag: with no backend in the ring, answer new connections with a TCP
 /// RST instead of dropping them.
 pub const VIP_F_RESET_EMPTY: u32 = 1;
+/// VIP flag: source affinity. A new connection's backend is picked by a hash
+/// of the client's address alone (see [`ring_hash`]), so every connection
+/// from one client address goes to the same backend while the ring stays.
+pub const VIP_F_HASH_SOURCE: u32 = 2;
+
+/// The hash that picks a new connection's entry in its VIP's ring: of the
+/// whole 5-tuple, or with `VIP_F_HASH_SOURCE` of the client address with the
+/// VIP's address and port (the same for every connection to the VIP) and
+/// client port 0. The XDP program and userspace (tests predicting the
+/// backend) call this one function. The NAT port candidates are a hash of
+/// the whole tuple either way.
+#[inline(always)]
+pub const fn ring_hash(
+    src_addr_be: u32,
+    dst_addr_be: u32,
+    src_port_be: u16,
+    dst_port_be: u16,
+    vip_flags: u32,
+) -> u32 {
+    let sport = if vip_flags & VIP_F_HASH_SOURCE != 0 {
+        0
+    } else {
+        src_port_be
+    };
+    hash::flow_hash(
+        src_addr_be,
+        dst_addr_be,
+        sport,
+        dst_port_be,
+        IPPROTO_TCP,
+        SEED_RING,
+    )
+}
 
 /// A TCP/IPv4 5-tuple. The key of a [`Flow`]: client -> VIP as the client
 /// sent it. Also the form in which lbd's tools name a NAT entry: backend ->
@@ -381,7 +419,22 @@ pub struct Config {
     /// as allocated at load time. 0 means not configured.
     pub flow_buckets: u32,
     pub nat_buckets: u32,
+    /// The MSS clamp of SYNs and SYN-ACKs: [`MSS_CLAMP_OFF`],
+    /// [`MSS_CLAMP_AUTO`] (the MTU of the interfaces the packet crosses,
+    /// less 40), or the largest MSS let through.
+    pub mss_clamp: u16,
+    /// The smallest next-hop MTU of a client-side ICMP "fragmentation
+    /// needed" carried to a backend (lower ones are dropped,
+    /// [`Reason::DropIcmpMtu`]); 0: no floor.
+    pub pmtu_floor: u16,
+    pub _pad_mss: u32,
 }
+
+/// [`Config::mss_clamp`]: MSS options are left alone.
+pub const MSS_CLAMP_OFF: u16 = 0;
+/// [`Config::mss_clamp`]: clamp to the smaller MTU of the ingress and egress
+/// interfaces, less 40 (IPv4 and TCP headers without options).
+pub const MSS_CLAMP_AUTO: u16 = u16::MAX;
 
 /// A flow or NAT entry last seen at `last_seen_ns` is past its timeout at
 /// `now` (both in the program's time, [`Config::ns_per_tick`]): the closed
@@ -510,9 +563,17 @@ reasons! {
     TxIcmp = 23, "tx_icmp";
     /// The same, redirected to another interface.
     RedirectIcmp = 24, "redirect_icmp";
+    /// A VIP or NAT packet whose frame ends before its IPv4 total length
+    /// says: TCP options or data cut off.
+    DropTruncated = 25, "drop_truncated";
+    /// A client-side ICMP "fragmentation needed" about one of the load
+    /// balancer's connections whose next-hop MTU is below
+    /// [`Config::pmtu_floor`]: relayed, it would lower the backend's path
+    /// MTU toward the NAT address, which every client shares.
+    DropIcmpMtu = 26, "drop_icmp_mtu";
 }
 
-pub const REASON_COUNT: u32 = 25;
+pub const REASON_COUNT: u32 = 27;
 
 impl Reason {
     pub const fn is_drop(self) -> bool {
@@ -527,9 +588,40 @@ impl Reason {
                 | Reason::DropMapUpdate
                 | Reason::DropRedirect
                 | Reason::DropTtl
+                | Reason::DropTruncated
+                | Reason::DropIcmpMtu
         )
     }
 }
+
+macro_rules! events {
+    ($($(#[$doc:meta])* $name:ident = $val:expr, $label:expr;)*) => {
+        /// Something the program did to a packet besides its verdict,
+        /// counted in [`map::EVENTS`] (a packet may have several, or none).
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Event {
+            $($(#[$doc])* $name = $val,)*
+        }
+
+        impl Event {
+            pub const ALL: &'static [Event] = &[$(Event::$name,)*];
+
+            /// Stable snake_case name used in metrics, `lbctl` and docs.
+            pub const fn label(self) -> &'static str {
+                match self { $(Event::$name => $label,)* }
+            }
+        }
+    };
+}
+
+events! {
+    /// A SYN or SYN-ACK whose MSS option was lowered to the clamp
+    /// ([`Config::mss_clamp`]).
+    MssClamped = 0, "mss_clamped";
+}
+
+pub const EVENT_COUNT: u32 = 1;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -565,7 +657,7 @@ mod tests {
         assert_eq!(core::mem::offset_of!(Flow, key), 8);
         assert_eq!(core::mem::offset_of!(NatEntry, last_seen_ns), 32);
         assert_eq!(core::mem::offset_of!(NatEntry, hop), 40);
-        assert_eq!(size_of::<Config>(), 80);
+        assert_eq!(size_of::<Config>(), 88);
         assert_eq!(size_of::<Counters>(), 24);
     }
 
@@ -589,6 +681,44 @@ mod tests {
         for r in Reason::ALL {
             assert_eq!(r.is_drop(), r.label().starts_with("drop_"), "{r:?}");
         }
+    }
+
+    #[test]
+    fn events_are_dense_and_labelled() {
+        assert_eq!(Event::ALL.len() as u32, EVENT_COUNT);
+        for (i, e) in Event::ALL.iter().enumerate() {
+            assert_eq!(*e as u32, i as u32);
+            assert!(!e.label().is_empty());
+        }
+    }
+
+    #[test]
+    fn source_affinity_ignores_the_client_port_only() {
+        let h = |src: u32, sport: u16, flags| {
+            ring_hash(
+                src.to_be(),
+                0x0a00_0064u32.to_be(),
+                sport.to_be(),
+                80u16.to_be(),
+                flags,
+            )
+        };
+        // The 5-tuple hash is the flow hash with the ring's seed.
+        assert_eq!(
+            h(0x0a00_0001, 40000, 0),
+            hash::flow_hash(
+                0x0a00_0001u32.to_be(),
+                0x0a00_0064u32.to_be(),
+                40000u16.to_be(),
+                80u16.to_be(),
+                IPPROTO_TCP,
+                SEED_RING
+            )
+        );
+        assert_ne!(h(0x0a00_0001, 40000, 0), h(0x0a00_0001, 40001, 0));
+        let s = VIP_F_HASH_SOURCE | VIP_F_RESET_EMPTY;
+        assert_eq!(h(0x0a00_0001, 40000, s), h(0x0a00_0001, 40001, s));
+        assert_ne!(h(0x0a00_0001, 40000, s), h(0x0a00_0002, 40000, s));
     }
 
     #[test]

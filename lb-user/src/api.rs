@@ -288,10 +288,20 @@ pub struct ReasonCount {
     pub bytes: u64,
 }
 
+/// How often one event (`lb_ebpf::Event`) happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCount {
+    pub event: String,
+    pub count: u64,
+}
+
 /// Answer to [`Request::Stats`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     pub reasons: Vec<ReasonCount>,
+    /// Things done to packets besides their verdicts (MSS clamped, ...).
+    #[serde(default)]
+    pub events: Vec<EventCount>,
     pub flows: u64,
     pub nat_entries: u64,
     pub max_flows: u64,

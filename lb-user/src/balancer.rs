@@ -17,11 +17,11 @@ use std::{
 use anyhow::Result;
 use lb_ebpf::{
     Backend, VipKey, VipValue, BACKEND_F_DOWN, BACKEND_F_DRAINED, BACKEND_F_IN_USE,
-    BACKEND_F_PRESENT, IPPROTO_TCP, MAX_BACKENDS, NO_BACKEND, VIP_F_RESET_EMPTY,
+    BACKEND_F_PRESENT, IPPROTO_TCP, MAX_BACKENDS, NO_BACKEND, VIP_F_HASH_SOURCE, VIP_F_RESET_EMPTY,
 };
 
 use crate::{
-    config::{self, BackendConfig, Config, HealthCheck, OnEmpty},
+    config::{self, BackendConfig, Config, HealthCheck, OnEmpty, VipHash},
     dataplane::{addr_be, addr_from_be, Journal, KernelState, Maps},
     maglev::{self, RingBackend},
 };
@@ -134,6 +134,8 @@ pub struct VipEntry {
     pub address: Ipv4Addr,
     pub port: u16,
     pub on_empty: OnEmpty,
+    /// What picks a new connection's backend.
+    pub hash: VipHash,
     /// Check for backends added at run time.
     pub default_check: HealthCheck,
     pub live_slot: u32,
@@ -149,13 +151,21 @@ impl VipEntry {
         VipValue {
             id: self.id,
             ring_slot: slot,
-            flags: if self.on_empty == OnEmpty::Reset {
-                VIP_F_RESET_EMPTY
-            } else {
-                0
-            },
+            flags: self.flags(),
             _pad: 0,
         }
+    }
+
+    /// The VIP's `VIP_F_*` flags, as the kernel has them.
+    pub fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.on_empty == OnEmpty::Reset {
+            flags |= VIP_F_RESET_EMPTY;
+        }
+        if self.hash == VipHash::Source {
+            flags |= VIP_F_HASH_SOURCE;
+        }
+        flags
     }
 
     fn find(&self, address: Ipv4Addr, port: u16) -> Option<usize> {
@@ -260,6 +270,7 @@ impl Balancer {
             address: v.address,
             port: v.port,
             on_empty: v.on_empty,
+            hash: v.hash,
             default_check: v.health.clone(),
             live_slot: 0,
             backends,
@@ -326,6 +337,7 @@ impl Balancer {
                 address: v.address,
                 port: v.port,
                 on_empty: v.on_empty,
+                hash: v.hash,
                 default_check: v.health.clone(),
                 live_slot: value.ring_slot & 1,
                 backends,
@@ -776,6 +788,7 @@ impl Balancer {
                 v.address = nv.address;
                 v.port = nv.port;
                 v.on_empty = nv.on_empty;
+                v.hash = nv.hash;
                 v.default_check = nv.health.clone();
             }
             for nb in &nv.backends {
@@ -1402,6 +1415,22 @@ mod tests {
     }
 
     #[test]
+    fn source_affinity_is_a_vip_flag_that_a_reload_changes() {
+        let mut cfg = config();
+        cfg.vips[0].hash = VipHash::Source;
+        let mut maps = FakeMaps::default();
+        let mut b = Balancer::new(&cfg);
+        b.install(&mut maps, &KernelState::default()).unwrap();
+        let key = b.vips()[0].key();
+        assert_eq!(maps.vips[&key].flags & VIP_F_HASH_SOURCE, VIP_F_HASH_SOURCE);
+        let mut back = cfg.clone();
+        back.vips[0].hash = VipHash::FiveTuple;
+        b.reload(&mut maps, &cfg, &back).unwrap();
+        assert_eq!(maps.vips[&key].flags & VIP_F_HASH_SOURCE, 0);
+        assert_eq!(b.vips()[0].hash, VipHash::FiveTuple);
+    }
+
+    #[test]
     fn backends_start_down_until_proven_up_by_default() {
         let cfg =
             Config::from_toml_str(&BASE.replace("initial = \"up\"", "initial = \"down\"")).unwrap();
@@ -1686,6 +1715,7 @@ mod tests {
             address: Ipv4Addr::new(10, 0, 0, 100),
             port: 80,
             on_empty: OnEmpty::Reset,
+            hash: VipHash::FiveTuple,
             default_check: crate::config::default_health(),
             live_slot: 0,
             backends,

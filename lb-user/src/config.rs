@@ -38,6 +38,14 @@ const MAX_FLOWS_MAX: u32 = 16_777_216;
 const DEFAULT_MAX_VIPS: u32 = 16;
 const BPFFS: &str = "/sys/fs/bpf";
 const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/lb";
+/// Linux's smallest MSS (`TCP_MIN_MSS`).
+const MSS_CLAMP_MIN: u16 = 88;
+/// The largest MSS an IPv4 packet can carry (65535 - 40).
+const MSS_CLAMP_MAX: u16 = 65_495;
+/// IPv6's minimum MTU: below it, practically nothing on the Internet.
+const DEFAULT_PMTU_FLOOR: u16 = 1280;
+/// IPv4's minimum MTU (RFC 791): a floor this low relays every message.
+const PMTU_FLOOR_MIN: u16 = 68;
 
 const DEFAULT_NAT_PORT_MIN: u16 = 20_000;
 const DEFAULT_NAT_PORT_MAX: u16 = 59_999;
@@ -122,6 +130,45 @@ pub struct Dataplane {
     pub max_vips: u32,
     /// bpffs directory where the program and maps are pinned while lbd runs.
     pub pin_path: PathBuf,
+    /// How SYNs and SYN-ACKs have their MSS option clamped.
+    pub mss_clamp: MssClamp,
+    /// The smallest next-hop MTU of a client-side ICMP "fragmentation
+    /// needed" that is carried to a backend.
+    pub pmtu_floor: u16,
+}
+
+/// `dataplane.mss_clamp`: what the XDP program does to the MSS option of the
+/// SYNs and SYN-ACKs it forwards (docs/dataplane.md, "MSS clamp").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MssClamp {
+    /// At most the smaller MTU of the interfaces the packet crosses, less 40.
+    #[default]
+    Auto,
+    /// At most this MSS, whatever the interfaces.
+    Fixed(u16),
+    /// Left alone.
+    Off,
+}
+
+impl MssClamp {
+    /// The value of `lb_ebpf::Config::mss_clamp`.
+    pub fn kernel_value(self) -> u16 {
+        match self {
+            MssClamp::Auto => lb_ebpf::MSS_CLAMP_AUTO,
+            MssClamp::Fixed(mss) => mss,
+            MssClamp::Off => lb_ebpf::MSS_CLAMP_OFF,
+        }
+    }
+}
+
+impl std::fmt::Display for MssClamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MssClamp::Auto => f.write_str("auto"),
+            MssClamp::Fixed(mss) => write!(f, "{mss}"),
+            MssClamp::Off => f.write_str("off"),
+        }
+    }
 }
 
 /// How the XDP program is attached.
@@ -298,6 +345,8 @@ pub struct Vip {
     pub protocol: Protocol,
     /// What a new connection gets while the VIP has no healthy backend.
     pub on_empty: OnEmpty,
+    /// What picks a new connection's backend.
+    pub hash: VipHash,
     /// The VIP's `[vip.health]`: the check of its backends that do not
     /// override it, and the one to use for backends added at run time.
     /// Each backend's own, resolved check is [`BackendConfig::health`].
@@ -316,6 +365,7 @@ impl Vip {
             port,
             protocol: Protocol::Tcp,
             on_empty: OnEmpty::default(),
+            hash: VipHash::default(),
             health: default_health(),
             backends: Vec::new(),
         }
@@ -379,6 +429,33 @@ impl OnEmpty {
             OnEmpty::Reset => "reset",
             OnEmpty::Drop => "drop",
         }
+    }
+}
+
+/// What a VIP's new connections are hashed on to pick their backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum VipHash {
+    /// The 5-tuple: connections spread over the backends one by one.
+    #[default]
+    FiveTuple,
+    /// The client address only (source affinity): all connections from one
+    /// client address go to the same backend.
+    Source,
+}
+
+impl VipHash {
+    /// The spelling used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VipHash::FiveTuple => "5-tuple",
+            VipHash::Source => "source",
+        }
+    }
+}
+
+impl std::fmt::Display for VipHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -988,6 +1065,20 @@ impl Dataplane {
             self.max_vips.into(),
             1,
             lb_ebpf::MAX_VIPS.into(),
+        )?;
+        if let MssClamp::Fixed(mss) = self.mss_clamp {
+            check_range(
+                "dataplane.mss_clamp",
+                mss.into(),
+                MSS_CLAMP_MIN.into(),
+                MSS_CLAMP_MAX.into(),
+            )?;
+        }
+        check_range(
+            "dataplane.pmtu_floor",
+            self.pmtu_floor.into(),
+            PMTU_FLOOR_MIN.into(),
+            u16::MAX.into(),
         )?;
         check_pin_path("dataplane.pin_path", &self.pin_path)
     }
@@ -1770,6 +1861,8 @@ struct RawDataplane {
     max_flows: Option<i64>,
     max_vips: Option<i64>,
     pin_path: Option<String>,
+    mss_clamp: Option<toml::Value>,
+    pmtu_floor: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -1808,6 +1901,7 @@ struct RawVip {
     port: Option<i64>,
     protocol: Option<String>,
     on_empty: Option<String>,
+    hash: Option<String>,
     health: Option<RawHealth>,
     #[serde(default)]
     backend: Vec<RawBackend>,
@@ -2032,6 +2126,33 @@ impl RawDataplane {
             Some(v) => int("dataplane.max_vips", v, 1, lb_ebpf::MAX_VIPS.into())?,
         };
         let pin_path = PathBuf::from(self.pin_path.as_deref().unwrap_or(DEFAULT_PIN_PATH));
+        let key = "dataplane.mss_clamp";
+        let mss_clamp = match self.mss_clamp {
+            None => MssClamp::Auto,
+            Some(toml::Value::String(s)) if s == "auto" => MssClamp::Auto,
+            Some(toml::Value::String(s)) if s == "off" => MssClamp::Off,
+            Some(toml::Value::Integer(v)) => {
+                MssClamp::Fixed(int(key, v, MSS_CLAMP_MIN.into(), MSS_CLAMP_MAX.into())?)
+            }
+            Some(other) => {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{other} is not a clamp; use \"auto\", \"off\" or an MSS from \
+                         {MSS_CLAMP_MIN} to {MSS_CLAMP_MAX}"
+                    ),
+                ))
+            }
+        };
+        let pmtu_floor = match self.pmtu_floor {
+            None => DEFAULT_PMTU_FLOOR,
+            Some(v) => int(
+                "dataplane.pmtu_floor",
+                v,
+                PMTU_FLOOR_MIN.into(),
+                u16::MAX.into(),
+            )?,
+        };
         Ok(Dataplane {
             interfaces,
             xdp_mode,
@@ -2039,6 +2160,8 @@ impl RawDataplane {
             max_flows,
             max_vips,
             pin_path,
+            mss_clamp,
+            pmtu_floor,
         })
     }
 }
@@ -2412,6 +2535,16 @@ impl RawVip {
                 ))
             }
         };
+        let hash = match self.hash.as_deref() {
+            None | Some("5-tuple") => VipHash::FiveTuple,
+            Some("source") => VipHash::Source,
+            Some(other) => {
+                return Err(invalid(
+                    format!("{key}.hash"),
+                    format!("{other:?} is not a hash; use \"5-tuple\" or \"source\""),
+                ))
+            }
+        };
         let vip_health_raw = self.health.unwrap_or_default();
         let vip_layer = HealthLayer {
             key: format!("{key}.health"),
@@ -2430,6 +2563,7 @@ impl RawVip {
             port,
             protocol,
             on_empty,
+            hash,
             health,
             backends,
         })
@@ -2489,6 +2623,8 @@ ring_size = 251
 max_flows = 4096
 max_vips = 8
 pin_path = "/sys/fs/bpf/lb-test"
+mss_clamp = 1400
+pmtu_floor = 1200
 
 [nat]
 source = "10.0.1.10"
@@ -2512,6 +2648,7 @@ address = "10.0.0.100"
 port = 80
 protocol = "tcp"
 on_empty = "drop"
+hash = "source"
 
   [vip.health]
   kind = "tcp"
@@ -2721,6 +2858,8 @@ port = 443
                     max_flows: 4096,
                     max_vips: 8,
                     pin_path: "/sys/fs/bpf/lb-test".into(),
+                    mss_clamp: MssClamp::Fixed(1400),
+                    pmtu_floor: 1200,
                 },
                 nat: Nat {
                     source: Ipv4Addr::new(10, 0, 1, 10),
@@ -2747,6 +2886,7 @@ port = 443
                         port: 80,
                         protocol: Protocol::Tcp,
                         on_empty: OnEmpty::Drop,
+                        hash: VipHash::Source,
                         health: web_check.clone(),
                         backends: vec![
                             BackendConfig {
@@ -2778,6 +2918,7 @@ port = 443
                         port: 443,
                         protocol: Protocol::Tcp,
                         on_empty: OnEmpty::Reset,
+                        hash: VipHash::FiveTuple,
                         health: default_health(),
                         backends: vec![],
                     },
@@ -2800,6 +2941,8 @@ port = 443
                     max_flows: 262_144,
                     max_vips: 16,
                     pin_path: "/sys/fs/bpf/lb".into(),
+                    mss_clamp: MssClamp::Auto,
+                    pmtu_floor: 1280,
                 },
                 nat: Nat {
                     source: Ipv4Addr::new(10, 0, 1, 10),
@@ -3535,6 +3678,82 @@ port = 443
         assert_err(
             &one_vip("on_empty = \"rst\"", ""),
             &["vip[0].on_empty: \"rst\" is not an action; use \"reset\" or \"drop\""],
+        );
+    }
+
+    // --- hash, mss_clamp, pmtu_floor ---
+
+    #[test]
+    fn hash_rules() {
+        let c = Config::from_toml_str(&one_vip("", "")).unwrap();
+        assert_eq!(c.vips[0].hash, VipHash::FiveTuple);
+        let c = Config::from_toml_str(&one_vip("hash = \"source\"", "")).unwrap();
+        assert_eq!(c.vips[0].hash, VipHash::Source);
+        assert_eq!(c.vips[0].hash.to_string(), "source");
+        let c = Config::from_toml_str(&one_vip("hash = \"5-tuple\"", "")).unwrap();
+        assert_eq!(c.vips[0].hash, VipHash::FiveTuple);
+        assert_err(
+            &one_vip("hash = \"src\"", ""),
+            &["vip[0].hash: \"src\" is not a hash; use \"5-tuple\" or \"source\""],
+        );
+    }
+
+    #[test]
+    fn mss_clamp_rules() {
+        let clamp = |line: &str| {
+            Config::from_toml_str(&doc(line, "", ""))
+                .map(|c| c.dataplane.mss_clamp)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(clamp(""), Ok(MssClamp::Auto));
+        assert_eq!(clamp("mss_clamp = \"auto\""), Ok(MssClamp::Auto));
+        assert_eq!(clamp("mss_clamp = \"off\""), Ok(MssClamp::Off));
+        assert_eq!(clamp("mss_clamp = 1360"), Ok(MssClamp::Fixed(1360)));
+        assert_eq!(clamp("mss_clamp = 88"), Ok(MssClamp::Fixed(88)));
+        assert_eq!(clamp("mss_clamp = 65495"), Ok(MssClamp::Fixed(65495)));
+        assert_eq!(MssClamp::Auto.kernel_value(), lb_ebpf::MSS_CLAMP_AUTO);
+        assert_eq!(MssClamp::Off.kernel_value(), lb_ebpf::MSS_CLAMP_OFF);
+        assert_eq!(MssClamp::Fixed(1360).kernel_value(), 1360);
+        assert_err(
+            &doc("mss_clamp = 87", "", ""),
+            &["dataplane.mss_clamp: 87 is out of range (allowed: 88..=65495)"],
+        );
+        assert_err(
+            &doc("mss_clamp = 65496", "", ""),
+            &["dataplane.mss_clamp: 65496 is out of range"],
+        );
+        assert_err(
+            &doc("mss_clamp = \"on\"", "", ""),
+            &["dataplane.mss_clamp: \"on\" is not a clamp; use \"auto\", \"off\" or an MSS from 88 to 65495"],
+        );
+        assert_err(
+            &doc("mss_clamp = true", "", ""),
+            &["dataplane.mss_clamp: true is not a clamp"],
+        );
+        let mut c = minimal();
+        c.dataplane.mss_clamp = MssClamp::Fixed(10);
+        assert_eq!(c.validate().unwrap_err().key(), Some("dataplane.mss_clamp"));
+    }
+
+    #[test]
+    fn pmtu_floor_rules() {
+        let floor = |line: &str| {
+            Config::from_toml_str(&doc(line, "", ""))
+                .map(|c| c.dataplane.pmtu_floor)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(floor(""), Ok(1280));
+        assert_eq!(floor("pmtu_floor = 68"), Ok(68));
+        assert_eq!(floor("pmtu_floor = 65535"), Ok(65535));
+        assert_err(
+            &doc("pmtu_floor = 67", "", ""),
+            &["dataplane.pmtu_floor: 67 is out of range (allowed: 68..=65535)"],
+        );
+        let mut c = minimal();
+        c.dataplane.pmtu_floor = 0;
+        assert_eq!(
+            c.validate().unwrap_err().key(),
+            Some("dataplane.pmtu_floor")
         );
     }
 

@@ -27,6 +27,9 @@ pub struct Snapshot {
     /// `(reason label, packets, bytes, is_drop)` for every verdict reason,
     /// e.g. from `lb_ebpf::Reason::ALL`.
     pub reasons: Vec<(&'static str, u64, u64, bool)>,
+    /// `(event label, count)` for every event, e.g. from
+    /// `lb_ebpf::Event::ALL`.
+    pub events: Vec<(&'static str, u64)>,
     /// Flows tracked (flow table entries not expired).
     pub flows: u64,
     /// NAT (reverse) table entries not expired.
@@ -363,6 +366,17 @@ pub fn render(s: &Snapshot) -> String {
             let labels = [("reason", reason), ("verdict", verdict(reason, is_drop))];
             o.sample(name, &labels, if bytes { nbytes } else { packets });
         }
+    }
+
+    let name = "lb_events_total";
+    o.family(
+        name,
+        "counter",
+        "Things the XDP program did to packets besides their verdict, by event \
+         (mss_clamped: a SYN or SYN-ACK whose MSS option was lowered).",
+    );
+    for &(event, n) in &s.events {
+        o.sample(name, &[("event", event)], n);
     }
 
     for (name, kind, help, value) in [
@@ -736,6 +750,7 @@ mod tests {
                 ("pass_not_tcp", 12, 1_000, false),
                 ("drop_no_backend", 3, 180, true),
             ],
+            events: vec![("mss_clamped", 4)],
             flows: 10,
             nat_entries: 10,
             flow_capacity: 1_048_576,
@@ -806,6 +821,7 @@ mod tests {
             r#"lb_packets_total{reason="redirect_reply",verdict="redirect"} 5"#,
             r#"lb_packets_total{reason="pass_not_tcp",verdict="pass"} 12"#,
             r#"lb_bytes_total{reason="drop_no_backend",verdict="drop"} 180"#,
+            r#"lb_events_total{event="mss_clamped"} 4"#,
             "lb_flow_table_entries 10",
             "lb_nat_table_entries 10",
             "lb_flow_table_capacity 1048576",

@@ -79,7 +79,18 @@ pub struct Frame {
     pub tcp_flags: u8,
     pub seq: u32,
     pub ack: u32,
+    /// TCP options, padded with EOL to a multiple of 4 by the builder.
+    pub tcp_options: Vec<u8>,
+    /// Overrides the TCP data offset nibble (for malformed packets).
+    pub doff_override: Option<u8>,
     pub payload: Vec<u8>,
+}
+
+/// A TCP MSS option (kind 2, length 4).
+pub fn mss_option(mss: u16) -> Vec<u8> {
+    let mut o = vec![2, 4];
+    o.extend_from_slice(&mss.to_be_bytes());
+    o
 }
 
 impl Frame {
@@ -103,6 +114,8 @@ impl Frame {
             tcp_flags: flags,
             seq: 1000,
             ack: if flags & ACK != 0 { 2000 } else { 0 },
+            tcp_options: Vec::new(),
+            doff_override: None,
             payload: Vec::new(),
         }
     }
@@ -187,10 +200,16 @@ impl Frame {
         }
         s.extend_from_slice(&self.seq.to_be_bytes());
         s.extend_from_slice(&self.ack.to_be_bytes());
-        s.push(5 << 4);
+        let mut opts = self.tcp_options.clone();
+        while !opts.len().is_multiple_of(4) {
+            opts.push(0); // end of options list
+        }
+        let doff = self.doff_override.unwrap_or((5 + opts.len() / 4) as u8);
+        s.push(doff << 4);
         s.push(self.tcp_flags);
         s.extend_from_slice(&64240u16.to_be_bytes());
         s.extend_from_slice(&[0, 0, 0, 0]);
+        s.extend_from_slice(&opts);
         s.extend_from_slice(&self.payload);
         let c = l4_checksum(self.src, self.dst, 6, &s);
         s[16..18].copy_from_slice(&c.to_be_bytes());
@@ -211,7 +230,35 @@ pub struct Parsed {
     pub dport: u16,
     pub tcp_flags: u8,
     pub seq: u32,
+    /// The TCP options (the header beyond its first 20 bytes).
+    pub options: Vec<u8>,
     pub payload: Vec<u8>,
+}
+
+impl Parsed {
+    /// The value of the MSS option, if the options have one (walked as TCP
+    /// does: EOL ends them, NOP is one byte, others give their length).
+    pub fn mss(&self) -> Option<u16> {
+        let o = &self.options;
+        let mut i = 0;
+        while i < o.len() {
+            match o[i] {
+                0 => return None,
+                1 => i += 1,
+                kind => {
+                    let len = *o.get(i + 1)? as usize;
+                    if len < 2 || i + len > o.len() {
+                        return None;
+                    }
+                    if kind == 2 && len == 4 {
+                        return Some(u16::from_be_bytes([o[i + 2], o[i + 3]]));
+                    }
+                    i += len;
+                }
+            }
+        }
+        None
+    }
 }
 
 /// Parses an Ethernet/[VLAN]/IPv4/TCP frame and verifies both checksums;
@@ -252,6 +299,7 @@ pub fn parse_tcp(frame: &[u8]) -> Parsed {
         dport: u16::from_be_bytes([seg[2], seg[3]]),
         tcp_flags: seg[13],
         seq: u32::from_be_bytes([seg[4], seg[5], seg[6], seg[7]]),
+        options: seg[20..doff].to_vec(),
         payload: seg[doff..].to_vec(),
     }
 }
@@ -275,6 +323,12 @@ mod tests {
         f.ip_options = vec![1, 1, 1];
         let p = parse_tcp(&f.build());
         assert_eq!(p.vlan, Some(7));
+        assert_eq!(p.mss(), None);
+        f.tcp_options = [vec![1], mss_option(1460), vec![1, 3, 3, 7]].concat();
+        let p = parse_tcp(&f.build());
+        assert_eq!(p.options.len(), 12);
+        assert_eq!(p.mss(), Some(1460));
+        assert_eq!(p.payload, b"hello, odd length");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd, path::PathBuf};
 
 use aya::programs::{TestRun, TestRunOptions};
-use lb_ebpf::{hash::flow_hash, Reason, IPPROTO_TCP, SEED_NAT_PORT, SEED_RING};
+use lb_ebpf::{hash::flow_hash, ring_hash, Reason, IPPROTO_TCP, SEED_NAT_PORT};
 use lb_user::{
     balancer::{ring_for, Balancer},
     config::Config,
@@ -37,6 +37,10 @@ pub const NONEIGH_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 102);
 pub const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 103);
 pub const SINGLE_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 104);
 pub const RESET_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 105);
+/// A VIP with source affinity (`hash = "source"`), over web's backends.
+pub const STICKY_VIP: Ipv4Addr = Ipv4Addr::new(10, 1, 1, 106);
+/// Index of [`STICKY_VIP`] among the fixture's VIPs.
+pub const STICKY: usize = 6;
 pub const RING: u32 = 1009;
 
 pub const CONFIG: &str = r#"
@@ -107,6 +111,22 @@ name = "refuse"
 address = "10.1.1.105"
 port = 80
 on_empty = "reset"
+[[vip]]
+name = "sticky"
+address = "10.1.1.106"
+port = 80
+hash = "source"
+  [vip.health]
+  kind = "none"
+  [[vip.backend]]
+  address = "10.1.2.11"
+  port = 8080
+  [[vip.backend]]
+  address = "10.1.2.12"
+  port = 8080
+  [[vip.backend]]
+  address = "10.1.2.13"
+  port = 8080
 "#;
 
 pub fn backend_mac(addr: Ipv4Addr) -> Mac {
@@ -333,13 +353,12 @@ impl Fixture {
         client: (Ipv4Addr, u16),
         dst: (Ipv4Addr, u16),
     ) -> (Ipv4Addr, u16) {
-        let h = flow_hash(
+        let h = ring_hash(
             addr_be(client.0),
             addr_be(dst.0),
             client.1.to_be(),
             dst.1.to_be(),
-            IPPROTO_TCP,
-            SEED_RING,
+            v.flags(),
         );
         let id = ring[(h % RING) as usize];
         let b = v.backends.iter().find(|b| b.id == id).unwrap();

@@ -242,6 +242,18 @@ pub fn handle(ctx: &XdpContext, other: &OtherIp) -> Verdict {
         let Some((_, f)) = find_flow(cfg, &key) else {
             return pass();
         };
+        // The backend would lower its path MTU toward the NAT address,
+        // which every client shares, for as long as it keeps it (Linux: 10
+        // minutes): not below the floor (docs/dataplane.md, "Whose
+        // fragmentation needed is relayed").
+        // SAFETY: the next-hop MTU lies in the checked ICMP header.
+        let mtu = u16::from_be(read16(unsafe { icmp.add(6) }));
+        if mtu < cfg.pmtu_floor {
+            return (
+                aya_ebpf::bindings::xdp_action::XDP_DROP,
+                Reason::DropIcmpMtu,
+            );
+        }
         // As the backend sent it: backend:port -> NAT address:port; from
         // the NAT address, which is what EC2's source check accepts.
         q.rewrite(

@@ -4,8 +4,8 @@
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_jiffies64, programs::XdpContext};
 use lb_ebpf::{
     hash::{flow_hash, nat_port_candidate},
-    vip_filter_contains, CloseState, Config, Flow, FlowKey, NatEntry, NextHop, Reason, VipKey,
-    VipValue, BACKEND_F_IN_USE, IPPROTO_TCP, NAT_PORT_PROBES, NO_BACKEND, SEED_NAT_PORT, SEED_RING,
+    ring_hash, vip_filter_contains, CloseState, Config, Flow, FlowKey, NatEntry, NextHop, Reason,
+    VipKey, VipValue, BACKEND_F_IN_USE, IPPROTO_TCP, NAT_PORT_PROBES, NO_BACKEND, SEED_NAT_PORT,
     VIP_F_RESET_EMPTY,
 };
 
@@ -88,7 +88,7 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     }
     let port = u16::from_be(key.dst_port_be);
     if to_nat_addr && port >= cfg.nat_port_min && port <= cfg.nat_port_max {
-        if let Some(reason) = unforwardable(&pkt) {
+        if let Some(reason) = unforwardable(ctx, &pkt) {
             return drop(reason);
         }
         return reply(ctx, &pkt, cfg, &key);
@@ -121,7 +121,7 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
     // SAFETY: VIPS is a preallocated hash map whose values lbd only replaces
     // whole; a torn read at worst picks the other (complete) ring slot.
     if let Some(vip) = unsafe { VIPS.get(vip_key) } {
-        if let Some(reason) = unforwardable(&pkt) {
+        if let Some(reason) = unforwardable(ctx, &pkt) {
             return drop(reason);
         }
         return new_connection(ctx, &pkt, cfg, vip, &key, now);
@@ -134,13 +134,15 @@ pub fn handle(ctx: &XdpContext) -> Verdict {
 
 /// Packets addressed to us that we refuse to rewrite (docs/dataplane.md).
 #[inline(always)]
-fn unforwardable(pkt: &Packet) -> Option<Reason> {
+fn unforwardable(ctx: &XdpContext, pkt: &Packet) -> Option<Reason> {
     if pkt.has_ip_options() {
         Some(Reason::DropIpOptions)
     } else if pkt.first_fragment {
         Some(Reason::DropFragment)
     } else if !pkt.lengths_consistent() {
         Some(Reason::DropMalformed)
+    } else if pkt.truncated(ctx.data_end()) {
+        Some(Reason::DropTruncated)
     } else {
         None
     }
@@ -251,7 +253,7 @@ fn established(
     if stale || !backend_live(f) {
         return None;
     }
-    if let Some(reason) = unforwardable(pkt) {
+    if let Some(reason) = unforwardable(ctx, pkt) {
         return Some(drop(reason));
     }
     if ttl_expires(pkt) {
@@ -358,13 +360,12 @@ fn new_flow_for(
     now: u64,
     close: (bool, bool),
 ) -> Result<Flow, Reason> {
-    let h = flow_hash(
+    let h = ring_hash(
         key.src_addr_be,
         key.dst_addr_be,
         key.src_port_be,
         key.dst_port_be,
-        key.proto,
-        SEED_RING,
+        vip.flags,
     );
     let slot = (vip.id * 2 + (vip.ring_slot & 1)) * cfg.ring_size;
     // checked_rem: a plain `%` would keep a divide-by-zero panic path, which

@@ -1,10 +1,12 @@
 //! The XDP program: entry points and maps. One concern per file:
 //! `parse` (headers, strict bounds checks), `lb` (VIP, flow and ring lookups,
 //! NAT port choice), `table` (the flow and NAT tables), `nat` (rewrites,
-//! checksums, next hop and transmit), `stats` (counters).
+//! checksums, next hop and transmit), `mss` (the MSS clamp), `icmp` (path
+//! MTU discovery through the NAT), `reset` (RSTs), `stats` (counters).
 
 mod icmp;
 mod lb;
+mod mss;
 mod nat;
 mod parse;
 mod reset;
@@ -19,7 +21,7 @@ use aya_ebpf::{
 };
 use lb_ebpf::{
     Backend, Config, Counters, Flow, NatEntry, NextHop, VipKey, VipValue, DEFAULT_MAX_FLOWS,
-    DEFAULT_RING_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, REASON_COUNT,
+    DEFAULT_RING_SIZE, EVENT_COUNT, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, REASON_COUNT,
 };
 
 // Map names are spelled out because the attribute needs a literal; they must
@@ -68,6 +70,10 @@ static BACKEND_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_
 /// Per verdict reason counters. XDP writes, lbd reads.
 #[map(name = "LB_REASONS")]
 static REASONS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// Per event counters (`lb_ebpf::Event`). XDP writes, lbd reads.
+#[map(name = "LB_EVENTS")]
+static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);
 
 /// Backend id -> next hop toward it, shared by the backend's new flows so a
 /// SYN needs no `bpf_fib_lookup` either. XDP writes and reads.

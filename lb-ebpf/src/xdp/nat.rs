@@ -14,7 +14,11 @@ use lb_ebpf::{
     NextHop, Reason, IPPROTO_TCP, NEXT_HOP_TTL_NS,
 };
 
-use super::{parse::Packet, TX_PORTS};
+use super::{
+    mss,
+    parse::{Packet, TCP_SYN},
+    TX_PORTS,
+};
 
 const AF_INET: u8 = 2;
 
@@ -127,6 +131,9 @@ fn resolve(ctx: &XdpContext, pkt: &Packet, hop: &mut NextHop, now: u64) -> Resul
         )
     };
     if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        // The way out is known, only its MAC is not (the MSS clamp uses
+        // the interface; the hop stays unresolved).
+        hop.ifindex = fib.ifindex;
         return Err(Reason::PassNoNeigh);
     }
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
@@ -142,9 +149,33 @@ fn resolve(ctx: &XdpContext, pkt: &Packet, hop: &mut NextHop, now: u64) -> Resul
 /// Sends the rewritten packet to its next hop, resolving it first if `hop`
 /// is unresolved or older than `NEXT_HOP_TTL_NS`: `XDP_TX` out of the
 /// interface it came in on, `XDP_REDIRECT` to another one, or to the kernel
-/// when the route or the neighbour is not ready.
+/// when the route or the neighbour is not ready. A SYN or SYN-ACK has its
+/// MSS clamped to the interfaces it crosses on the way (`mss`).
 #[inline(always)]
 pub fn transmit(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    dir: Direction,
+    hop: &mut NextHop,
+    now: u64,
+) -> (u32, Reason) {
+    let verdict = send(ctx, pkt, dir, hop, now);
+    if pkt.tcp_flags & TCP_SYN != 0 && verdict.1 != Reason::DropRedirect {
+        // The way out: the hop's interface, also when only its MAC is
+        // missing; unknown (the ingress alone counts) when the kernel
+        // routes the packet some other way.
+        let egress = if verdict.1 == Reason::PassFibOther {
+            0
+        } else {
+            hop.ifindex
+        };
+        mss::clamp(ctx, pkt, egress);
+    }
+    verdict
+}
+
+#[inline(always)]
+fn send(
     ctx: &XdpContext,
     pkt: &Packet,
     dir: Direction,

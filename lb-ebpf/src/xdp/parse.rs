@@ -74,6 +74,17 @@ impl Packet {
         let (tot_len, doff) = unsafe { ((*self.ip).tot_len(), (*self.tcp).doff()) };
         doff >= 5 && tot_len as usize >= self.ip_hdr_len + doff as usize * 4
     }
+
+    /// The frame ends before the IPv4 total length says (`data_end` is the
+    /// frame's end): its TCP options or data are cut off. With
+    /// [`Packet::lengths_consistent`], the whole TCP header, options
+    /// included, then lies inside the frame.
+    #[inline(always)]
+    pub fn truncated(&self, data_end: usize) -> bool {
+        // SAFETY: `ip` was bounds-checked by `parse`.
+        let tot_len = unsafe { (*self.ip).tot_len() } as usize;
+        self.ip as usize + tot_len > data_end
+    }
 }
 
 /// Parses Ethernet (at most one 802.1Q tag), IPv4 and TCP.

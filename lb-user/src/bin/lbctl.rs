@@ -172,6 +172,12 @@ fn print_stats(s: &Stats) {
             human(r.bytes)
         );
     }
+    if !s.events.is_empty() {
+        println!("{:<22} {:>12}", "EVENT", "COUNT");
+        for e in &s.events {
+            println!("{:<22} {:>12}", e.event, human(e.count));
+        }
+    }
 }
 
 fn main() -> ExitCode {

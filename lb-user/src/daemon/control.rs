@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use lb_ebpf::Reason;
+use lb_ebpf::{Event, Reason};
 use tokio::{
     io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -23,8 +23,8 @@ use super::{lock_state, publish_vip_problems, reload, ReloadError, State};
 use crate::{
     api::{
         self, ApiError, BackendChange, BackendState, BackendStatus, DaemonStatus, ErrorCode,
-        OnEmpty, Protocol, ReasonCount, ReloadSummary, Request, Response, Stats, VipStatus,
-        XdpMode,
+        EventCount, OnEmpty, Protocol, ReasonCount, ReloadSummary, Request, Response, Stats,
+        VipStatus, XdpMode,
     },
     balancer::{Admin, BackendEntry, Balancer, BalancerError, ReloadChanges},
     config,
@@ -396,8 +396,17 @@ fn stats(st: &State) -> Result<Stats, ApiError> {
             bytes: c.bytes,
         })
         .collect();
+    let events = Event::ALL
+        .iter()
+        .zip(st.dataplane.event_counters().map_err(internal)?)
+        .map(|(e, count)| EventCount {
+            event: e.label().into(),
+            count,
+        })
+        .collect();
     Ok(Stats {
         reasons,
+        events,
         flows: 0,
         nat_entries: 0,
         max_flows: st.cfg.dataplane.max_flows as u64,

@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use lb_ebpf::Reason;
+use lb_ebpf::{Event, Reason};
 use tokio::sync::{mpsc, watch};
 
 mod control;
@@ -676,9 +676,15 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
                 .collect(),
         })
         .collect();
+    let events = Event::ALL
+        .iter()
+        .zip(st.dataplane.event_counters().unwrap_or_default())
+        .map(|(e, n)| (e.label(), n))
+        .collect();
     metrics::Snapshot {
         vips,
         reasons,
+        events,
         flows: 0,
         nat_entries: 0,
         flow_capacity: lb_ebpf::flow_slots_for(st.cfg.dataplane.max_flows) as u64,

@@ -73,6 +73,7 @@ pub struct Dataplane {
     vip_stats: PerCpuArray<MapData, Counters>,
     backend_stats: PerCpuArray<MapData, Counters>,
     reasons: PerCpuArray<MapData, Counters>,
+    events: PerCpuArray<MapData, u64>,
     flows: Array<MapData, Flow>,
     nat: Array<MapData, NatEntry>,
     ring_size: u32,
@@ -373,6 +374,7 @@ impl Dataplane {
         let vip_stats = take(map::VIP_STATS)?.try_into()?;
         let backend_stats = take(map::BACKEND_STATS)?.try_into()?;
         let reasons = take(map::REASONS)?.try_into()?;
+        let events = take(map::EVENTS)?.try_into()?;
         // Written and read by the program only.
         let _backend_hops = take(map::BACKEND_HOPS)?;
         Ok(Dataplane {
@@ -385,6 +387,7 @@ impl Dataplane {
             vip_stats,
             backend_stats,
             reasons,
+            events,
             flows,
             nat,
             ring_size: opts.ring_size,
@@ -619,6 +622,13 @@ impl Dataplane {
     pub fn reason_counters(&self) -> Result<Vec<Counters>> {
         (0..lb_ebpf::REASON_COUNT)
             .map(|i| Ok(sum(self.reasons.get(&i, 0)?)))
+            .collect()
+    }
+
+    /// Counters per event, summed over CPUs, indexed by `Event as usize`.
+    pub fn event_counters(&self) -> Result<Vec<u64>> {
+        (0..lb_ebpf::EVENT_COUNT)
+            .map(|i| Ok(self.events.get(&i, 0)?.iter().sum()))
             .collect()
     }
 

@@ -27,6 +27,9 @@ pub fn kernel_config(cfg: &Config, ns_per_tick: u32) -> lb_ebpf::Config {
         vip_filter: vip_filter(cfg.vips.iter().map(|v| v.address)),
         flow_buckets: lb_ebpf::flow_slots_for(cfg.dataplane.max_flows) / lb_ebpf::FLOW_WAYS,
         nat_buckets: lb_ebpf::nat_slots_for(cfg.dataplane.max_flows) / lb_ebpf::NAT_WAYS,
+        mss_clamp: cfg.dataplane.mss_clamp.kernel_value(),
+        pmtu_floor: cfg.dataplane.pmtu_floor,
+        _pad_mss: 0,
     }
 }
 
