@@ -321,6 +321,16 @@ impl Fixture {
         self.try_run(frame, ingress).expect("BPF_PROG_TEST_RUN")
     }
 
+    /// The fixture's namespace (to change its links, e.g. an MTU).
+    pub fn netns(&self) -> &Netns {
+        &self._ns
+    }
+
+    /// How often `event` happened so far.
+    pub fn event_count(&self, event: lb_ebpf::Event) -> u64 {
+        self.dp.event_counters().unwrap()[event as usize]
+    }
+
     /// A handle on the fixture's namespace, for threads of a test that run
     /// the program themselves: they must [`enter_handle`] it first.
     pub fn netns_handle(&self) -> File {

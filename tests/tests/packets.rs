@@ -11,7 +11,9 @@ use std::{net::Ipv4Addr, thread, time::Duration};
 
 use lb_ebpf::{FlowKey, Reason, IPPROTO_TCP};
 use lb_tests::{
-    packet::{parse_tcp, Frame, Mac, Parsed, ACK, ETH_P_ARP, ETH_P_IPV6, FIN, PSH, RST, SYN},
+    packet::{
+        mss_option, parse_tcp, Frame, Mac, Parsed, ACK, ETH_P_ARP, ETH_P_IPV6, FIN, PSH, RST, SYN,
+    },
     xdp_fixture::*,
 };
 use lb_user::dataplane::{addr_be, Maps};
@@ -1385,4 +1387,509 @@ fn a_fragmentation_needed_toward_a_backend_goes_to_its_client() {
             "{what}"
         );
     }
+}
+
+#[test]
+fn truncated_tcp_to_us_is_dropped_and_elsewhere_passed() {
+    // A frame that ends before its IPv4 total length says, its TCP options
+    // or data cut off, must not reach a backend or create state when it is
+    // addressed to a VIP or the NAT range; elsewhere it is not ours to judge.
+    let fx = fixture("truncated", |_| {});
+    let vip = (WEB, 80);
+    let client = (CLIENT, 43100);
+    let options = [
+        mss_option(1460),
+        vec![4, 2],                          // SACK permitted
+        vec![8, 10, 0, 0, 0, 1, 0, 0, 0, 0], // timestamps
+        vec![1, 3, 3, 7],                    // NOP, window scale 7
+    ]
+    .concat();
+    let syn = Frame {
+        tcp_options: options,
+        ..Frame::tcp(client, vip, SYN)
+    };
+    let full = syn.build();
+    let headers = 14 + 20 + 40; // data offset 10: 20 bytes of options
+    assert_eq!(full.len(), headers);
+    let cut = |frame: &[u8], len: usize| frame[..len].to_vec();
+    // The same cut with the IPv4 total length (and checksum) made to match.
+    let cut_consistently = |len: usize| {
+        let mut f = Frame {
+            tot_len_override: Some((len - 14) as u16),
+            ..syn.clone()
+        }
+        .build();
+        f.truncate(len);
+        f
+    };
+    let mut data = Frame::tcp(client, vip, ACK | PSH);
+    data.payload = vec![0x42; 100];
+    let data = data.build();
+    let reply = Frame::tcp((Ipv4Addr::new(10, 1, 2, 11), 8080), (NAT, 20001), ACK);
+    let long_reply = Frame {
+        payload: vec![7; 50],
+        ..reply
+    }
+    .build();
+    let elsewhere = Frame {
+        tcp_options: syn.tcp_options.clone(),
+        ..Frame::tcp(client, (Ipv4Addr::new(10, 1, 1, 1), 22), SYN)
+    }
+    .build();
+    let other_port = Frame {
+        tcp_options: syn.tcp_options.clone(),
+        ..Frame::tcp(client, (WEB, 443), SYN)
+    }
+    .build();
+
+    struct Case {
+        name: &'static str,
+        frame: Vec<u8>,
+        ingress: u32,
+        action: u32,
+        reason: Reason,
+    }
+    let mut cases = Vec::new();
+    for len in [14 + 20 + 21, 14 + 20 + 30, headers - 1] {
+        cases.push(Case {
+            name: "SYN to the VIP, options cut off (total length says more)",
+            frame: cut(&full, len),
+            ingress: fx.lbt0,
+            action: XDP_DROP,
+            reason: Reason::DropTruncated,
+        });
+        cases.push(Case {
+            name: "SYN to the VIP, options cut off, total length matching the cut",
+            frame: cut_consistently(len),
+            ingress: fx.lbt0,
+            action: XDP_DROP,
+            reason: Reason::DropMalformed,
+        });
+    }
+    cases.extend([
+        Case {
+            name: "SYN to the VIP, total length beyond a complete frame",
+            frame: Frame {
+                tot_len_override: Some(40 + 20 + 100),
+                ..syn.clone()
+            }
+            .build(),
+            ingress: fx.lbt0,
+            action: XDP_DROP,
+            reason: Reason::DropTruncated,
+        },
+        Case {
+            name: "data to the VIP, payload cut off",
+            frame: cut(&data, data.len() - 1),
+            ingress: fx.lbt0,
+            action: XDP_DROP,
+            reason: Reason::DropTruncated,
+        },
+        Case {
+            name: "reply to the NAT range, payload cut off",
+            frame: cut(&long_reply, long_reply.len() - 10),
+            ingress: fx.lbt1,
+            action: XDP_DROP,
+            reason: Reason::DropTruncated,
+        },
+        Case {
+            name: "data offset 15 in a 20-byte header",
+            frame: Frame {
+                doff_override: Some(15),
+                ..syn.clone()
+            }
+            .build(),
+            ingress: fx.lbt0,
+            action: XDP_DROP,
+            reason: Reason::DropMalformed,
+        },
+        Case {
+            name: "options cut off, to a non-VIP address",
+            frame: cut(&elsewhere, elsewhere.len() - 5),
+            ingress: fx.lbt0,
+            action: XDP_PASS,
+            reason: Reason::PassNoVip,
+        },
+        Case {
+            name: "options cut off, to another port of the VIP's address",
+            frame: cut(&other_port, other_port.len() - 5),
+            ingress: fx.lbt0,
+            action: XDP_PASS,
+            reason: Reason::PassNoVip,
+        },
+    ]);
+    for c in &cases {
+        let o = fx.run(&c.frame, c.ingress);
+        assert_eq!(
+            (o.action, o.reason),
+            (c.action, c.reason),
+            "case: {} ({} bytes)",
+            c.name,
+            c.frame.len()
+        );
+        if c.action == XDP_PASS {
+            assert_eq!(
+                o.out, c.frame,
+                "case {}: a passed packet is untouched",
+                c.name
+            );
+        }
+    }
+    assert_eq!(
+        (fx.dp.flow_count(), fx.dp.nat_count()),
+        (0, 0),
+        "a truncated packet created state"
+    );
+
+    // Ethernet padding after a complete packet is no truncation.
+    let mut padded = full.clone();
+    padded.extend_from_slice(&[0; 6]);
+    let o = fx.run(&padded, fx.lbt0);
+    assert_eq!(o.reason, Reason::RedirectForward);
+    assert_eq!(fx.dp.flow_count(), 1);
+}
+
+/// An ICMP "fragmentation needed" from `from` about the segment the
+/// backend sent `client` through `vip` (as the client would see it).
+fn frag_needed_about_reply(
+    from: Ipv4Addr,
+    vip: (Ipv4Addr, u16),
+    client: (Ipv4Addr, u16),
+    mtu: u16,
+) -> Vec<u8> {
+    let mut reply = Frame::tcp(vip, client, ACK);
+    reply.payload = vec![0x77; 1400];
+    Frame::icmp_frag_needed(from, vip.0, &reply, mtu).build()
+}
+
+#[test]
+fn a_forged_fragmentation_needed_cannot_shrink_the_shared_path() {
+    // A client tells the VIP that "its" path needs MTU 552, about its own
+    // connection. Relayed, the backend would send 512-byte segments to the
+    // NAT address, and so to every client, for 10 minutes. Below
+    // dataplane.pmtu_floor (1280) it is dropped; at the floor and above,
+    // and toward clients whatever the MTU, messages go through.
+    let fx = fixture("forged", |_| {});
+    let vip = (WEB, 80);
+    let client = (CLIENT, 41200);
+    let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    let syn = parse_tcp(&o.out);
+    let (backend, nat_port) = ((syn.dst, syn.dport), syn.sport);
+    let router = Ipv4Addr::new(10, 1, 1, 254);
+
+    for (from, mtu) in [(CLIENT, 552), (router, 552), (router, 1279), (CLIENT, 0)] {
+        let o = fx.run(&frag_needed_about_reply(from, vip, client, mtu), fx.lbt0);
+        assert_eq!(
+            (o.action, o.reason),
+            (XDP_DROP, Reason::DropIcmpMtu),
+            "MTU {mtu} from {from}"
+        );
+    }
+    for mtu in [1280, 1400] {
+        let o = fx.run(&frag_needed_about_reply(router, vip, client, mtu), fx.lbt0);
+        assert_eq!(
+            (o.action, o.reason),
+            (XDP_REDIRECT, Reason::RedirectIcmp),
+            "MTU {mtu}"
+        );
+        let m = parse_frag_needed(&o.out);
+        assert_eq!((m.dst, m.mtu), (backend.0, mtu));
+    }
+    // Not about one of our connections: the kernel's, as before, whatever
+    // the MTU.
+    let stranger = frag_needed_about_reply(CLIENT, vip, (CLIENT, 41201), 552);
+    let o = fx.run(&stranger, fx.lbt0);
+    assert_eq!((o.action, o.reason), (XDP_PASS, Reason::PassNotTcp));
+    assert_eq!(o.out, stranger);
+
+    // Toward the client (from the backend side), a small MTU concerns that
+    // client alone: carried.
+    let mut up = Frame::tcp((NAT, nat_port), backend, ACK);
+    up.payload = vec![0x55; 1000];
+    let msg = Frame::icmp_frag_needed(Ipv4Addr::new(10, 1, 2, 254), NAT, &up, 552);
+    let o = fx.run(&msg.build(), fx.lbt1);
+    assert_eq!((o.action, o.reason), (XDP_REDIRECT, Reason::RedirectIcmp));
+    let m = parse_frag_needed(&o.out);
+    assert_eq!((m.dst, m.mtu, m.quoted_src), (CLIENT, 552, client));
+}
+
+#[test]
+fn the_pmtu_floor_is_configurable() {
+    // 68, IPv4's minimum MTU, relays everything (the behaviour before the
+    // floor existed).
+    let fx = fixture("floor", |c| c.pmtu_floor = 68);
+    let vip = (WEB, 80);
+    let client = (CLIENT, 41300);
+    fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+    let o = fx.run(&frag_needed_about_reply(CLIENT, vip, client, 552), fx.lbt0);
+    assert_eq!((o.action, o.reason), (XDP_REDIRECT, Reason::RedirectIcmp));
+    assert_eq!(parse_frag_needed(&o.out).mtu, 552);
+}
+
+/// A SYN from `client` to `vip` carrying `options`.
+fn syn_with(client: (Ipv4Addr, u16), vip: (Ipv4Addr, u16), options: Vec<u8>) -> Frame {
+    Frame {
+        tcp_options: options,
+        ..Frame::tcp(client, vip, SYN)
+    }
+}
+
+/// Runs `frame` and returns the verdict, the output's MSS and its options
+/// (the output's checksums verified by `parse_tcp`).
+fn mss_out(fx: &Fixture, frame: &Frame, ingress: u32) -> (Reason, Option<u16>, Vec<u8>) {
+    let o = fx.run(&frame.build(), ingress);
+    let p = parse_tcp(&o.out);
+    assert_eq!(p.payload, frame.payload, "payload changed");
+    (o.reason, p.mss(), p.options)
+}
+
+#[test]
+fn syn_mss_is_clamped_to_the_interfaces_mtu() {
+    let fx = fixture("mss", |_| {});
+    let vip = (WEB, 80);
+    let clamped = |fx: &Fixture| fx.event_count(lb_ebpf::Event::MssClamped);
+    let mut port = 42100;
+    let mut next = || {
+        port += 1;
+        (CLIENT, port)
+    };
+
+    // A VPC client's SYN (MTU 9001, MSS 8961): both interfaces have MTU 1500.
+    let syn = syn_with(next(), vip, mss_option(8961));
+    let (reason, mss, _) = mss_out(&fx, &syn, fx.lbt0);
+    assert_eq!((reason, mss), (Reason::RedirectForward, Some(1460)));
+    assert_eq!(clamped(&fx), 1);
+
+    // The smaller of the two interfaces counts: egress, then ingress.
+    fx.netns()
+        .ip(&["link", "set", "lbt1", "mtu", "1400"])
+        .unwrap();
+    let (_, mss, _) = mss_out(&fx, &syn_with(next(), vip, mss_option(8961)), fx.lbt0);
+    assert_eq!(mss, Some(1360), "egress MTU 1400");
+    fx.netns()
+        .ip(&["link", "set", "lbt0", "mtu", "1300"])
+        .unwrap();
+    let (_, mss, _) = mss_out(&fx, &syn_with(next(), vip, mss_option(8961)), fx.lbt0);
+    assert_eq!(mss, Some(1260), "ingress MTU 1300");
+    fx.netns()
+        .ip(&["link", "set", "lbt0", "mtu", "1500"])
+        .unwrap();
+    fx.netns()
+        .ip(&["link", "set", "lbt1", "mtu", "1500"])
+        .unwrap();
+    assert_eq!(clamped(&fx), 3);
+
+    // Already small enough, or no MSS option at all: untouched.
+    for options in [mss_option(1460), mss_option(536), vec![1, 3, 3, 7], vec![]] {
+        let syn = syn_with(next(), vip, options.clone());
+        let (_, _, out) = mss_out(&fx, &syn, fx.lbt0);
+        let mut padded = options.clone();
+        while padded.len() % 4 != 0 {
+            padded.push(0);
+        }
+        assert_eq!(out, padded, "options {options:?} changed");
+    }
+    assert_eq!(clamped(&fx), 3, "nothing to clamp");
+
+    // Options in odd places: the MSS after others, at even and odd
+    // offsets, each checksum verified independently by parse_tcp.
+    let sack = vec![4, 2];
+    let ts = vec![8, 10, 1, 2, 3, 4, 5, 6, 7, 8];
+    let wscale = vec![3, 3, 7];
+    for (what, options, at) in [
+        (
+            "after a NOP (odd offset)",
+            [vec![1], mss_option(9000)].concat(),
+            1,
+        ),
+        (
+            "after three NOPs (odd offset)",
+            [vec![1, 1, 1], mss_option(9000)].concat(),
+            3,
+        ),
+        (
+            "after SACK and timestamps",
+            [sack.clone(), ts.clone(), mss_option(9000)].concat(),
+            12,
+        ),
+        (
+            "after window scale (odd offset)",
+            [wscale.clone(), mss_option(9000), vec![1]].concat(),
+            3,
+        ),
+        (
+            "last of 40 bytes",
+            [vec![1; 36], mss_option(9000)].concat(),
+            36,
+        ),
+    ] {
+        let syn = syn_with(next(), vip, options.clone());
+        let (reason, mss, out) = mss_out(&fx, &syn, fx.lbt0);
+        assert_eq!(
+            (reason, mss),
+            (Reason::RedirectForward, Some(1460)),
+            "{what}"
+        );
+        let mut want = options.clone();
+        want[at + 2..at + 4].copy_from_slice(&1460u16.to_be_bytes());
+        assert_eq!(
+            &out[..want.len()],
+            &want[..],
+            "{what}: other options changed"
+        );
+    }
+    assert_eq!(clamped(&fx), 8);
+
+    // Options that end the walk before the MSS: left alone.
+    for (what, options) in [
+        ("after EOL", [vec![0, 0], mss_option(9000)].concat()),
+        (
+            "after an option of length 0",
+            [vec![5, 0], mss_option(9000)].concat(),
+        ),
+        ("an MSS option of length 3", vec![2, 3, 0x23, 0x28]),
+    ] {
+        let syn = syn_with(next(), vip, options.clone());
+        let (reason, _, out) = mss_out(&fx, &syn, fx.lbt0);
+        assert_eq!(reason, Reason::RedirectForward, "{what}");
+        assert_eq!(&out[..options.len()], &options[..], "{what}: changed");
+    }
+    assert_eq!(clamped(&fx), 8, "nothing to clamp");
+    // An MSS option before a bad one is found all the same.
+    let syn = syn_with(
+        next(),
+        vip,
+        [vec![1], mss_option(9000), vec![8, 40]].concat(),
+    );
+    let (_, mss, _) = mss_out(&fx, &syn, fx.lbt0);
+    assert_eq!(mss, Some(1460));
+    assert_eq!(clamped(&fx), 9);
+
+    // Only SYNs: an ACK with an MSS-like option is left alone.
+    let ack = Frame {
+        tcp_options: mss_option(9000),
+        ..Frame::tcp(next(), vip, ACK)
+    };
+    let (_, mss, _) = mss_out(&fx, &ack, fx.lbt0);
+    assert_eq!(mss, Some(9000));
+
+    // The backend's SYN-ACK, toward the client.
+    let client = next();
+    let o = fx.run(&syn_with(client, vip, mss_option(1460)).build(), fx.lbt0);
+    let out = parse_tcp(&o.out);
+    let synack = Frame {
+        tcp_options: [mss_option(8960), vec![1, 3, 3, 7]].concat(),
+        ..Frame::tcp((out.dst, out.dport), (NAT, out.sport), SYN | ACK)
+    };
+    let (reason, mss, _) = mss_out(&fx, &synack, fx.lbt1);
+    assert_eq!((reason, mss), (Reason::RedirectReply, Some(1460)));
+    assert_eq!(clamped(&fx), 10);
+
+    // XDP_TX (one interface), and a next hop whose MAC is not known yet.
+    let (reason, mss, _) = mss_out(
+        &fx,
+        &syn_with(next(), (LOCAL_VIP, 80), mss_option(8961)),
+        fx.lbt0,
+    );
+    assert_eq!((reason, mss), (Reason::TxForward, Some(1460)));
+    fx.netns()
+        .ip(&["link", "set", "lbt1", "mtu", "1400"])
+        .unwrap();
+    let (reason, mss, _) = mss_out(
+        &fx,
+        &syn_with(next(), (NONEIGH_VIP, 80), mss_option(8961)),
+        fx.lbt0,
+    );
+    assert_eq!(
+        (reason, mss),
+        (Reason::PassNoNeigh, Some(1360)),
+        "the way out is known without its MAC"
+    );
+}
+
+#[test]
+fn the_mss_clamp_can_be_fixed_or_off() {
+    let vip = (WEB, 80);
+    let fx = fixture("mssfixed", |c| c.mss_clamp = 1200);
+    let (_, mss, _) = mss_out(
+        &fx,
+        &syn_with((CLIENT, 42200), vip, mss_option(1460)),
+        fx.lbt0,
+    );
+    assert_eq!(mss, Some(1200));
+    let (_, mss, _) = mss_out(
+        &fx,
+        &syn_with((CLIENT, 42201), vip, mss_option(1100)),
+        fx.lbt0,
+    );
+    assert_eq!(mss, Some(1100));
+    drop(fx);
+    let fx = fixture("mssoff", |c| c.mss_clamp = lb_ebpf::MSS_CLAMP_OFF);
+    let (_, mss, _) = mss_out(
+        &fx,
+        &syn_with((CLIENT, 42202), vip, mss_option(8961)),
+        fx.lbt0,
+    );
+    assert_eq!(mss, Some(8961));
+    assert_eq!(fx.event_count(lb_ebpf::Event::MssClamped), 0);
+}
+
+#[test]
+fn source_affinity_keeps_a_client_on_one_backend_and_spreads_clients() {
+    let fx = fixture("sticky", |_| {});
+    let vip = (STICKY_VIP, 80);
+    let pick = fx.backend_picker(STICKY);
+
+    // Many connections of one client: one backend, each its own NAT port
+    // (the candidates are still a hash of the whole tuple).
+    let mut backends = std::collections::HashSet::new();
+    let mut nat_ports = std::collections::HashSet::new();
+    for port in 50000..50040u16 {
+        let client = (CLIENT, port);
+        let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+        assert_eq!(o.reason, Reason::RedirectForward);
+        let p = parse_tcp(&o.out);
+        assert_eq!((p.dst, p.dport), pick(client, vip), "client port {port}");
+        backends.insert((p.dst, p.dport));
+        assert_eq!(p.sport, expected_nat_port(client, vip));
+        nat_ports.insert(p.sport);
+    }
+    assert_eq!(backends.len(), 1, "one client, one backend: {backends:?}");
+    assert!(nat_ports.len() >= 39, "NAT ports collide: {nat_ports:?}");
+
+    // Many clients: spread over every backend, roughly evenly.
+    let mut count = std::collections::HashMap::new();
+    for i in 0..600u32 {
+        let addr = Ipv4Addr::from(0x0a09_0000 + i * 7 + 1);
+        let client = (addr, 40000 + (i % 1000) as u16);
+        let o = fx.run(&Frame::tcp(client, vip, SYN).build(), fx.lbt0);
+        let p = parse_tcp(&o.out);
+        assert_eq!((p.dst, p.dport), pick(client, vip), "client {addr}");
+        // Another connection of the same client lands on the same backend.
+        let again = fx.run(&Frame::tcp((addr, 33333), vip, SYN).build(), fx.lbt0);
+        let q = parse_tcp(&again.out);
+        assert_eq!((q.dst, q.dport), (p.dst, p.dport), "client {addr}");
+        *count.entry((p.dst, p.dport)).or_insert(0u32) += 1;
+    }
+    assert_eq!(count.len(), 3, "{count:?}");
+    for (b, n) in &count {
+        assert!(
+            (120..=280).contains(n),
+            "{b:?} got {n} of 600 clients: {count:?}"
+        );
+    }
+
+    // The same client on the 5-tuple VIP with the same backends: spread.
+    let web: std::collections::HashSet<_> = (50000..50040u16)
+        .map(|port| {
+            let o = fx.run(&Frame::tcp((CLIENT, port), (WEB, 80), SYN).build(), fx.lbt0);
+            let p = parse_tcp(&o.out);
+            (p.dst, p.dport)
+        })
+        .collect();
+    assert_eq!(
+        web.len(),
+        3,
+        "the 5-tuple VIP spreads one client's connections"
+    );
 }
