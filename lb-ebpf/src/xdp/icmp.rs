@@ -151,6 +151,15 @@ pub fn handle(ctx: &XdpContext, other: &OtherIp) -> Verdict {
         return pass();
     };
     let icmp = icmp as *mut u8;
+    // The message as the IPv4 header says, all in the frame and long enough
+    // for what is read of it: a cut one is not carried on (the receiver
+    // would discard it anyway).
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if tot_len < Ipv4Hdr::LEN + ICMP_HDR_LEN + Ipv4Hdr::LEN + 8
+        || other.ip as usize + tot_len > ctx.data_end()
+    {
+        return pass();
+    }
     // SAFETY: all of the offsets below lie inside the 36 bytes checked above.
     let (kind, code, inner_vihl, inner_proto) = unsafe {
         (
