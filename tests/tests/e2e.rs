@@ -718,3 +718,205 @@ fn a_smaller_mtu_toward_a_backend_is_learned_by_the_client() {
     assert!(icmp_carried(&topo) > 0, "no ICMP was carried to a client");
     drop(server);
 }
+
+/// Counts of the event `event` in `lbctl stats` (its `EVENT COUNT` rows).
+fn event_count(topo: &Topology, event: &str) -> u64 {
+    let stats = topo.stats().expect("stats");
+    stats
+        .events
+        .iter()
+        .find(|e| e.event == event)
+        .map(|e| e.count)
+        .unwrap_or_else(|| panic!("no event {event:?} in {stats:?}"))
+}
+
+#[test]
+fn a_jumbo_client_through_a_smaller_xdp_interface_needs_the_mss_clamp() {
+    // EC2 in small: a client and backends at MTU 9000 (a VPC's 9001), and
+    // a load balancer whose interfaces take at most 3498 (ENA's XDP limit).
+    // The bridges in front of the load balancer drop larger frames without
+    // a word, as ENA's driver does: no ICMP, no path MTU discovery. Without
+    // the clamp the client and backend agree on MSS 8960 and the first
+    // full-size segment vanishes, every time; with it they agree on 3458.
+    //
+    //   J (eth0 9000) -- [bridge in the client namespace] -- lb eth0 (3498)
+    //   lb eth1 (3498) -- [bridge in the switch namespace] -- b1..b3 (9000)
+    let test = "a_jumbo_client_through_a_smaller_xdp_interface_needs_the_mss_clamp";
+    let _t = Timing::start(test);
+    let mut topo = Topology::for_test(test);
+    let n = topo.net();
+    let set_mtu = |ns: &lb_tests::Netns, ifname: &str, mtu: u32| {
+        ns.ip(&["link", "set", ifname, "mtu", &mtu.to_string()])
+            .unwrap_or_else(|e| panic!("{ifname} mtu {mtu}: {e:#}"));
+    };
+    // The load balancer's links at ENA's limit, both ends of each veth.
+    set_mtu(topo.lb_ns(), "eth0", 3498);
+    set_mtu(topo.client_ns(), "eth0", 3498);
+    set_mtu(topo.lb_ns(), "eth1", 3498);
+    set_mtu(topo.switch_ns(), "lb", 3498);
+    // Jumbo backends.
+    for i in 0..BACKENDS {
+        set_mtu(topo.backend_ns(i), "eth0", 9000);
+        set_mtu(topo.switch_ns(), &topo.backend_name(i), 9000);
+    }
+    // A jumbo client J, bridged onto the load balancer's client-side link.
+    let jumbo = lb_tests::Netns::new(&format!("{}j", topo.prefix())).expect("namespace");
+    lb_tests::netns::veth(&jumbo, "eth0", topo.client_ns(), "jp").expect("veth");
+    set_mtu(&jumbo, "eth0", 9000);
+    set_mtu(topo.client_ns(), "jp", 9000);
+    let c = topo.client_ns();
+    c.ip(&["link", "add", "br0", "type", "bridge"])
+        .expect("bridge");
+    c.ip(&["addr", "flush", "dev", "eth0"]).expect("flush");
+    for port in ["eth0", "jp"] {
+        c.ip(&["link", "set", port, "master", "br0"]).expect("port");
+    }
+    c.ip(&["link", "set", "br0", "up"]).expect("bridge up");
+    lb_tests::netns::addr(&jumbo, "eth0", &format!("10.{n}.1.3/24")).expect("addr");
+    lb_tests::netns::route(&jumbo, &["default", "via", &format!("10.{n}.1.1")]).expect("route");
+    lb_tests::netns::disable_offloads(&jumbo, "eth0").expect("offloads");
+
+    let config = topo.lbd_config([1, 1, 1]).replace(
+        "xdp_mode = \"native\"\n",
+        "xdp_mode = \"native\"\nmss_clamp = \"off\"\n",
+    );
+    assert!(config.contains("mss_clamp = \"off\""), "{config}");
+    topo.try_start_lbd_config(&config)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    topo.wait_backends_up(Duration::from_secs(30))
+        .expect("backends up");
+
+    const BYTES: u64 = 16 * 1024 * 1024;
+    let testkit = topo.binaries().testkit.display().to_string();
+    let target = topo.vip_target();
+    let bytes = BYTES.to_string();
+    let transfer = |timeout_ms: &str| {
+        jumbo
+            .spawn_net(
+                &[
+                    &testkit,
+                    "transfer",
+                    "--target",
+                    &target,
+                    "--bytes",
+                    &bytes,
+                    "--timeout-ms",
+                    timeout_ms,
+                ],
+                true,
+            )
+            .expect("start the transfer")
+    };
+
+    // Without the clamp: the black hole the clamp is for.
+    let mut t = transfer("3000");
+    let status = t
+        .wait_timeout(Duration::from_secs(60))
+        .expect("wait")
+        .unwrap_or_else(|| panic!("transfer still running: {}", t.output_so_far()));
+    eprintln!(
+        "  without the clamp: {status}: {}",
+        t.output_so_far().trim()
+    );
+    assert!(
+        !status.success(),
+        "16 MB went through without the clamp: the test does not show what it should"
+    );
+    assert_eq!(event_count(&topo, "mss_clamped"), 0);
+
+    // With it ("auto", the default), reloaded: intact.
+    let clamped = config.replace("mss_clamp = \"off\"\n", "");
+    topo.write_file("lb.toml", &clamped).expect("write");
+    let out = topo.lbctl(&["reload"]);
+    eprintln!("  lbctl reload: {}", out.trim());
+    finish_transfer(transfer("10000"), BYTES, Duration::from_secs(120));
+    // The client's SYN and the backend's SYN-ACK.
+    assert!(
+        event_count(&topo, "mss_clamped") >= 2,
+        "{}",
+        topo.lbctl(&["stats"])
+    );
+    drop(jumbo);
+}
+
+#[test]
+fn source_affinity_keeps_each_client_on_one_backend() {
+    // A second VIP on port 81 with hash = "source" over the same three
+    // backends. Each of 16 client addresses opens 8 connections: all of a
+    // client's land on one backend, and the clients spread over several.
+    let test = "source_affinity_keeps_each_client_on_one_backend";
+    let _t = Timing::start(test);
+    let mut topo = Topology::for_test(test);
+    let n = topo.net();
+    let mut config = topo.lbd_config([1, 1, 1]);
+    config.push_str(&format!(
+        "\n[[vip]]\nname = \"sticky\"\naddress = \"{}\"\nport = 81\nhash = \"source\"\n  \
+         [vip.health]\n  kind = \"none\"\n",
+        topo.vip()
+    ));
+    for i in 0..BACKENDS {
+        config.push_str(&format!(
+            "\n  [[vip.backend]]\n  address = \"{}\"\n  port = {BACKEND_PORT}\n",
+            topo.backend_addr(i)
+        ));
+    }
+    topo.try_start_lbd_config(&config)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    topo.wait_backends_up(Duration::from_secs(30))
+        .expect("backends up");
+
+    let testkit = topo.binaries().testkit.display().to_string();
+    let sticky = format!("{}:81", topo.vip());
+    let client = topo.client_ns();
+    let mut per_client = BTreeMap::new();
+    for host in 20..36u8 {
+        let source = format!("10.{n}.1.{host}");
+        client
+            .ip(&["addr", "add", &format!("{source}/24"), "dev", "eth0"])
+            .expect("address");
+        // The preferred source of a route to the VIP (more specific than
+        // the subnet's, which the VIP is in) picks the client address.
+        client
+            .ip(&[
+                "route",
+                "replace",
+                &format!("{}/32", topo.vip()),
+                "dev",
+                "eth0",
+                "src",
+                &source,
+            ])
+            .expect("route");
+        let out = client
+            .exec(&[
+                &testkit,
+                "client",
+                "--target",
+                &sticky,
+                "--count",
+                "8",
+                "--concurrency",
+                "2",
+            ])
+            .expect("client");
+        let r = lb_tests::try_parse_client_report(&out).expect("a client report");
+        assert_eq!((r.attempted, r.ok), (8, 8), "{source}: {r:?}");
+        assert_eq!(
+            r.by_backend.len(),
+            1,
+            "{source}'s connections went to several backends: {r:?}"
+        );
+        per_client.insert(source, r.by_backend.keys().next().cloned().unwrap());
+    }
+    eprintln!("  backend per client: {per_client:?}");
+    let used: std::collections::BTreeSet<_> = per_client.values().collect();
+    assert!(
+        used.len() >= 2,
+        "16 clients all on one backend: {per_client:?}"
+    );
+
+    // The 5-tuple VIP spreads one client's connections.
+    let r = topo.client(&["--count", "30", "--concurrency", "2"]);
+    assert_all_ok(&topo, &r, 30);
+    assert!(r.by_backend.len() >= 2, "{r:?}");
+}
