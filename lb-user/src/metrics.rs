@@ -858,7 +858,7 @@ mod tests {
                 assert!(kind.contains_key(name), "sample {name} before its TYPE");
             }
         }
-        assert_eq!(help.len(), 21, "{help:?}");
+        assert_eq!(help.len(), 22, "{help:?}");
         assert!(help.values().all(|&n| n == 1), "{help:?}");
         for (name, k) in &kind {
             assert!(name.starts_with("lb_"), "{name}");
