@@ -77,9 +77,6 @@ fn limit(ctx: &XdpContext, egress: u32) -> Option<u16> {
 /// alone too: its peer assumes 536.
 #[inline(always)]
 pub fn clamp(ctx: &XdpContext, pkt: &Packet, egress: u32) {
-    let Some(max) = limit(ctx, egress) else {
-        return;
-    };
     let tcp = pkt.tcp as usize;
     // SAFETY: `tcp` was bounds-checked by `parse` for the 20-byte header.
     let end = unsafe { (*pkt.tcp).doff() } as usize * 4;
@@ -117,6 +114,11 @@ pub fn clamp(ctx: &XdpContext, pkt: &Packet, egress: u32) {
             let at = (tcp + off + 2) as *mut u16;
             // SAFETY: the option's 4 bytes are bounds-checked just above.
             let old = unsafe { core::ptr::read_unaligned(at) };
+            // The limit only now: a SYN without an MSS option costs no
+            // helper call.
+            let Some(max) = limit(ctx, egress) else {
+                return;
+            };
             if u16::from_be(old) <= max {
                 return;
             }
