@@ -16,7 +16,8 @@
 //!   VIP); a RST goes back to the sender with fresh, valid checksums.
 //!
 //! The number of cases per test is proptest's (256, or `PROPTEST_CASES`):
-//! `PROPTEST_CASES=100000 cargo xtask test -- fuzz_` runs them deeper.
+//! `cargo xtask fuzz --cases 100000` runs them (and the other `fuzz_`
+//! tests) deeper.
 //! State carries over from case to case (flows and NAT entries made by one
 //! case meet the next), as it does in a running load balancer.
 
