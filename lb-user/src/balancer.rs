@@ -1425,7 +1425,8 @@ mod tests {
         assert_eq!(maps.vips[&key].flags & VIP_F_HASH_SOURCE, VIP_F_HASH_SOURCE);
         let mut back = cfg.clone();
         back.vips[0].hash = VipHash::FiveTuple;
-        b.reload(&mut maps, &cfg, &back).unwrap();
+        b.reload(&mut maps, &cfg, &back, &kernel_cfg(&back))
+            .unwrap();
         assert_eq!(maps.vips[&key].flags & VIP_F_HASH_SOURCE, 0);
         assert_eq!(b.vips()[0].hash, VipHash::FiveTuple);
     }
