@@ -1074,7 +1074,14 @@ fn two_cpus_claiming_at_once_never_share_a_nat_tuple() {
 
 /// Creates a map of the given kind and pins it at `path` (raw system calls:
 /// aya creates maps only from an object).
-fn pin_new_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, name: &str) {
+fn pin_new_map(
+    path: &std::path::Path,
+    map_type: u32,
+    key: u32,
+    value: u32,
+    entries: u32,
+    name: &str,
+) {
     #[repr(C)]
     #[derive(Default)]
     struct CreateAttr {
@@ -1100,7 +1107,7 @@ fn pin_new_map(path: &std::path::Path, map_type: u32, key: u32, value: u32, name
         map_type,
         key_size: key,
         value_size: value,
-        max_entries: 1024,
+        max_entries: entries,
         ..Default::default()
     };
     attr.map_name[..name.len()].copy_from_slice(name.as_bytes());
@@ -1157,15 +1164,30 @@ fn a_data_plane_pinned_with_the_old_lru_tables_is_refused_untouched() {
     std::fs::create_dir_all(&dir.0).unwrap();
     const HASH: u32 = 1;
     const LRU_HASH: u32 = 9;
-    pin_new_map(&dir.0.join(lb_ebpf::map::VIPS), HASH, 8, 16, "LB_VIPS");
+    pin_new_map(
+        &dir.0.join(lb_ebpf::map::VIPS),
+        HASH,
+        8,
+        16,
+        1024,
+        "LB_VIPS",
+    );
     pin_new_map(
         &dir.0.join(lb_ebpf::map::FLOWS),
         LRU_HASH,
         16,
         56,
+        1024,
         "LB_FLOWS",
     );
-    pin_new_map(&dir.0.join(lb_ebpf::map::NAT), LRU_HASH, 16, 56, "LB_NAT");
+    pin_new_map(
+        &dir.0.join(lb_ebpf::map::NAT),
+        LRU_HASH,
+        16,
+        56,
+        1024,
+        "LB_NAT",
+    );
 
     let cfg = lb_user::config::Config::from_toml_str(CONFIG).unwrap();
     let e = lb_user::dataplane::Dataplane::load(
@@ -1186,6 +1208,60 @@ fn a_data_plane_pinned_with_the_old_lru_tables_is_refused_untouched() {
         .collect();
     left.sort();
     assert_eq!(left, ["LB_FLOWS", "LB_NAT", "LB_VIPS"], "pins touched");
+}
+
+#[test]
+fn a_data_plane_pinned_with_an_older_config_layout_is_refused_untouched() {
+    // An lbd from before the MSS clamp left its data plane pinned: its
+    // LB_CONFIG holds 80-byte values, this program reads 88. Adopting it
+    // would fail in the verifier with a dump; it must be refused with a
+    // clear message, and nothing changed.
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = Pins(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/{}oldcfg",
+        lb_tests::netns::unique_prefix("oldcfg")
+    )));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cfg = lb_user::config::Config::from_toml_str(CONFIG).unwrap();
+    let opts = lb_user::dataplane::load_options(&cfg);
+    const HASH: u32 = 1;
+    const ARRAY: u32 = 2;
+    let tables = lb_ebpf::flow_slots_for(opts.max_flows);
+    let rings = opts.max_vips * 2 * opts.ring_size;
+    for (name, ty, key, value, entries) in [
+        (lb_ebpf::map::VIPS, HASH, 8, 16, 64),
+        (lb_ebpf::map::FLOWS, ARRAY, 4, 64, tables),
+        (lb_ebpf::map::NAT, ARRAY, 4, 64, tables),
+        (lb_ebpf::map::RINGS, ARRAY, 4, 4, rings),
+        (lb_ebpf::map::CONFIG, ARRAY, 4, 80, 1),
+    ] {
+        pin_new_map(&dir.0.join(name), ty, key, value, entries, name);
+    }
+    let before: std::collections::BTreeSet<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|d| d.unwrap().file_name())
+        .collect();
+    let e = lb_user::dataplane::Dataplane::load(&object(), &opts, Some(&dir.0))
+        .err()
+        .expect("adopted maps of another layout");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("another version of lbd")
+            && e.contains("LB_CONFIG holds 1 values of 80 bytes, this lbd's 1 of 88")
+            && e.contains("rm -r"),
+        "{e}"
+    );
+    let after: std::collections::BTreeSet<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|d| d.unwrap().file_name())
+        .collect();
+    assert_eq!(after, before, "pins touched");
 }
 
 /// The fields of an ICMP "fragmentation needed" frame that the program

@@ -216,6 +216,42 @@ fn check_pinned_sizes(dir: &Path, opts: &LoadOptions, rings: u32) -> Result<()> 
             );
         }
     }
+    // Maps whose layout the program and lbd's types assume: pinned by an lbd
+    // of another layout (an older `Config`, fewer reasons), they would fail
+    // the verifier with a dump, or be misread.
+    for (name, value_size, entries) in [
+        (map::CONFIG, std::mem::size_of::<Config>(), 1),
+        (
+            map::REASONS,
+            std::mem::size_of::<Counters>(),
+            lb_ebpf::REASON_COUNT,
+        ),
+        (
+            map::EVENTS,
+            std::mem::size_of::<u64>(),
+            lb_ebpf::EVENT_COUNT,
+        ),
+    ] {
+        let path = dir.join(name);
+        if name == map::EVENTS && !path.exists() {
+            // New in this version: created next to the adopted maps.
+            continue;
+        }
+        let info = aya::maps::MapInfo::from_pin(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if info.value_size() as usize != value_size || info.max_entries() != entries {
+            bail!(
+                "the data plane pinned in {} was made by another version of lbd ({name} holds \
+                 {} values of {} bytes, this lbd's {entries} of {value_size}). Stop it \
+                 cleanly with the lbd that started it (SIGTERM), or detach it and remove the \
+                 pins (`rm -r {}`), then start again",
+                dir.display(),
+                info.max_entries(),
+                info.value_size(),
+                dir.display()
+            );
+        }
+    }
     Ok(())
 }
 
