@@ -381,7 +381,7 @@ pub struct VrrpStatus {
 }
 
 /// The EC2 side of the takeovers of this host.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ec2Status {
     pub network_interface_id: String,
     pub elastic_ip_allocation_id: Option<String>,
@@ -401,6 +401,64 @@ pub struct Ec2Status {
     pub took_ms: Option<u64>,
     /// The Elastic IP's public address, as EC2 reported it.
     pub public_ip: Option<String>,
+    /// `secondary_addresses`, `route_table` or `elastic_ip`.
+    #[serde(default)]
+    pub mode: String,
+    /// This instance, from instance metadata.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    /// Every ENI the addresses go to (one per interface they live on).
+    #[serde(default)]
+    pub network_interfaces: Vec<String>,
+    /// The start-up checks: `pending`, `passed` or `failed`.
+    #[serde(default)]
+    pub preflight: String,
+    #[serde(default)]
+    pub preflight_checks: Vec<Ec2Check>,
+    /// The last reconcile: `held`, `drifted` or `repaired` (master);
+    /// `clear` or `stranded` (backup); empty before the first.
+    #[serde(default)]
+    pub reconcile: String,
+    /// Reconciles that found something out of place (master).
+    #[serde(default)]
+    pub drifts: u64,
+    /// Repairs made and verified (master).
+    #[serde(default)]
+    pub repairs: u64,
+    /// What the last drift was.
+    #[serde(default)]
+    pub last_drift: Option<String>,
+    #[serde(default)]
+    pub last_reconcile_unix: Option<u64>,
+    /// What of the pair's sits on this backup's ENIs (it should not).
+    #[serde(default)]
+    pub stranded: Vec<String>,
+    /// A discrepancy EC2 keeps showing after a repair (reported, not
+    /// repaired again).
+    #[serde(default)]
+    pub warning: Option<String>,
+    /// The last error's class (`permanent`, `throttled`, `transient`,
+    /// `timeout`), AWS error code and request id.
+    #[serde(default)]
+    pub last_error_class: Option<String>,
+    #[serde(default)]
+    pub last_error_code: Option<String>,
+    #[serde(default)]
+    pub last_request_id: Option<String>,
+    /// From becoming master until the moved private addresses showed in
+    /// instance metadata.
+    #[serde(default)]
+    pub imds_ms: Option<u64>,
+}
+
+/// One start-up check of the EC2 side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ec2Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
 }
 
 /// Parses a request line; a failure is an error response, not a hang-up.

@@ -81,6 +81,13 @@ const VRRP_PEERS_MAX: usize = 16;
 /// Addresses in one advertisement (its count field is a byte).
 const VRRP_ADDRESSES_MAX: usize = 255;
 const DEFAULT_VRRP_TRACK_WEIGHT: u8 = 50;
+const VRRP_PREEMPT_DELAY_MS_MAX: u64 = 3_600_000;
+const DEFAULT_EC2_RECONCILE_MS: u64 = 30_000;
+const EC2_RECONCILE_MS_MIN: u64 = 1_000;
+const EC2_RECONCILE_MS_MAX: u64 = 3_600_000;
+const DEFAULT_EC2_HOLD_DOWN_MS: u64 = 10_000;
+const EC2_HOLD_DOWN_MS_MAX: u64 = 3_600_000;
+const EC2_ROUTE_TABLES_MAX: usize = 16;
 
 pub const DEFAULT_CHECK_INTERVAL_MS: u64 = 2_000;
 const CHECK_INTERVAL_MS_MIN: u64 = 100;
@@ -285,6 +292,9 @@ pub struct Vrrp {
     pub interval_cs: u16,
     /// A higher-priority backup takes over from a lower-priority master.
     pub preempt: bool,
+    /// How long a backup waits, after starting or after first hearing a
+    /// lower-priority master, before it preempts that master.
+    pub preempt_delay_ms: u64,
     /// The address advertisements are sent from; `None`: the interface's
     /// first address that does not float.
     pub source: Option<Ipv4Addr>,
@@ -315,11 +325,39 @@ impl Vrrp {
     }
 }
 
+/// `[vrrp.ec2] mode`: what moves on EC2 (docs/ec2.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ec2Mode {
+    /// The floating addresses are secondary private addresses of the ENIs
+    /// (one subnet, so one availability zone); the Elastic IP follows.
+    #[default]
+    SecondaryAddresses,
+    /// The floating addresses are /32 routes in VPC route tables, pointed
+    /// at this instance's ENI (across availability zones).
+    RouteTable,
+    /// Only the Elastic IP moves; each host keeps its own addresses, and
+    /// open connections do not survive a takeover.
+    ElasticIp,
+}
+
+impl Ec2Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ec2Mode::SecondaryAddresses => "secondary_addresses",
+            Ec2Mode::RouteTable => "route_table",
+            Ec2Mode::ElasticIp => "elastic_ip",
+        }
+    }
+}
+
 /// `[vrrp.ec2]`: what a new master moves to itself through the EC2 API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ec2 {
-    /// This instance's network interface (`eni-...`), which receives them.
-    pub network_interface_id: String,
+    /// What moves.
+    pub mode: Ec2Mode,
+    /// The ENI of `vrrp.interface` (`eni-...`); `None`: found from instance
+    /// metadata. When given, it must be this instance's.
+    pub network_interface_id: Option<String>,
     /// Secondary private addresses to move here; `None`: the floating
     /// addresses.
     pub private_addresses: Option<Vec<Ipv4Addr>>,
@@ -333,6 +371,14 @@ pub struct Ec2 {
     pub region: Option<String>,
     /// Another EC2 endpoint (a VPC endpoint, or an emulator in tests).
     pub endpoint: Option<String>,
+    /// `route_table` mode: the route tables whose /32 routes move.
+    pub route_tables: Vec<String>,
+    /// How often a master checks and repairs what EC2 says, and a backup
+    /// checks that nothing of the pair's sits on its own ENI.
+    pub reconcile_interval_ms: u64,
+    /// The least time between two repairs of drift (doubling while drift
+    /// keeps coming back).
+    pub hold_down_ms: u64,
 }
 
 /// One `[[vip]]`: a virtual service and its backends.
@@ -821,6 +867,7 @@ impl Config {
             self.check_vrrp_addresses(v)?;
             if let Some(e) = &v.ec2 {
                 e.check(&self.vrrp_addresses())?;
+                self.check_ec2_nat_source(e)?;
             }
         }
         Ok(())
@@ -875,6 +922,26 @@ impl Config {
                 (a, ifname)
             })
             .collect()
+    }
+
+    /// With `[vrrp.ec2]`, connections survive a takeover only if the
+    /// backends' replies (to `nat.source`) follow the VIP: `nat.source`
+    /// must float, unless `mode = "elastic_ip"` says that this pair does
+    /// not keep connections.
+    fn check_ec2_nat_source(&self, e: &Ec2) -> Result<(), ConfigError> {
+        if e.mode == Ec2Mode::ElasticIp || self.vrrp_addresses().contains(&self.nat.source) {
+            return Ok(());
+        }
+        Err(invalid(
+            "vrrp.addresses",
+            format!(
+                "nat.source ({}) does not float, so after a takeover every backend reply goes \
+                 to the old host; add it to vrrp.addresses (with \"dev IFNAME\" if it lives on \
+                 another interface), or set vrrp.ec2.mode = \"elastic_ip\" for a pair that \
+                 does not keep connections across a takeover",
+                self.nat.source
+            ),
+        ))
     }
 
     fn check_vrrp_addresses(&self, v: &Vrrp) -> Result<(), ConfigError> {
@@ -1205,6 +1272,12 @@ impl Vrrp {
             }
         }
         check_range("vrrp.track_weight", self.track_weight.into(), 1, 253)?;
+        check_range(
+            "vrrp.preempt_delay_ms",
+            self.preempt_delay_ms.into(),
+            0,
+            VRRP_PREEMPT_DELAY_MS_MAX.into(),
+        )?;
         if let Some(names) = &self.track_interfaces {
             for (i, name) in names.iter().enumerate() {
                 let key = format!("vrrp.track_interfaces[{i}]");
@@ -1246,22 +1319,105 @@ impl Vrrp {
 impl Ec2 {
     fn check(&self, floating: &[Ipv4Addr]) -> Result<(), ConfigError> {
         let id = |key: &str, value: &str, prefix: &str| {
-            crate::vrrp::ec2::check_id(key, value, prefix).map_err(|e| {
-                let text = e.to_string();
-                let message = text
-                    .strip_prefix(&format!("{key}: "))
-                    .unwrap_or(&text)
-                    .to_owned();
-                invalid(key, message)
-            })
+            crate::vrrp::ec2::check_id(value, prefix).map_err(|message| invalid(key, message))
         };
-        id(
-            "vrrp.ec2.network_interface_id",
-            &self.network_interface_id,
-            "eni-",
-        )?;
+        if let Some(eni) = &self.network_interface_id {
+            id("vrrp.ec2.network_interface_id", eni, "eni-")?;
+        }
         if let Some(a) = &self.elastic_ip_allocation_id {
             id("vrrp.ec2.elastic_ip_allocation_id", a, "eipalloc-")?;
+        }
+        check_range(
+            "vrrp.ec2.reconcile_interval_ms",
+            self.reconcile_interval_ms.into(),
+            EC2_RECONCILE_MS_MIN.into(),
+            EC2_RECONCILE_MS_MAX.into(),
+        )?;
+        check_range(
+            "vrrp.ec2.hold_down_ms",
+            self.hold_down_ms.into(),
+            0,
+            EC2_HOLD_DOWN_MS_MAX.into(),
+        )?;
+        if self.route_tables.len() > EC2_ROUTE_TABLES_MAX {
+            return Err(invalid(
+                "vrrp.ec2.route_tables",
+                format!(
+                    "{} route tables listed; at most {EC2_ROUTE_TABLES_MAX}",
+                    self.route_tables.len()
+                ),
+            ));
+        }
+        for (i, t) in self.route_tables.iter().enumerate() {
+            let key = format!("vrrp.ec2.route_tables[{i}]");
+            id(&key, t, "rtb-")?;
+            if let Some(first) = self.route_tables[..i].iter().position(|u| u == t) {
+                return Err(invalid(
+                    key,
+                    format!("{t:?} is already listed as vrrp.ec2.route_tables[{first}]"),
+                ));
+            }
+        }
+        let mode = self.mode.as_str();
+        match self.mode {
+            Ec2Mode::SecondaryAddresses => {
+                if !self.route_tables.is_empty() {
+                    return Err(invalid(
+                        "vrrp.ec2.route_tables",
+                        "is only used with mode = \"route_table\"",
+                    ));
+                }
+            }
+            Ec2Mode::RouteTable => {
+                if self.route_tables.is_empty() {
+                    return Err(invalid(
+                        "vrrp.ec2.route_tables",
+                        "is required with mode = \"route_table\": the route tables whose /32 \
+                         routes to the floating addresses move to the master",
+                    ));
+                }
+                for (key, set) in [
+                    (
+                        "vrrp.ec2.private_addresses",
+                        self.private_addresses.is_some(),
+                    ),
+                    (
+                        "vrrp.ec2.elastic_ip_allocation_id",
+                        self.elastic_ip_allocation_id.is_some(),
+                    ),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            key,
+                            format!(
+                                "is not used with mode = \"{mode}\": the floating addresses are \
+                                 routes there, outside the VPC's subnets, and an Elastic IP maps \
+                                 only to an address of a subnet (use mode = \"elastic_ip\" on \
+                                 another pair for public clients)"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ec2Mode::ElasticIp => {
+                if self.elastic_ip_allocation_id.is_none() {
+                    return Err(invalid(
+                        "vrrp.ec2.elastic_ip_allocation_id",
+                        "is required with mode = \"elastic_ip\": the Elastic IP is all that \
+                         moves",
+                    ));
+                }
+                if self.private_addresses.is_some() || !self.route_tables.is_empty() {
+                    return Err(invalid(
+                        if self.private_addresses.is_some() {
+                            "vrrp.ec2.private_addresses"
+                        } else {
+                            "vrrp.ec2.route_tables"
+                        },
+                        format!("is not used with mode = \"{mode}\": only the Elastic IP moves"),
+                    ));
+                }
+            }
         }
         if let Some(list) = &self.private_addresses {
             for (i, a) in list.iter().enumerate() {
@@ -1278,7 +1434,9 @@ impl Ec2 {
             .clone()
             .unwrap_or_else(|| floating.to_vec());
         if let Some(a) = self.elastic_ip_private_address {
-            if self.elastic_ip_allocation_id.is_none() {
+            if self.mode == Ec2Mode::ElasticIp {
+                // This host's own address, which does not move.
+            } else if self.elastic_ip_allocation_id.is_none() {
                 return Err(invalid(
                     "vrrp.ec2.elastic_ip_private_address",
                     "is set without vrrp.ec2.elastic_ip_allocation_id",
@@ -1804,6 +1962,7 @@ struct RawVrrp {
     priority: Option<i64>,
     advert_interval_ms: Option<i64>,
     preempt: Option<bool>,
+    preempt_delay_ms: Option<i64>,
     source: Option<String>,
     peers: Option<Vec<String>>,
     addresses: Option<Vec<String>>,
@@ -1816,7 +1975,11 @@ struct RawVrrp {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEc2 {
+    mode: Option<String>,
     network_interface_id: Option<String>,
+    route_tables: Option<Vec<String>>,
+    reconcile_interval_ms: Option<i64>,
+    hold_down_ms: Option<i64>,
     private_addresses: Option<Vec<String>>,
     elastic_ip_allocation_id: Option<String>,
     elastic_ip_private_address: Option<String>,
@@ -1826,8 +1989,20 @@ struct RawEc2 {
 
 impl RawEc2 {
     fn into_ec2(self) -> Result<Ec2, ConfigError> {
-        let network_interface_id =
-            required("vrrp.ec2.network_interface_id", self.network_interface_id)?;
+        let mode = match self.mode.as_deref() {
+            None | Some("secondary_addresses") => Ec2Mode::SecondaryAddresses,
+            Some("route_table") => Ec2Mode::RouteTable,
+            Some("elastic_ip") => Ec2Mode::ElasticIp,
+            Some(other) => {
+                return Err(invalid(
+                    "vrrp.ec2.mode",
+                    format!(
+                        "{other:?} is not a mode; use \"secondary_addresses\", \
+                         \"route_table\" or \"elastic_ip\""
+                    ),
+                ))
+            }
+        };
         let private_addresses = self
             .private_addresses
             .map(|list| {
@@ -1842,12 +2017,27 @@ impl RawEc2 {
             .map(|a| ipv4("vrrp.ec2.elastic_ip_private_address", &a))
             .transpose()?;
         Ok(Ec2 {
-            network_interface_id,
+            mode,
+            network_interface_id: self.network_interface_id,
             private_addresses,
             elastic_ip_allocation_id: self.elastic_ip_allocation_id,
             elastic_ip_private_address,
             region: self.region,
             endpoint: self.endpoint,
+            route_tables: self.route_tables.unwrap_or_default(),
+            reconcile_interval_ms: match self.reconcile_interval_ms {
+                None => DEFAULT_EC2_RECONCILE_MS,
+                Some(v) => int(
+                    "vrrp.ec2.reconcile_interval_ms",
+                    v,
+                    EC2_RECONCILE_MS_MIN as i64,
+                    EC2_RECONCILE_MS_MAX as i64,
+                )?,
+            },
+            hold_down_ms: match self.hold_down_ms {
+                None => DEFAULT_EC2_HOLD_DOWN_MS,
+                Some(v) => int("vrrp.ec2.hold_down_ms", v, 0, EC2_HOLD_DOWN_MS_MAX as i64)?,
+            },
         })
     }
 }
@@ -2075,6 +2265,15 @@ impl RawVrrp {
             priority,
             interval_cs: (interval_ms / 10) as u16,
             preempt: self.preempt.unwrap_or(true),
+            preempt_delay_ms: match self.preempt_delay_ms {
+                None => 0,
+                Some(v) => int(
+                    "vrrp.preempt_delay_ms",
+                    v,
+                    0,
+                    VRRP_PREEMPT_DELAY_MS_MAX as i64,
+                )?,
+            },
             source,
             peers,
             addresses,
@@ -4388,26 +4587,25 @@ port = 443
 
     #[test]
     fn vrrp_ec2_is_checked() {
-        let ok = with_vrrp(
-            "addresses = [\"10.0.0.100\", \"10.0.1.101\"]\n[vrrp.ec2]\n\
+        // nat.source (10.0.1.10) floats with the VIP.
+        let floating = "addresses = [\"10.0.0.100\", \"10.0.1.10\"]\n";
+        let ok = with_vrrp(&format!(
+            "{floating}[vrrp.ec2]\n\
              network_interface_id = \"eni-0a1b\"\nelastic_ip_allocation_id = \"eipalloc-99\"\n\
-             region = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:5000\"",
-        );
+             region = \"eu-west-1\"\nendpoint = \"http://127.0.0.1:5000\""
+        ));
         let c = Config::from_toml_str(&ok).unwrap();
         let e = c.vrrp.as_ref().unwrap().ec2.as_ref().unwrap();
-        assert_eq!(e.network_interface_id, "eni-0a1b");
+        assert_eq!(e.network_interface_id.as_deref(), Some("eni-0a1b"));
         assert_eq!(e.private_addresses, None);
-        let table = |extra: &str| {
-            with_vrrp(&format!(
-                "[vrrp.ec2]\nnetwork_interface_id = \"eni-0a1b\"\n{extra}"
-            ))
-        };
+        assert_eq!(e.mode, Ec2Mode::SecondaryAddresses);
+        assert_eq!((e.reconcile_interval_ms, e.hold_down_ms), (30_000, 10_000));
+        let table = |extra: &str| with_vrrp(&format!("{floating}[vrrp.ec2]\n{extra}"));
+        // The interface is found from instance metadata when left out.
+        let found = Config::from_toml_str(&table("region = \"eu-west-1\"")).unwrap();
+        assert_eq!(found.vrrp.unwrap().ec2.unwrap().network_interface_id, None);
         assert_err(
-            &with_vrrp("[vrrp.ec2]\nregion = \"eu-west-1\""),
-            &["vrrp.ec2.network_interface_id", "required"],
-        );
-        assert_err(
-            &with_vrrp("[vrrp.ec2]\nnetwork_interface_id = \"i-0abc\""),
+            &table("network_interface_id = \"i-0abc\""),
             &["vrrp.ec2.network_interface_id", "eni-"],
         );
         assert_err(
@@ -4431,6 +4629,91 @@ port = 443
         assert_err(
             &table("access_key = \"AKIA\""),
             &["unknown field `access_key`"],
+        );
+        assert_err(&table("mode = \"eip\""), &["vrrp.ec2.mode", "not a mode"]);
+        assert_err(
+            &table("reconcile_interval_ms = 10"),
+            &["vrrp.ec2.reconcile_interval_ms"],
+        );
+        assert_err(&table("hold_down_ms = -1"), &["vrrp.ec2.hold_down_ms"]);
+    }
+
+    #[test]
+    fn vrrp_ec2_modes_are_checked() {
+        let floating = "addresses = [\"10.0.0.100\", \"10.0.1.10\"]\n";
+        let table = |extra: &str| with_vrrp(&format!("{floating}[vrrp.ec2]\n{extra}"));
+        let c = Config::from_toml_str(&table(
+            "mode = \"route_table\"\nroute_tables = [\"rtb-0a\", \"rtb-0b\"]",
+        ))
+        .unwrap();
+        let e = c.vrrp.unwrap().ec2.unwrap();
+        assert_eq!(e.mode, Ec2Mode::RouteTable);
+        assert_eq!(e.route_tables, vec!["rtb-0a", "rtb-0b"]);
+        assert_err(
+            &table("mode = \"route_table\""),
+            &["vrrp.ec2.route_tables", "required"],
+        );
+        assert_err(
+            &table("mode = \"route_table\"\nroute_tables = [\"rtb-0a\", \"rtb-0a\"]"),
+            &["vrrp.ec2.route_tables[1]", "already listed"],
+        );
+        assert_err(
+            &table("mode = \"route_table\"\nroute_tables = [\"igw-0a\"]"),
+            &["vrrp.ec2.route_tables[0]", "rtb-"],
+        );
+        assert_err(
+            &table("mode = \"route_table\"\nroute_tables = [\"rtb-0a\"]\nelastic_ip_allocation_id = \"eipalloc-1\""),
+            &["vrrp.ec2.elastic_ip_allocation_id", "not used"],
+        );
+        assert_err(
+            &table("route_tables = [\"rtb-0a\"]"),
+            &["vrrp.ec2.route_tables", "only used"],
+        );
+        assert_err(
+            &table("mode = \"elastic_ip\""),
+            &["vrrp.ec2.elastic_ip_allocation_id", "required"],
+        );
+        assert_err(
+            &table("mode = \"elastic_ip\"\nelastic_ip_allocation_id = \"eipalloc-1\"\nprivate_addresses = []"),
+            &["vrrp.ec2.private_addresses", "not used"],
+        );
+    }
+
+    #[test]
+    fn with_ec2_nat_source_must_float_unless_only_the_elastic_ip_moves() {
+        // The default floating set is the VIPs: nat.source (10.0.1.10) stays.
+        let e = err(&with_vrrp(
+            "[vrrp.ec2]\nelastic_ip_allocation_id = \"eipalloc-1\"",
+        ));
+        assert!(
+            e.contains("vrrp.addresses") && e.contains("nat.source (10.0.1.10) does not float"),
+            "{e}"
+        );
+        // Elastic-IP-only mode says the pair does not keep connections.
+        let c = Config::from_toml_str(&with_vrrp(
+            "[vrrp.ec2]\nmode = \"elastic_ip\"\nelastic_ip_allocation_id = \"eipalloc-1\"",
+        ))
+        .unwrap();
+        assert_eq!(c.vrrp.unwrap().ec2.unwrap().mode, Ec2Mode::ElasticIp);
+        // Without [vrrp.ec2] it is the operator's choice, as before.
+        assert!(Config::from_toml_str(&with_vrrp("")).is_ok());
+    }
+
+    #[test]
+    fn vrrp_preempt_delay() {
+        let c = Config::from_toml_str(&with_vrrp("preempt_delay_ms = 5000")).unwrap();
+        assert_eq!(c.vrrp.unwrap().preempt_delay_ms, 5000);
+        assert_eq!(
+            Config::from_toml_str(&with_vrrp(""))
+                .unwrap()
+                .vrrp
+                .unwrap()
+                .preempt_delay_ms,
+            0
+        );
+        assert_err(
+            &with_vrrp("preempt_delay_ms = 3600001"),
+            &["vrrp.preempt_delay_ms"],
         );
     }
 

@@ -59,6 +59,21 @@ pub struct VrrpMetrics {
     pub refused: Vec<(String, u64)>,
     /// `(takeovers done, failed attempts)` of the EC2 takeover, if configured.
     pub ec2: Option<(u64, u64)>,
+    /// Preflight and reconcile of the EC2 side, if configured.
+    pub ec2_state: Option<Ec2Metrics>,
+}
+
+/// The EC2 side's checks.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ec2Metrics {
+    /// 1 passed, 0 failed; `None` while pending.
+    pub preflight_ok: Option<bool>,
+    /// The last reconcile found everything in place (master).
+    pub held: bool,
+    /// Things of the pair's on this backup's ENIs.
+    pub stranded: u64,
+    pub drifts: u64,
+    pub repairs: u64,
 }
 
 /// One VIP and its backends.
@@ -492,6 +507,46 @@ pub fn render(s: &Snapshot) -> String {
                 o.sample(name, &[], value);
             }
         }
+        if let Some(e) = &v.ec2_state {
+            if let Some(ok) = e.preflight_ok {
+                let name = "lb_ec2_preflight_ok";
+                o.family(
+                    name,
+                    "gauge",
+                    "1 when the EC2 start-up checks passed (this host can take over), 0 when one failed.",
+                );
+                o.sample(name, &[], u64::from(ok));
+            }
+            for (name, kind, help, value) in [
+                (
+                    "lb_ec2_held",
+                    "gauge",
+                    "1 while master and the last reconcile found the addresses where they belong.",
+                    u64::from(e.held),
+                ),
+                (
+                    "lb_ec2_stranded",
+                    "gauge",
+                    "Addresses, routes or the Elastic IP of the pair that EC2 shows on this backup's ENIs.",
+                    e.stranded,
+                ),
+                (
+                    "lb_ec2_drifts_total",
+                    "counter",
+                    "Reconciles of a master that found something out of place in EC2.",
+                    e.drifts,
+                ),
+                (
+                    "lb_ec2_repairs_total",
+                    "counter",
+                    "Drift repaired and verified by a master.",
+                    e.repairs,
+                ),
+            ] {
+                o.family(name, kind, help);
+                o.sample(name, &[], value);
+            }
+        }
     }
     o.0
 }
@@ -780,6 +835,13 @@ mod tests {
             adverts_invalid: 1,
             refused: vec![("ttl".into(), 1)],
             ec2: Some((2, 5)),
+            ec2_state: Some(Ec2Metrics {
+                preflight_ok: Some(false),
+                held: true,
+                stranded: 0,
+                drifts: 3,
+                repairs: 2,
+            }),
         });
         let text = render(&s);
         let l = lines(&text);
@@ -794,6 +856,11 @@ mod tests {
             "lb_vrrp_refused_total{reason=\"ttl\"} 1",
             "lb_ec2_takeovers_total 2",
             "lb_ec2_takeover_failures_total 5",
+            "lb_ec2_preflight_ok 0",
+            "lb_ec2_held 1",
+            "lb_ec2_stranded 0",
+            "lb_ec2_drifts_total 3",
+            "lb_ec2_repairs_total 2",
             "# TYPE lb_vrrp_master gauge",
             "# TYPE lb_ec2_takeovers_total counter",
         ] {

@@ -415,9 +415,18 @@ fn print_vrrp(v: &lb_user::api::VrrpStatus) {
         println!("  last problem: {p}");
     }
     if let Some(e) = &v.ec2 {
-        let what = match &e.elastic_ip_allocation_id {
-            Some(a) => format!("{a} and private addresses to {}", e.network_interface_id),
-            None => format!("private addresses to {}", e.network_interface_id),
+        let eni = if e.network_interfaces.len() > 1 {
+            e.network_interfaces.join(", ")
+        } else if e.network_interface_id.is_empty() {
+            "this instance's ENI".to_owned()
+        } else {
+            e.network_interface_id.clone()
+        };
+        let what = match (e.mode.as_str(), &e.elastic_ip_allocation_id) {
+            ("route_table", _) => format!("routes to {eni}"),
+            ("elastic_ip", Some(a)) => format!("{a} to {eni}"),
+            (_, Some(a)) => format!("{a} and private addresses to {eni}"),
+            (_, None) => format!("private addresses to {eni}"),
         };
         let detail = match e.state.as_str() {
             "done" => format!(
@@ -433,12 +442,61 @@ fn print_vrrp(v: &lb_user::api::VrrpStatus) {
             other => format!("{other}, attempt {}", e.attempts),
         };
         println!("  ec2       {what}: {detail}");
+        if let Some(i) = &e.instance_id {
+            println!(
+                "            instance {i}{}, mode {}",
+                e.availability_zone
+                    .as_deref()
+                    .map(|z| format!(" in {z}"))
+                    .unwrap_or_default(),
+                e.mode
+            );
+        }
+        let failed: Vec<&api::Ec2Check> = e.preflight_checks.iter().filter(|c| !c.ok).collect();
+        println!(
+            "            preflight {}{}",
+            if e.preflight.is_empty() {
+                "pending"
+            } else {
+                &e.preflight
+            },
+            if e.preflight_checks.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} of {} checks passed)",
+                    e.preflight_checks.len() - failed.len(),
+                    e.preflight_checks.len()
+                )
+            }
+        );
+        for c in failed {
+            println!("              {}: {}", c.name, c.detail);
+        }
+        if !e.reconcile.is_empty() {
+            println!(
+                "            reconcile {}: {} drift(s), {} repair(s)",
+                e.reconcile, e.drifts, e.repairs
+            );
+        }
+        if !e.stranded.is_empty() {
+            println!(
+                "            STRANDED on this backup: {}",
+                e.stranded.join("; ")
+            );
+        }
+        if let Some(d) = &e.last_drift {
+            println!("            last drift: {d}");
+        }
         println!(
             "            {} takeover(s), {} failed attempt(s)",
             e.takeovers, e.failures
         );
         if let Some(err) = &e.last_error {
             println!("            last error: {err}");
+        }
+        if let Some(w) = &e.warning {
+            println!("            warning: {w}");
         }
     }
 }

@@ -703,6 +703,17 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
                 adverts_invalid: v.adverts_invalid,
                 refused: v.refused.iter().map(|(r, n)| (r.clone(), *n)).collect(),
                 ec2: v.ec2.as_ref().map(|e| (e.takeovers, e.failures)),
+                ec2_state: v.ec2.as_ref().map(|e| metrics::Ec2Metrics {
+                    preflight_ok: match e.preflight.as_str() {
+                        "passed" => Some(true),
+                        "failed" => Some(false),
+                        _ => None,
+                    },
+                    held: v.state == "master" && e.reconcile == "held",
+                    stranded: e.stranded.len() as u64,
+                    drifts: e.drifts,
+                    repairs: e.repairs,
+                }),
             }
         }),
     }

@@ -16,6 +16,11 @@ pub struct Params {
     pub interval_cs: u16,
     /// Whether a higher-priority backup takes over from a lower-priority master.
     pub preempt: bool,
+    /// How long a backup lets a lower-priority master be, after starting or
+    /// after first hearing it, before preempting (keepalived's
+    /// `preempt_delay`): a host that comes back does not take the addresses
+    /// back at once.
+    pub preempt_delay: Duration,
     /// The address advertisements are sent from (breaks priority ties).
     pub me: Ipv4Addr,
 }
@@ -48,6 +53,10 @@ pub enum Action {
     TakeOver,
     /// Remove the floating addresses.
     Release,
+    /// A master heard a lower-priority advertisement: the peer was master,
+    /// perhaps for a moment, and may have moved the addresses (on EC2);
+    /// make sure they are still here.
+    Reassert,
 }
 
 pub struct Machine {
@@ -61,6 +70,13 @@ pub struct Machine {
     master: Option<Ipv4Addr>,
     /// The floating addresses are on this host.
     holding: bool,
+    /// When this router started (the preempt delay runs from there).
+    started: Instant,
+    /// Since when a backup has been hearing a lower-priority master.
+    lower_since: Option<Instant>,
+    /// Preemption is held off (this host could not do the job: its EC2
+    /// preflight failed).
+    preempt_held: bool,
 }
 
 /// The largest advertisement interval a backup adopts from a master, as a
@@ -93,6 +109,9 @@ impl Machine {
             deadline: now,
             master: None,
             holding,
+            started: now,
+            lower_since: None,
+            preempt_held: false,
         };
         if !holding {
             m.deadline = now + m.master_down();
@@ -130,6 +149,23 @@ impl Machine {
         } else {
             Vec::new()
         }
+    }
+
+    /// Holds preemption off (`true`) or allows it again.
+    pub fn hold_preemption(&mut self, held: bool) {
+        self.preempt_held = held;
+    }
+
+    /// Whether a backup hearing a lower-priority master at `now` preempts
+    /// it: preemption is on, not held off, and the preempt delay has passed
+    /// since the start and since that master was first heard.
+    fn preempts(&mut self, now: Instant) -> bool {
+        if !self.p.preempt || self.preempt_held {
+            return false;
+        }
+        let since = *self.lower_since.get_or_insert(now);
+        let from = since.max(self.started);
+        now >= from + self.p.preempt_delay
     }
 
     /// The floating addresses are (or should be) on this host.
@@ -199,7 +235,11 @@ impl Machine {
                     self.master = None;
                     return Vec::new();
                 }
-                if !self.p.preempt || priority >= self.p.priority {
+                let lower = priority < self.p.priority;
+                if !lower {
+                    self.lower_since = None;
+                }
+                if !lower || !self.preempts(now) {
                     self.learn_interval(interval_cs);
                     self.deadline = now + self.master_down();
                     self.master = Some(from);
@@ -221,6 +261,7 @@ impl Machine {
                 let wins = priority > self.p.priority
                     || (priority == self.p.priority && u32::from(from) > u32::from(self.p.me));
                 if wins {
+                    self.lower_since = None;
                     self.role = Role::Backup;
                     self.learn_interval(interval_cs);
                     self.deadline = now + self.master_down();
@@ -228,10 +269,12 @@ impl Machine {
                     self.holding = false;
                     vec![Action::Release]
                 } else {
-                    // Two masters (a healed partition): ours wins, say so
-                    // now rather than at the next interval.
+                    // Two masters (a healed partition, or a backup that
+                    // was master for a moment): ours wins, say so now
+                    // rather than at the next interval, and make sure the
+                    // addresses are still here.
                     self.deadline = now + self.interval();
-                    vec![Action::Advertise(self.p.priority)]
+                    vec![Action::Advertise(self.p.priority), Action::Reassert]
                 }
             }
             Role::Stopped => Vec::new(),
@@ -268,6 +311,7 @@ mod tests {
             priority,
             interval_cs: 100,
             preempt: true,
+            preempt_delay: Duration::ZERO,
             me: ME,
         }
     }
@@ -343,8 +387,11 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Machine::new(params(100), t0, false);
         m.on_timer(m.deadline());
-        // Lower: answered at once, kept.
-        assert_eq!(m.on_advert(t0, PEER, 99, 100), vec![Action::Advertise(100)]);
+        // Lower: answered at once, kept, and the addresses re-asserted.
+        assert_eq!(
+            m.on_advert(t0, PEER, 99, 100),
+            vec![Action::Advertise(100), Action::Reassert]
+        );
         assert_eq!(m.role(), Role::Master);
         // Equal priority, higher address: yields.
         assert_eq!(m.on_advert(t0, PEER, 100, 100), vec![Action::Release]);
@@ -355,7 +402,7 @@ mod tests {
         let lower = Ipv4Addr::new(10, 0, 0, 20);
         assert_eq!(
             m.on_advert(t0, lower, 100, 100),
-            vec![Action::Advertise(100)]
+            vec![Action::Advertise(100), Action::Reassert]
         );
     }
 
@@ -391,6 +438,63 @@ mod tests {
         // A backup only remembers it (it changes its skew).
         assert!(m.set_priority(150, t0).is_empty());
         assert_eq!(m.priority(), 150);
+    }
+
+    #[test]
+    fn the_preempt_delay_runs_from_the_start_and_from_hearing_a_lower_master() {
+        let t0 = Instant::now();
+        let mut p = params(150);
+        p.preempt_delay = Duration::from_secs(10);
+        let mut m = Machine::new(p, t0, false);
+        let s = Duration::from_secs;
+        // A lower master heard from the start: accepted for 10 s.
+        for t in [1, 4, 7, 9] {
+            m.on_advert(t0 + s(t), PEER, 100, 100);
+            assert_eq!(m.master(), Some(PEER));
+            assert!(m.deadline() > t0 + s(t), "the timer is reset at {t} s");
+        }
+        let before = m.deadline();
+        m.on_advert(t0 + s(11), PEER, 100, 100);
+        assert_eq!(
+            m.deadline(),
+            before,
+            "after 10 s the timer runs out: preempt"
+        );
+        let at = m.deadline();
+        assert_eq!(
+            m.on_timer(at),
+            vec![Action::Advertise(150), Action::TakeOver]
+        );
+
+        // A higher master, then a lower one late in life: the delay runs
+        // from when the lower one is first heard.
+        let mut p = params(150);
+        p.preempt_delay = Duration::from_secs(10);
+        let mut m = Machine::new(p, t0, false);
+        m.on_advert(t0 + s(20), PEER, 200, 100);
+        m.on_advert(t0 + s(30), PEER, 100, 100);
+        m.on_advert(t0 + s(39), PEER, 100, 100);
+        assert!(m.deadline() > t0 + s(39), "still within the delay");
+        let before = m.deadline();
+        m.on_advert(t0 + s(40), PEER, 100, 100);
+        assert_eq!(m.deadline(), before, "the delay has passed");
+    }
+
+    #[test]
+    fn held_preemption_lets_a_lower_master_be() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(150), t0, false);
+        m.hold_preemption(true);
+        m.on_advert(t0 + Duration::from_secs(1), PEER, 100, 100);
+        assert_eq!(
+            m.master(),
+            Some(PEER),
+            "accepted: this host could not do the job"
+        );
+        m.hold_preemption(false);
+        let before = m.deadline();
+        m.on_advert(t0 + Duration::from_secs(2), PEER, 100, 100);
+        assert_eq!(m.deadline(), before, "preempts again");
     }
 
     #[test]

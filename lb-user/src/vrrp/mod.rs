@@ -84,9 +84,12 @@ pub struct Vrrp {
     /// The interfaces floating addresses live on, by name.
     links: HashMap<String, Link>,
     status: Arc<Mutex<VrrpStatus>>,
-    ec2: Option<Arc<ec2::Ec2>>,
-    /// The EC2 takeover in progress, if any.
-    ec2_task: Option<tokio::task::JoinHandle<()>>,
+    /// The EC2 side (`[vrrp.ec2]`): moves the addresses through the API.
+    ec2: Option<ec2::Ec2>,
+    /// Whether lbd adds and removes the floating addresses on the host
+    /// (not with `[vrrp.ec2] mode = "elastic_ip"`, where they are each
+    /// host's own and only the Elastic IP moves).
+    local_addresses: bool,
     /// Interfaces whose state lowers the priority.
     tracked: Vec<String>,
     /// How often refused packets are logged.
@@ -231,6 +234,10 @@ impl Vrrp {
             );
         }
         let socket = vrrp_socket(&iface, source)?;
+        let local_addresses = cfg
+            .ec2
+            .as_ref()
+            .is_none_or(|e| e.mode != config::Ec2Mode::ElasticIp);
         let status = VrrpStatus {
             interface: iface.name.clone(),
             router_id: cfg.router_id,
@@ -256,6 +263,11 @@ impl Vrrp {
             last_problem: None,
             ec2: cfg.ec2.as_ref().map(ec2::initial_status),
         };
+        let status = Arc::new(Mutex::new(status));
+        let ec2 = cfg
+            .ec2
+            .as_ref()
+            .map(|c| ec2::Ec2::new(c, &cfg.interface, placements.clone(), status.clone()));
         Ok(Vrrp {
             cfg: cfg.clone(),
             source,
@@ -264,9 +276,9 @@ impl Vrrp {
             placements,
             addresses,
             links,
-            status: Arc::new(Mutex::new(status)),
-            ec2: cfg.ec2.as_ref().map(|c| Arc::new(ec2::Ec2::new(c))),
-            ec2_task: None,
+            status,
+            ec2,
+            local_addresses,
             tracked,
             refusals: refusals::LogLimit::default(),
         })
@@ -338,18 +350,27 @@ impl Vrrp {
     }
 
     fn take_over(&self) {
+        if !self.local_addresses {
+            return;
+        }
         for (a, ifname) in &self.placements {
             self.place(*a, ifname, true);
         }
     }
 
     fn announce(&self) {
+        if !self.local_addresses {
+            return;
+        }
         for (a, ifname) in &self.placements {
             self.announce_one(*a, ifname);
         }
     }
 
     fn release(&self) {
+        if !self.local_addresses {
+            return;
+        }
         for (a, ifname) in &self.placements {
             self.place(*a, ifname, false);
         }
@@ -364,44 +385,27 @@ impl Vrrp {
                 Action::Advertise(p) => self.advertise(p),
                 Action::TakeOver => {
                     self.take_over();
-                    self.start_ec2();
+                    if let Some(e) = &self.ec2 {
+                        e.set_master(true);
+                    }
                     took_over = true;
                 }
                 Action::Release => {
-                    self.stop_ec2();
+                    // A takeover still in progress on EC2 is abandoned: the
+                    // new master moves the addresses itself.
+                    if let Some(e) = &self.ec2 {
+                        e.set_master(false);
+                    }
                     self.release();
+                }
+                Action::Reassert => {
+                    if let Some(e) = &self.ec2 {
+                        e.reassert();
+                    }
                 }
             }
         }
         took_over
-    }
-
-    /// Starts moving the addresses through the EC2 API (a new takeover
-    /// replaces one still retrying).
-    fn start_ec2(&mut self) {
-        self.stop_ec2();
-        let (Some(ec2), Some(cfg)) = (&self.ec2, &self.cfg.ec2) else {
-            return;
-        };
-        let plan = ec2::plan(cfg, &self.addresses);
-        self.ec2_task = Some(tokio::spawn(
-            ec2.clone().take_over(plan, self.status.clone()),
-        ));
-    }
-
-    /// Abandons an EC2 takeover still in progress (this host is no longer
-    /// master, or lbd stops): the new master moves the addresses itself.
-    fn stop_ec2(&mut self) {
-        if let Some(task) = self.ec2_task.take() {
-            if !task.is_finished() {
-                task.abort();
-                self.update(|s| {
-                    if let Some(e) = s.ec2.as_mut() {
-                        e.state = "stopped".into();
-                    }
-                });
-            }
-        }
     }
 
     /// The advertisements waiting on the socket, each checked against the
@@ -453,7 +457,7 @@ impl Vrrp {
                 );
                 continue;
             }
-            if r.advert.addresses != self.addresses {
+            if r.advert.addresses != self.addresses && self.local_addresses {
                 // RFC 5798 7.1: log and carry on.
                 self.problem(format!(
                     "{} advertises the addresses [{}], this host floats [{}]",
@@ -515,21 +519,40 @@ impl Vrrp {
     /// The tracked problems now: interfaces down, then `vips` (the VIPs
     /// without a usable backend, as the daemon reports them) if tracked.
     fn problems(&self, vips: &[String]) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .tracked
-            .iter()
-            .filter(|name| !link::is_running(name))
-            .map(|name| format!("interface {name} is down"))
-            .collect();
+        let mut out: Vec<String> = self.ec2_preflight_failure().into_iter().collect();
+        out.extend(
+            self.tracked
+                .iter()
+                .filter(|name| !link::is_running(name))
+                .map(|name| format!("interface {name} is down")),
+        );
         if self.cfg.track_backends {
             out.extend(vips.iter().cloned());
         }
         out
     }
 
+    /// A failed EC2 preflight: this host could not take over on EC2, so it
+    /// advertises a lower priority and does not preempt a working master.
+    fn ec2_preflight_failure(&self) -> Option<String> {
+        let st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let e = st.ec2.as_ref()?;
+        if e.preflight != "failed" {
+            return None;
+        }
+        let first = e
+            .preflight_checks
+            .iter()
+            .find(|c| !c.ok)
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        Some(format!("the EC2 preflight failed ({first})"))
+    }
+
     /// Re-reads the tracked problems and moves the priority accordingly.
     fn track(&mut self, m: &mut Machine, vips: &[String]) {
         let problems = self.problems(vips);
+        m.hold_preemption(self.ec2_preflight_failure().is_some());
         let priority = self.cfg.effective_priority(problems.len());
         if priority != m.priority() {
             if problems.is_empty() {
@@ -563,11 +586,15 @@ impl Vrrp {
         mut vip_problems: watch::Receiver<Vec<String>>,
         mut leave: watch::Receiver<Option<Leave>>,
     ) {
-        let holding = self.placements.iter().any(|(a, ifname)| {
-            link::addresses_of(ifname)
-                .map(|present| present.contains(a))
-                .unwrap_or(false)
-        });
+        if let Some(e) = self.ec2.as_mut() {
+            e.start();
+        }
+        let holding = self.local_addresses
+            && self.placements.iter().any(|(a, ifname)| {
+                link::addresses_of(ifname)
+                    .map(|present| present.contains(a))
+                    .unwrap_or(false)
+            });
         if holding {
             tracing::info!(
                 addresses = %list(&self.addresses),
@@ -578,6 +605,7 @@ impl Vrrp {
             priority: self.cfg.priority,
             interval_cs: self.cfg.interval_cs,
             preempt: self.cfg.preempt,
+            preempt_delay: Duration::from_millis(self.cfg.preempt_delay_ms),
             me: self.source,
         };
         let mut m = Machine::new(params, Instant::now(), holding);
@@ -682,7 +710,9 @@ impl Vrrp {
                             "vrrp: stopping without a word to the peer; floating addresses left as they are"
                         ),
                     }
-                    self.stop_ec2();
+                    if let Some(e) = self.ec2.as_mut() {
+                        e.stop();
+                    }
                     self.publish(&m);
                     return;
                 }
@@ -728,7 +758,7 @@ impl Vrrp {
             }
         }
         let old = std::mem::replace(&mut self.placements, new);
-        if master {
+        if master && self.local_addresses {
             for (a, ifname) in old.iter().filter(|p| !self.placements.contains(p)) {
                 self.place(*a, ifname, false);
             }
@@ -737,8 +767,8 @@ impl Vrrp {
             }
         }
         self.addresses = self.placements.iter().map(|(a, _)| *a).collect();
-        if master {
-            self.start_ec2();
+        if let Some(e) = &self.ec2 {
+            e.set_placements(self.placements.clone());
         }
         tracing::info!(addresses = %list(&self.addresses), "vrrp: floating addresses changed");
     }
