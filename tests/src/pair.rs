@@ -184,12 +184,13 @@ impl Pair {
         Ipv4Addr::new(10, self.net, 0, 5)
     }
 
-    /// Environment variables for every lbd started from now on.
+    /// Environment variables for every lbd started from now on (added to,
+    /// or replacing, those set before).
     pub fn set_lbd_env(&mut self, env: &[(&str, &str)]) {
-        self.lbd_env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        for (k, v) in env {
+            self.lbd_env.retain(|(key, _)| key != k);
+            self.lbd_env.push((k.to_string(), v.to_string()));
+        }
     }
 
     /// The namespace of side 0 or 1.
@@ -468,40 +469,106 @@ impl Pair {
     }
 
     /// Starts moto's EC2 server in the switch namespace (on
-    /// [`Pair::service_addr`], added to the bridge) and creates one network
-    /// interface per side and an Elastic IP.
-    pub fn start_moto(&self) -> Result<Moto> {
+    /// [`Pair::service_addr`], added to the bridge), creates two instances
+    /// whose first ENIs have the sides' addresses (and whose MACs the sides'
+    /// `eth0` take), a second ENI for each (on a new `eth1` of each side, in
+    /// 10.X.1.0/24), an Elastic IP and a route table with /32 routes to the
+    /// VIP and the NAT source (to side 0), then an IMDSv2 server in each
+    /// side's namespace (127.0.0.1:1338) that follows moto's state. Every
+    /// lbd started afterwards finds it through
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT` and has test credentials.
+    pub fn start_moto(&mut self) -> Result<Moto> {
         let venv = moto_venv()?;
         let service = self.service_addr();
         self.switch_ns()
             .ip(&["addr", "add", &format!("{service}/24"), "dev", "br0"])?;
         let server = venv.join("bin/moto_server").display().to_string();
-        let child = self
-            .switch_ns()
-            .spawn_net(&[&server, "-H", "0.0.0.0", "-p", "5000"], true)?;
+        // moto's recorder writes to its working directory unless told:
+        // one file per pair.
+        let recording = format!(
+            "MOTO_RECORDER_FILEPATH={}",
+            self.dir.join("moto_recording").display()
+        );
+        let child = self.switch_ns().spawn_net(
+            &["env", &recording, &server, "-H", "0.0.0.0", "-p", "5000"],
+            true,
+        )?;
         let (a1, a2) = (self.lb_addr(0).to_string(), self.lb_addr(1).to_string());
+        let (vip, nat) = (self.vip().to_string(), self.nat_source().to_string());
         let mut ids = Err(anyhow::anyhow!("not tried"));
         let answered = wait_until(Duration::from_secs(30), "moto to answer", || {
-            ids = moto_ec2(self, &venv, &["setup", &a1, &a2]);
+            ids = moto_ec2(self, &venv, &["instances", &a1, &a2, &vip, &nat]);
             ids.is_ok()
         });
         let ids = match (answered, ids) {
             (Ok(()), Ok(ids)) => ids,
             (_, Err(e)) | (Err(e), _) => return Err(e.context("setting moto up")),
         };
-        let eni = |i: usize| -> Result<String> {
-            Ok(ids["enis"][i]
+        let pair_of = |key: &str| -> Result<[String; 2]> {
+            let one = |i: usize| -> Result<String> {
+                Ok(ids[key][i]
+                    .as_str()
+                    .with_context(|| format!("moto_ec2.py instances: no {key}[{i}]"))?
+                    .to_owned())
+            };
+            Ok([one(0)?, one(1)?])
+        };
+        let text = |key: &str| -> Result<String> {
+            Ok(ids[key]
                 .as_str()
-                .context("moto_ec2.py setup: no interface id")?
+                .with_context(|| format!("moto_ec2.py instances: no {key}"))?
                 .to_owned())
         };
+        let macs = pair_of("macs")?;
+        let macs1 = pair_of("macs1")?;
+        let instances = pair_of("instances")?;
+        let script = imds_script().display().to_string();
+        let python = venv.join("bin/python").display().to_string();
+        let mut imds = Vec::new();
+        for side in 0..2 {
+            let ns = self.lb_ns(side);
+            ns.ip(&["link", "set", "dev", "eth0", "address", &macs[side]])?;
+            ns.ip(&[
+                "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p",
+            ])?;
+            ns.ip(&["link", "set", "dev", "eth1", "address", &macs1[side]])?;
+            for ifname in ["eth1", "eth1p"] {
+                ns.ip(&["link", "set", ifname, "up"])?;
+            }
+            addr(ns, "eth1", &format!("10.{}.1.{}/24", self.net, 21 + side))?;
+            let endpoint = self.moto_endpoint();
+            let mut server = ns.spawn(&[
+                &python,
+                &script,
+                "--listen",
+                IMDS_LISTEN,
+                "--moto",
+                &endpoint,
+                "--instance",
+                &instances[side],
+            ])?;
+            server
+                .wait_for_stdout("ready", Duration::from_secs(30))
+                .with_context(|| format!("the IMDS server of side {side}"))?;
+            imds.push(server);
+        }
+        self.set_lbd_env(&[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            (
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                &format!("http://{IMDS_LISTEN}/"),
+            ),
+        ]);
         Ok(Moto {
-            enis: [eni(0)?, eni(1)?],
-            allocation: ids["allocation_id"]
-                .as_str()
-                .context("moto_ec2.py setup: no allocation id")?
-                .to_owned(),
+            enis: pair_of("enis")?,
+            enis1: pair_of("enis1")?,
+            macs,
+            instances,
+            allocation: text("allocation_id")?,
+            route_table: text("route_table")?,
             venv,
+            imds,
             _server: child,
         })
     }
@@ -511,13 +578,24 @@ impl Pair {
         moto_ec2(self, &moto.venv, args)
     }
 
-    /// The `[vrrp.ec2]` table of side `side`, for [`Pair::lbd_config_with`].
+    /// The `[vrrp.ec2]` table of side `side`, for [`Pair::lbd_config_with`]:
+    /// the ENI named, the Elastic IP, moto as the endpoint, and a reconcile
+    /// every 2 s with a 1 s hold-down (test scale).
     pub fn ec2_table(&self, moto: &Moto, side: usize) -> String {
         format!(
-            "\n[vrrp.ec2]\nnetwork_interface_id = \"{}\"\nelastic_ip_allocation_id = \"{}\"\n\
-             region = \"us-east-1\"\nendpoint = \"{}\"",
+            "{}\nnetwork_interface_id = \"{}\"\nelastic_ip_allocation_id = \"{}\"",
+            self.ec2_table_with(""),
             moto.enis[side],
             moto.allocation,
+        )
+    }
+
+    /// A `[vrrp.ec2]` table with the endpoint, region and test-scale
+    /// intervals, and `extra` keys (the rest is found from instance metadata).
+    pub fn ec2_table_with(&self, extra: &str) -> String {
+        format!(
+            "\n[vrrp.ec2]\nregion = \"us-east-1\"\nendpoint = \"{}\"\n\
+             reconcile_interval_ms = {EC2_RECONCILE_MS}\nhold_down_ms = 1000\n{extra}",
             self.moto_endpoint()
         )
     }
@@ -593,20 +671,40 @@ impl Drop for Pair {
     }
 }
 
+/// The reconcile interval of the tests' `[vrrp.ec2]` tables.
+pub const EC2_RECONCILE_MS: u64 = 2000;
+
+/// Where each side's IMDSv2 server listens, inside the side's namespace.
+const IMDS_LISTEN: &str = "127.0.0.1:1338";
+
 /// moto's EC2 server, running for a [`Pair`], with what was created in it.
 pub struct Moto {
     /// The virtual environment moto (and boto3) live in.
     pub venv: PathBuf,
-    /// The network interface of each side.
+    /// The instance of each side.
+    pub instances: [String; 2],
+    /// The network interface of each side's `eth0`, and its MAC.
     pub enis: [String; 2],
+    pub macs: [String; 2],
+    /// The network interface of each side's `eth1` (10.X.1.0/24).
+    pub enis1: [String; 2],
     /// The Elastic IP's allocation id.
     pub allocation: String,
+    /// A route table with /32 routes to the VIP and the NAT source.
+    pub route_table: String,
+    /// The IMDSv2 server of each side.
+    pub imds: Vec<Child>,
     _server: Child,
 }
 
 /// `tests/ec2/moto_ec2.py`, shipped with the test kit.
 pub fn moto_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("ec2/moto_ec2.py")
+}
+
+/// `tests/ec2/imds_server.py`: the tests' IMDSv2 server.
+pub fn imds_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ec2/imds_server.py")
 }
 
 /// moto's virtual environment: `$LB_MOTO_VENV` (set by `cargo xtask test`
