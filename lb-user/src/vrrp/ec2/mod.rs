@@ -206,7 +206,7 @@ struct Runner {
     /// The takeover of the current mastership is done.
     took_over: bool,
     master_since: Option<Instant>,
-    /// When this host last changed something through the API.
+    /// When this host last repaired drift through the API.
     last_move: Option<Instant>,
     repairs_in_a_row: u32,
     /// The private address EC2 keeps reporting for the Elastic IP after we
@@ -646,7 +646,12 @@ impl Runner {
                 }
             }
             self.apply(&steps).await?;
-            self.last_move = Some(Instant::now());
+            if !takeover {
+                // Repairs hold each other down; a takeover is never held
+                // (failover speed), nor does it hold the next repair (a
+                // peer's flap right after it is repaired at once).
+                self.last_move = Some(Instant::now());
+            }
         }
         let o = if steps.is_empty() {
             o
