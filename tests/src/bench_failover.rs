@@ -83,6 +83,10 @@ pub struct FailoverResults {
     pub keepalived_version: String,
     /// EC2 takeover times, per peer (milliseconds, one per round).
     pub ec2: Vec<(&'static str, Vec<f64>)>,
+    /// lbd: from a healed VRRP partition (both were master, the loser had
+    /// moved the Elastic IP) until the Elastic IP is back on the winner
+    /// (milliseconds, one per round).
+    pub ec2_reconcile: Vec<f64>,
 }
 
 /// The advert interval of the EC2 takeover rounds.
@@ -471,6 +475,82 @@ fn ec2_round(lbd: bool) -> Result<f64> {
     outcome
 }
 
+/// How long the Elastic IP stays on the loser after a VRRP partition heals:
+/// an lbd pair with `[vrrp.ec2]` at its defaults (30 s reconcile, 10 s
+/// hold-down), both sides cut off from each other's advertisements until
+/// the backup has become master and moved the Elastic IP to itself; then
+/// the time from healing until EC2 (moto) shows it on the winner again.
+fn ec2_reconcile_round() -> Result<f64> {
+    let bins = Binaries::locate(&default_bin_dir(), &default_ebpf_object())?;
+    let prefix = unique_prefix("ec2heal");
+    let net = crate::topology::subnet_byte(&prefix);
+    let mut pair = Pair::new(&prefix, net, bins)?;
+    let outcome = (|| -> Result<f64> {
+        let moto = pair.start_moto()?;
+        let sides = [
+            pair::Side::new(101, EC2_ADVERT_MS),
+            pair::Side::new(100, EC2_ADVERT_MS),
+        ];
+        for (side, s) in sides.iter().enumerate() {
+            let table = format!(
+                "\n[vrrp.ec2]\nregion = \"us-east-1\"\nendpoint = \"{}\"\n\
+                 elastic_ip_allocation_id = \"{}\"",
+                pair.moto_endpoint(),
+                moto.allocation
+            );
+            let text = pair.lbd_config_with(side, s, &table);
+            pair.start_lbd_config(side, &text)?;
+        }
+        let election = Duration::from_millis(EC2_ADVERT_MS * 4 + 10_000);
+        pair.wait_state(0, "master", election)?;
+        pair.wait_state(1, "backup", election)?;
+        let on = |side: usize| {
+            pair.moto_ec2(&moto, &["where", &moto.allocation])
+                .map(|w| w["eip_interface"] == moto.enis[side].as_str())
+                .unwrap_or(false)
+        };
+        wait_until(election, "the Elastic IP on the first master", || on(0))?;
+        pair.cut_vrrp_from(0, true)?;
+        pair.cut_vrrp_from(1, true)?;
+        pair.wait_state(1, "master", election)?;
+        wait_until(
+            Duration::from_secs(30),
+            "the Elastic IP on the loser",
+            || on(1),
+        )?;
+        let python = moto.venv.join("bin/python").display().to_string();
+        let script = pair::moto_script().display().to_string();
+        let mut waiter = pair.switch_ns().spawn(&[
+            &python,
+            &script,
+            "http://127.0.0.1:5000",
+            "wait",
+            &moto.allocation,
+            &moto.enis[0],
+        ])?;
+        waiter.wait_for_stdout("ready", Duration::from_secs(30))?;
+        pair.cut_vrrp_from(0, false)?;
+        pair.cut_vrrp_from(1, false)?;
+        let status = waiter
+            .wait_timeout(Duration::from_secs(90))?
+            .context("the Elastic IP did not come back within 90 s")?;
+        ensure!(
+            status.success(),
+            "waiting for the Elastic IP failed: {}",
+            waiter.output_so_far()
+        );
+        let out = waiter.stdout_so_far();
+        let line = out.lines().last().unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))?;
+        v["ms"].as_f64().context("no time in the waiter's report")
+    })();
+    if outcome.is_err() {
+        eprintln!("{}", pair.diagnostics());
+    }
+    outcome
+}
+
 fn keepalived_version() -> String {
     std::process::Command::new("keepalived")
         .arg("--version")
@@ -548,6 +628,12 @@ pub fn run(options: &FailoverOptions) -> Result<FailoverResults> {
                 );
                 times.push(ec2_round(*peer == "lbd")?);
             }
+            eprintln!(
+                "bench failover: EC2 reconcile after a partition, lbd, round {}/{}",
+                round + 1,
+                options.rounds
+            );
+            results.ec2_reconcile.push(ec2_reconcile_round()?);
         }
         results.ec2 = ec2.to_vec();
         Ok(())
@@ -608,17 +694,40 @@ pub fn render(r: &FailoverResults) -> String {
              script making the same two calls from a Python program with boto3, as the \
              usual AWS CLI script does: the glue lb replaces.\n"
         );
-        let _ = writeln!(md, "| peer | takeover per round (ms) | median |");
-        let _ = writeln!(md, "|---|---|---:|");
+        let _ = writeln!(
+            md,
+            "Reconcile after a partition: the same lbd pair with `[vrrp.ec2]` at its defaults \
+             (30 s reconcile, 10 s hold-down); both hosts stop hearing each other until the \
+             backup is master and has moved the Elastic IP to itself; then the partition heals, \
+             and the time until EC2 shows the Elastic IP on the winner again (it hears the \
+             loser's lower priority and re-asserts). keepalived's `notify_master` runs only on a \
+             transition to master, which the winner never makes: its Elastic IP stays on the \
+             loser.\n"
+        );
+        let median = |v: &[f64]| {
+            crate::bench_e2e::median(v)
+                .map(|m| format!("{m:.0}"))
+                .unwrap_or_else(|| "–".into())
+        };
+        let _ = writeln!(md, "| peer | what | per round (ms) | median |");
+        let _ = writeln!(md, "|---|---|---|---:|");
         for (peer, times) in &r.ec2 {
             let per_round: Vec<String> = times.iter().map(|v| format!("{v:.0}")).collect();
             let _ = writeln!(
                 md,
-                "| {peer} | {} | {} ms |",
+                "| {peer} | takeover | {} | {} ms |",
                 per_round.join(", "),
-                crate::bench_e2e::median(times)
-                    .map(|m| format!("{m:.0}"))
-                    .unwrap_or_else(|| "–".into())
+                median(times)
+            );
+        }
+        if !r.ec2_reconcile.is_empty() {
+            let per_round: Vec<String> =
+                r.ec2_reconcile.iter().map(|v| format!("{v:.0}")).collect();
+            let _ = writeln!(
+                md,
+                "| lbd | reconcile after a partition | {} | {} ms |",
+                per_round.join(", "),
+                median(&r.ec2_reconcile)
             );
         }
         let _ = writeln!(md);

@@ -455,6 +455,33 @@ impl Pair {
             .unwrap_or(false)
     }
 
+    /// Cuts (or restores) what side `side` sends to its peer: a permanent
+    /// neighbour entry for the peer's address with a MAC nobody has. Only
+    /// VRRP goes from one load balancer to the other; the EC2 API, the
+    /// backends and the clients are untouched. (A blackhole route would not
+    /// do: the VRRP socket is bound to its interface, and Linux sends a
+    /// bound socket's packets on-link when the route lookup fails.)
+    pub fn cut_vrrp_from(&self, side: usize, cut: bool) -> Result<()> {
+        let peer = self.lb_addr(1 - side).to_string();
+        let ns = self.lb_ns(side);
+        if cut {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                &peer,
+                "lladdr",
+                "02:00:5e:00:00:99",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ])?;
+        } else {
+            ns.ip(&["neigh", "del", &peer, "dev", "eth0"])?;
+        }
+        Ok(())
+    }
+
     /// Takes side `side`'s link down (the failure the failover tests model).
     pub fn fail_link(&self, side: usize) -> Result<()> {
         self.lb_ns(side).ip(&["link", "set", "eth0", "down"])?;

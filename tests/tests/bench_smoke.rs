@@ -92,6 +92,12 @@ fn quick_failover_bench_measures_keepalived_and_lbd() {
         );
     }
     assert!(report.contains("### EC2 takeover"), "{report}");
+    assert!(
+        report.lines().any(
+            |l| l.starts_with("| lbd | reconcile after a partition | ") && l.ends_with(" ms |")
+        ),
+        "the report lacks the reconcile after a partition:\n{report}"
+    );
 }
 
 #[test]

@@ -76,31 +76,9 @@ fn all_requests(pair: &Pair, moto: &Moto, action: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Cuts (or restores) what side `side` sends to its peer: a permanent
-/// neighbour entry for the peer's address with a MAC nobody has. Only VRRP
-/// goes from one load balancer to the other; the EC2 API, the backends and
-/// the clients are untouched. (A blackhole route would not do: the VRRP
-/// socket is bound to its interface, and Linux sends a bound socket's
-/// packets on-link when the route lookup fails.)
+/// Cuts (or restores) side `side`'s VRRP to its peer ([`Pair::cut_vrrp_from`]).
 fn cut_vrrp_from(pair: &Pair, side: usize, cut: bool) {
-    let peer = pair.lb_addr(1 - side).to_string();
-    let ns = pair.lb_ns(side);
-    if cut {
-        ns.ip(&[
-            "neigh",
-            "replace",
-            &peer,
-            "lladdr",
-            "02:00:5e:00:00:99",
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    } else {
-        ns.ip(&["neigh", "del", &peer, "dev", "eth0"]).unwrap();
-    }
+    pair.cut_vrrp_from(side, cut).unwrap();
 }
 
 fn one_request_to(pair: &Pair, target: &str) -> bool {
