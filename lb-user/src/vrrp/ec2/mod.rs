@@ -647,10 +647,13 @@ impl Runner {
             }
             self.apply(&steps).await?;
             if !takeover {
-                // Repairs hold each other down; a takeover is never held
-                // (failover speed), nor does it hold the next repair (a
-                // peer's flap right after it is repaired at once).
+                // Repairs hold each other down, longer while they keep
+                // coming (verified or not: a peer that keeps taking the
+                // addresses back is the case this is for); a takeover is
+                // never held (failover speed), nor does it hold the next
+                // repair (a peer's flap right after it is repaired at once).
                 self.last_move = Some(Instant::now());
+                self.repairs_in_a_row += 1;
             }
         }
         let o = if steps.is_empty() {
@@ -684,7 +687,6 @@ impl Runner {
                 self.await_metadata(&d).await;
             }
         } else if moved {
-            self.repairs_in_a_row += 1;
             tracing::warn!("ec2: drift repaired and verified");
             self.update(|s| {
                 s.repairs += 1;
