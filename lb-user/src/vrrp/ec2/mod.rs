@@ -185,6 +185,14 @@ pub fn check_id(value: &str, prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How long after its last repair a master waits before the next one:
+/// `base_ms`, doubling with each repair in a row, up to
+/// [`HOLD_DOWN_MAX_FACTOR`] times.
+pub fn hold_down(base_ms: u64, repairs_in_a_row: u32) -> Duration {
+    let factor = (1u32 << repairs_in_a_row.saturating_sub(1).min(3)).min(HOLD_DOWN_MAX_FACTOR);
+    Duration::from_millis(base_ms) * factor
+}
+
 /// What a pass found to do next.
 enum Next {
     /// The regular interval.
@@ -638,8 +646,7 @@ impl Runner {
                     s.reconcile = "drifted".into();
                     s.last_reconcile_unix = Some(unix_now());
                 });
-                let factor = (1u32 << self.repairs_in_a_row.min(3)).min(HOLD_DOWN_MAX_FACTOR);
-                let hold = Duration::from_millis(self.cfg.hold_down_ms) * factor;
+                let hold = hold_down(self.cfg.hold_down_ms, self.repairs_in_a_row);
                 if let Some(t) = self.last_move.filter(|t| now < *t + hold) {
                     tracing::info!(repair_in = ?(t + hold - now), "ec2: repair held down");
                     return Ok(Next::At(t + hold));
@@ -795,6 +802,16 @@ mod tests {
         assert!(check_id("eni-", "eni-").is_err());
         assert!(check_id("eipalloc-12", "eni-").is_err());
         assert!(check_id("eni-xyz", "eni-").is_err());
+    }
+
+    #[test]
+    fn the_hold_down_doubles_while_repairs_keep_coming() {
+        let ms = |n| hold_down(10_000, n).as_millis();
+        assert_eq!(
+            [ms(0), ms(1), ms(2), ms(3), ms(4), ms(9)],
+            [10_000, 10_000, 20_000, 40_000, 80_000, 80_000]
+        );
+        assert_eq!(hold_down(0, 5), Duration::ZERO);
     }
 
     #[test]
