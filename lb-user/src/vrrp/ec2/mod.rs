@@ -62,9 +62,10 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 const VERIFY_POLL: Duration = Duration::from_millis(250);
 /// How long the moved addresses may take to show in instance metadata.
 const IMDS_TIMEOUT: Duration = Duration::from_secs(30);
-/// A master reconciles at most this often on lower-priority adverts, and
-/// once more this long after (the peer's calls may still be on their way).
-const REASSERT_GAP: Duration = Duration::from_secs(1);
+/// A master reconciles at most this often on lower-priority adverts (a peer
+/// that cannot hear it advertises as master every interval), and once more
+/// [`REASSERT_FOLLOW_UP`] after (the peer's calls may still be on their way).
+const REASSERT_GAP: Duration = Duration::from_secs(5);
 const REASSERT_FOLLOW_UP: Duration = Duration::from_secs(3);
 /// The hold-down doubles with each repair in a row, up to this factor.
 const HOLD_DOWN_MAX_FACTOR: u32 = 8;
