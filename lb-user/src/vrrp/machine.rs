@@ -267,7 +267,13 @@ impl Machine {
                     self.deadline = now + self.master_down();
                     self.master = Some(from);
                     self.holding = false;
-                    vec![Action::Release]
+                    // One last advertisement of our lower priority as we
+                    // step down: the winner may not have heard us while we
+                    // were master (a healed partition), and a lower priority
+                    // is what tells it that we may have moved the addresses
+                    // (lbd re-asserts them; keepalived runs
+                    // notify_master_rx_lower_pri).
+                    vec![Action::Advertise(self.p.priority), Action::Release]
                 } else {
                     // Two masters (a healed partition, or a backup that
                     // was master for a moment): ours wins, say so now
@@ -393,8 +399,11 @@ mod tests {
             vec![Action::Advertise(100), Action::Reassert]
         );
         assert_eq!(m.role(), Role::Master);
-        // Equal priority, higher address: yields.
-        assert_eq!(m.on_advert(t0, PEER, 100, 100), vec![Action::Release]);
+        // Equal priority, higher address: yields, saying so once.
+        assert_eq!(
+            m.on_advert(t0, PEER, 100, 100),
+            vec![Action::Advertise(100), Action::Release]
+        );
         assert_eq!(m.role(), Role::Backup);
         // Equal priority, lower address: keeps it.
         let mut m = Machine::new(params(100), t0, false);
@@ -434,7 +443,10 @@ mod tests {
         assert_eq!(m.set_priority(100, t0), vec![Action::Advertise(100)]);
         assert!(m.set_priority(100, t0).is_empty(), "no change, no advert");
         // The peer (120) now wins and takes over: this master yields.
-        assert_eq!(m.on_advert(t0, PEER, 120, 100), vec![Action::Release]);
+        assert_eq!(
+            m.on_advert(t0, PEER, 120, 100),
+            vec![Action::Advertise(100), Action::Release]
+        );
         // A backup only remembers it (it changes its skew).
         assert!(m.set_priority(150, t0).is_empty());
         assert_eq!(m.priority(), 150);
