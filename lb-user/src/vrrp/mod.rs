@@ -589,6 +589,7 @@ impl Vrrp {
         if let Some(e) = self.ec2.as_mut() {
             e.start();
         }
+        let ec2_nudge = self.ec2.as_ref().map(|e| e.nudge()).unwrap_or_default();
         let holding = self.local_addresses
             && self.placements.iter().any(|(a, ifname)| {
                 link::addresses_of(ifname)
@@ -677,6 +678,14 @@ impl Vrrp {
                 _ = track_tick.tick() => {
                     self.track(&mut m, &vips);
                     self.flush_refusals();
+                }
+                _ = ec2_nudge.notified(), if self.ec2.is_some() => {
+                    // This backup holds some of the pair's addresses on EC2
+                    // (it was master for a while): one advertisement of its
+                    // lower priority tells the master to re-assert them.
+                    if m.role() == Role::Backup {
+                        self.advertise(m.priority());
+                    }
                 }
                 changed = vip_problems.changed(), if problems_open => {
                     if changed.is_err() {

@@ -83,6 +83,7 @@ pub struct Ec2 {
     role: watch::Sender<bool>,
     placements: watch::Sender<Vec<(Ipv4Addr, String)>>,
     reassert: Arc<Notify>,
+    nudge: Arc<Notify>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -98,6 +99,7 @@ impl Ec2 {
         let (role_tx, role_rx) = watch::channel(false);
         let (placements_tx, placements_rx) = watch::channel(placements);
         let reassert = Arc::new(Notify::new());
+        let nudge = Arc::new(Notify::new());
         Ec2 {
             runner: Some(Runner {
                 cfg: cfg.clone(),
@@ -106,6 +108,7 @@ impl Ec2 {
                 role: role_rx,
                 placements: placements_rx,
                 reassert: reassert.clone(),
+                nudge: nudge.clone(),
                 discovery: None,
                 api: None,
                 preflight_done: false,
@@ -119,8 +122,19 @@ impl Ec2 {
             role: role_tx,
             placements: placements_tx,
             reassert,
+            nudge,
             task: None,
         }
+    }
+
+    /// Notified when this host is backup and EC2 shows some of the pair's
+    /// addresses on its own ENIs: the VRRP side then sends one
+    /// advertisement of its (lower) priority, which makes the master
+    /// re-assert them (keepalived's master runs notify_master_rx_lower_pri).
+    /// After a healed partition the loser may step down without the winner
+    /// ever hearing it; this is how the winner learns.
+    pub fn nudge(&self) -> Arc<Notify> {
+        self.nudge.clone()
     }
 
     /// Starts the task (discovery and preflight begin at once).
@@ -209,6 +223,7 @@ struct Runner {
     role: watch::Receiver<bool>,
     placements: watch::Receiver<Vec<(Ipv4Addr, String)>>,
     reassert: Arc<Notify>,
+    nudge: Arc<Notify>,
     discovery: Option<Result<Discovery, Ec2Error>>,
     api: Option<Api>,
     preflight_done: bool,
@@ -782,6 +797,9 @@ impl Runner {
             );
         } else if here.is_empty() && !before.is_empty() {
             tracing::info!("ec2: nothing of the pair's is on this backup's ENIs any more");
+        }
+        if !here.is_empty() {
+            self.nudge.notify_one();
         }
         self.update(|s| {
             s.reconcile = if here.is_empty() { "clear" } else { "stranded" }.into();
