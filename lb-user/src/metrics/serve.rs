@@ -1,14 +1,21 @@
-//! `GET /metrics` over HTTP/1.1: one request per connection, bounded in
-//! time, size and number of connections.
+//! `GET /metrics` over HTTP/1.1, served by hyper: one request per
+//! connection, bounded in time, size and number of connections.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    task::JoinSet,
-    time::timeout,
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode, Uri,
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::{net::TcpListener, task::JoinSet, time::timeout};
 
 use super::{render, Snapshot, CONTENT_TYPE};
 
@@ -19,7 +26,8 @@ type SnapshotFn = Arc<dyn Fn() -> Snapshot + Send + Sync>;
 const MAX_HEAD: usize = 8 * 1024;
 /// Time a client has to send its request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time a client has to take the answer.
+/// Time a client has to take the answer (after [`READ_TIMEOUT`], the
+/// connection is cut when both are over).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more are closed as soon as they are accepted.
 const MAX_CONNECTIONS: usize = 64;
@@ -42,6 +50,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let snapshot: SnapshotFn = Arc::new(snapshot);
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        // Longer heads are answered with 431.
+        .max_header_size(MAX_HEAD)
+        .max_buf_size(MAX_HEAD)
+        // One request per connection, answered with `Connection: close`.
+        .keep_alive(false)
+        // A client that shuts down its side after the request still gets
+        // the answer.
+        .half_close(true)
+        .title_case_headers(true);
+    let graceful = GracefulShutdown::new();
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -54,7 +75,16 @@ pub async fn serve(
                         tracing::debug!(%peer, "metrics: too many connections, closing");
                         continue;
                     }
-                    conns.spawn(connection(stream, snapshot.clone()));
+                    let snapshot = snapshot.clone();
+                    let service = service_fn(move |req| answer(req, snapshot.clone()));
+                    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                    conns.spawn(async move {
+                        match timeout(READ_TIMEOUT + WRITE_TIMEOUT, conn).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics: connection failed"),
+                            Err(_) => tracing::debug!(%peer, "metrics: connection timed out"),
+                        }
+                    });
                 }
                 Err(e) => {
                     // E.g. out of file descriptors: don't spin.
@@ -65,14 +95,13 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let _ = timeout(SHUTDOWN_GRACE, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
+    // Connections waiting for a request close now, answers in flight finish
+    // within the grace; the rest are cut.
+    let _ = timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
     conns.shutdown().await;
 }
 
-/// What a request head asks for.
+/// What a request asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Route {
     Metrics,
@@ -80,175 +109,166 @@ enum Route {
     NotFound,
     MethodNotAllowed,
     BadRequest,
-    /// The head did not end within [`MAX_HEAD`] bytes.
-    TooLarge,
 }
 
-/// Routes a complete request head. Only the request line matters.
-fn route(head: &[u8]) -> (Route, bool) {
-    let line_end = head.iter().position(|&b| b == b'\n').unwrap_or(head.len());
-    let Ok(line) = std::str::from_utf8(&head[..line_end]) else {
-        return (Route::BadRequest, false);
-    };
-    let mut parts = line.trim_end_matches('\r').split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return (Route::BadRequest, false);
-    };
-    let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
-    if !method_ok || !target.starts_with('/') || !version.starts_with("HTTP/1.") {
-        return (Route::BadRequest, false);
+/// Routes a request hyper has parsed. Only the request line matters; what
+/// hyper accepts beyond plain HTTP/1.x requests for a path (a method not in
+/// upper case, a target with a scheme or authority) is a bad request here.
+fn route(method: &Method, target: &Uri) -> Route {
+    let method_ok = method.as_str().bytes().all(|b| b.is_ascii_uppercase());
+    if !method_ok || target.authority().is_some() || !target.path().starts_with('/') {
+        return Route::BadRequest;
     }
-    let head_only = method == "HEAD";
-    let path = target.split(['?', '#']).next().unwrap_or(target);
-    let found = match path {
+    let found = match target.path() {
         "/metrics" => Route::Metrics,
         "/" => Route::Index,
-        _ => return (Route::NotFound, head_only),
+        _ => return Route::NotFound,
     };
-    if method == "GET" || head_only {
-        (found, head_only)
+    if method == Method::GET || method == Method::HEAD {
+        found
     } else {
-        (Route::MethodNotAllowed, false)
+        Route::MethodNotAllowed
     }
 }
 
-/// Reads up to the end of the request head. `None`: the client went away,
-/// was too slow or sent nothing usable; `Some(Err)`: the head is too long.
-async fn read_head(stream: &mut TcpStream) -> Option<Result<Vec<u8>, ()>> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let read = async {
-        loop {
-            let n = stream.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            let from = buf.len().saturating_sub(3);
-            buf.extend_from_slice(&chunk[..n]);
-            let tail = &buf[from..];
-            if tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n") {
-                return Some(Ok(()));
-            }
-            if buf.len() >= MAX_HEAD {
-                return Some(Err(()));
-            }
-        }
-    };
-    match timeout(READ_TIMEOUT, read).await {
-        Ok(Some(Ok(()))) => Some(Ok(buf)),
-        Ok(Some(Err(()))) => Some(Err(())),
-        _ => None,
-    }
-}
-
-async fn connection(mut stream: TcpStream, snapshot: SnapshotFn) {
+/// The answer to one request (hyper leaves out the body of an answer to
+/// `HEAD`, and sets `Content-Length`).
+async fn answer(
+    req: Request<Incoming>,
+    snapshot: SnapshotFn,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     const TEXT: &str = "text/plain; charset=utf-8";
-    let (route, head_only) = match read_head(&mut stream).await {
-        None => return,
-        Some(Err(())) => (Route::TooLarge, false),
-        Some(Ok(head)) => route(&head),
-    };
-    let (status, content_type, body) = match route {
+    let (status, content_type, body) = match route(req.method(), req.uri()) {
         Route::Metrics => match tokio::task::spawn_blocking(move || render(&snapshot())).await {
-            Ok(body) => (200, CONTENT_TYPE, body),
+            Ok(body) => (StatusCode::OK, CONTENT_TYPE, body),
             Err(e) => {
                 tracing::warn!(error = %e, "metrics: snapshot failed");
-                (500, TEXT, "snapshot failed\n".into())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "snapshot failed\n".into(),
+                )
             }
         },
-        Route::Index => (200, "text/html; charset=utf-8", INDEX.into()),
-        Route::NotFound => (404, TEXT, "not found\n".into()),
-        Route::MethodNotAllowed => (405, TEXT, "method not allowed\n".into()),
-        Route::BadRequest => (400, TEXT, "bad request\n".into()),
-        Route::TooLarge => (431, TEXT, "request head too large\n".into()),
+        Route::Index => (StatusCode::OK, "text/html; charset=utf-8", INDEX.into()),
+        Route::NotFound => (StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
+        Route::MethodNotAllowed => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "method not allowed\n".into(),
+        ),
+        Route::BadRequest => (StatusCode::BAD_REQUEST, TEXT, "bad request\n".into()),
     };
-    if let Err(e) = respond(&mut stream, status, content_type, &body, head_only).await {
-        tracing::debug!(error = %e, "metrics: answer not delivered");
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Also to HTTP/1.0 clients, for whom hyper would leave it implied.
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
-}
-
-/// Writes one complete answer and closes our side.
-async fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-    head_only: bool,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Internal Server Error",
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    if status == 405 {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(body);
-    }
-    let write = async {
-        stream.write_all(out.as_bytes()).await?;
-        stream.shutdown().await?;
-        // Take what the client still sends (say a POST body) for a moment:
-        // closing with unread data resets the connection, and the client
-        // could lose the answer.
-        let mut sink = [0u8; 1024];
-        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
-        let _ = timeout(Duration::from_millis(200), drain).await;
-        Ok(())
-    };
-    timeout(WRITE_TIMEOUT, write)
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    Ok(resp)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::render::tests::snapshot;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+    };
 
-    #[test]
-    fn routes() {
-        assert_eq!(
-            route(b"GET /metrics HTTP/1.1\r\n\r\n"),
-            (Route::Metrics, false)
-        );
-        assert_eq!(
-            route(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            (Route::Metrics, false)
-        );
-        assert_eq!(
-            route(b"HEAD /metrics HTTP/1.1\r\n\r\n"),
-            (Route::Metrics, true)
-        );
-        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), (Route::Index, false));
-        assert_eq!(
-            route(b"GET /nope HTTP/1.1\r\n\r\n"),
-            (Route::NotFound, false)
-        );
-        assert_eq!(
-            route(b"DELETE /metrics HTTP/1.1\r\n\r\n"),
-            (Route::MethodNotAllowed, false)
-        );
-        for bad in [
-            &b"GET /metrics\r\n\r\n"[..],
-            b"\xff\xfe\r\n\r\n",
-            b"get / HTTP/1.1\r\n\r\n",
-            b"GET metrics HTTP/1.1\n\n",
-            b"",
+    /// A server on a free loopback port: its address, the sender that stops
+    /// it, and its task.
+    async fn start() -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, snapshot, async move {
+            let _ = stop_rx.await;
+        }));
+        (addr, stop_tx, server)
+    }
+
+    #[tokio::test]
+    async fn routes() {
+        let (addr, _stop, _server) = start().await;
+        for (request, want) in [
+            (&b"GET /metrics HTTP/1.1\r\n\r\n"[..], "200"),
+            (b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", "200"),
+            (b"HEAD /metrics HTTP/1.1\r\n\r\n", "200"),
+            (b"GET / HTTP/1.1\r\n\r\n", "200"),
+            (b"GET /nope HTTP/1.1\r\n\r\n", "404"),
+            (b"HEAD /nope HTTP/1.1\r\n\r\n", "404"),
+            (b"DELETE /metrics HTTP/1.1\r\n\r\n", "405"),
+            (b"GET /metrics\r\n\r\n", "400"),
+            (b"\xff\xfe\r\n\r\n", "400"),
+            (b"get / HTTP/1.1\r\n\r\n", "400"),
+            (b"GET metrics HTTP/1.1\n\n", "400"),
+            (b"GET http://x/metrics HTTP/1.1\r\n\r\n", "400"),
         ] {
-            assert_eq!(route(bad).0, Route::BadRequest, "{bad:?}");
+            let resp = exchange(addr, request).await;
+            assert_eq!(status(&resp), want, "{request:?}: {resp}");
+        }
+        // Nothing sent: closed without an answer.
+        assert_eq!(exchange(addr, b"").await, "");
+    }
+
+    /// Reads what the server sends until it closes (or 30 s pass).
+    async fn read_all(s: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let _ = timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+            .await
+            .expect("closed in time");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_client_without_a_request_head_is_closed_after_the_read_timeout() {
+        let (addr, _stop, _server) = start().await;
+        let started = std::time::Instant::now();
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+        for s in [&mut silent, &mut slow] {
+            let resp = read_all(s).await;
+            assert!(resp.is_empty() || status(&resp) == "408", "{resp}");
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= READ_TIMEOUT && waited < READ_TIMEOUT + WRITE_TIMEOUT,
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_are_closed_at_once() {
+        let (addr, _stop, _server) = start().await;
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Accepted after the held ones, so over the limit.
+        let started = std::time::Instant::now();
+        let resp = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert_eq!(resp, "", "over the limit");
+        assert!(started.elapsed() < READ_TIMEOUT, "closed at once");
+        drop(held);
+        // Served again once the held connections are gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let resp = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+            if status(&resp) == "200" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "not served again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
