@@ -1580,14 +1580,21 @@ fn check_http_path(key: &str, path: &str) -> Result<(), ConfigError> {
     }
     if let Some(c) = path
         .chars()
-        .find(|c| !c.is_ascii() || c.is_ascii_control() || *c == ' ')
+        .find(|c| !c.is_ascii() || c.is_ascii_control() || *c == ' ' || *c == '#')
     {
         return Err(invalid(
             key,
             format!(
-                "{path:?} contains {c:?}; spaces, control and non-ASCII characters \
+                "{path:?} contains {c:?}; spaces, '#', control and non-ASCII characters \
                  must be percent-encoded"
             ),
+        ));
+    }
+    // What the HTTP client can send: not `<`, `>` or `` ` ``, nor `"` in the query.
+    if let Err(e) = path.parse::<hyper::Uri>() {
+        return Err(invalid(
+            key,
+            format!("{path:?} is not a valid request target ({e}); percent-encode it"),
         ));
     }
     Ok(())
@@ -4247,6 +4254,18 @@ port = 443
         );
         bad("path = \"/a\\r\\nX: y\"", "vip[0].health.path:");
         bad("path = \"/é\"", "vip[0].health.path:");
+        bad(
+            "path = \"/a#b\"",
+            "vip[0].health.path: \"/a#b\" contains '#'",
+        );
+        bad(
+            "path = \"/a<b\"",
+            "vip[0].health.path: \"/a<b\" is not a valid request target",
+        );
+        bad(
+            "path = \"/a?q=\\\"x\\\"\"",
+            "vip[0].health.path: \"/a?q=\\\"x\\\"\" is not a valid request target",
+        );
         bad("host = \"\"", "vip[0].health.host: is empty");
         bad("host = \"a b\"", "vip[0].health.host: \"a b\" contains ' '");
         bad("host = \"a\\nb\"", "vip[0].health.host:");

@@ -606,3 +606,50 @@ fn a_flood_of_refused_vrrp_packets_is_counted_but_barely_logged() {
          one summary for the rest, per reason)"
     );
 }
+
+/// The gratuitous ARP a new master sends, as its link sees it: a broadcast
+/// ARP request from the interface's MAC that names the floating address as
+/// both sender and target (lbd's `Announcer`, on a veth pair).
+#[test]
+fn a_gratuitous_arp_is_a_broadcast_request_naming_the_address_twice() {
+    use lb_user::vrrp::link::{Announcer, Interface};
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::{io::Read, net::Ipv4Addr};
+
+    let ns = lb_tests::Netns::new(&format!("{}g", lb_tests::unique_prefix("garp"))).unwrap();
+    lb_tests::veth(&ns, "ga", &ns, "gb").unwrap();
+    let ns_file = std::fs::File::open(ns.path()).unwrap();
+    let (mac, frame) = std::thread::spawn(move || {
+        lb_tests::xdp_fixture::enter_handle(&ns_file);
+        // Every ARP frame in the namespace (only the veth pair carries any).
+        let capture = Socket::new(
+            Domain::PACKET,
+            Type::RAW,
+            Some(Protocol::from(i32::from(0x0806u16.to_be()))),
+        )
+        .unwrap();
+        capture
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let ga = Interface::lookup("ga").unwrap();
+        Announcer::new(&ga)
+            .unwrap()
+            .announce(Ipv4Addr::new(10, 0, 0, 100))
+            .unwrap();
+        let mut frame = vec![0u8; 128];
+        let n = (&capture).read(&mut frame).expect("an ARP frame");
+        frame.truncate(n);
+        (ga.mac, frame)
+    })
+    .join()
+    .unwrap();
+    assert!(frame.len() >= 14 + 28, "{frame:?}");
+    assert_eq!(frame[0..6], [0xff; 6], "to the broadcast address");
+    assert_eq!(frame[6..12], mac, "from the interface's MAC");
+    assert_eq!(frame[12..14], [0x08, 0x06], "ARP");
+    let arp = &frame[14..];
+    assert_eq!(arp[..8], [0, 1, 8, 0, 6, 4, 0, 1], "Ethernet/IPv4 request");
+    assert_eq!(arp[8..14], mac);
+    assert_eq!(arp[14..18], [10, 0, 0, 100]);
+    assert_eq!(arp[24..28], [10, 0, 0, 100]);
+}

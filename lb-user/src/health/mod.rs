@@ -17,13 +17,12 @@ pub mod tcp;
 
 use std::{
     collections::HashMap,
-    hash::{Hash, Hasher},
     net::{Ipv4Addr, SocketAddrV4},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle, time::Instant};
@@ -269,10 +268,12 @@ async fn run(target: Target, state: Arc<AtomicBool>, tx: UnboundedSender<HealthE
         return;
     }
 
-    let mut rng = XorShift::for_target(&target);
+    // Seeded from lbd's process-wide generator, itself seeded at random:
+    // targets started together do not check in lock-step.
+    let mut rng = fastrand::Rng::new();
     let mut health = Health::new(initial_up, check.rise, check.fall);
     // Spread the first checks of many targets over one interval.
-    tokio::time::sleep(check.interval.mul_f64(rng.next_f64())).await;
+    tokio::time::sleep(check.interval.mul_f64(rng.f64())).await;
     loop {
         let started = Instant::now();
         let outcome = check_once(&target).await;
@@ -305,52 +306,12 @@ async fn run(target: Target, state: Arc<AtomicBool>, tx: UnboundedSender<HealthE
 }
 
 /// `interval` ± up to `jitter_pct` percent, uniformly.
-fn jittered(interval: Duration, jitter_pct: u32, rng: &mut XorShift) -> Duration {
+fn jittered(interval: Duration, jitter_pct: u32, rng: &mut fastrand::Rng) -> Duration {
     if jitter_pct == 0 {
         return interval;
     }
     let spread = f64::from(jitter_pct.min(100)) / 100.0;
-    interval.mul_f64(1.0 + spread * (2.0 * rng.next_f64() - 1.0))
-}
-
-/// xorshift64*: plenty for spreading timers, no dependency.
-#[derive(Debug, Clone)]
-struct XorShift(u64);
-
-impl XorShift {
-    fn new(seed: u64) -> XorShift {
-        // splitmix64 of the seed: well-mixed and never 0 in practice.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        XorShift(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
-    }
-
-    /// Seeded from the clock and the target, so that targets started together
-    /// do not check in lock-step.
-    fn for_target(target: &Target) -> XorShift {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        target.key().hash(&mut h);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        XorShift::new(h.finish() ^ now)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
+    interval.mul_f64(1.0 + spread * (2.0 * rng.f64() - 1.0))
 }
 
 #[cfg(test)]
@@ -410,7 +371,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_bounds_and_varies() {
-        let mut rng = XorShift::new(42);
+        let mut rng = fastrand::Rng::with_seed(42);
         let interval = Duration::from_millis(1000);
         let waits: Vec<Duration> = (0..1000)
             .map(|_| jittered(interval, 10, &mut rng))
@@ -421,11 +382,12 @@ mod tests {
         assert!(waits.iter().any(|w| *w < Duration::from_millis(950)));
         assert!(waits.iter().any(|w| *w > Duration::from_millis(1050)));
         assert_eq!(jittered(interval, 0, &mut rng), interval);
-        let mut r = XorShift::new(0);
-        assert!((0..1000)
-            .map(|_| r.next_f64())
-            .all(|f| (0.0..1.0).contains(&f)));
-        assert_ne!(XorShift::new(1).next_u64(), XorShift::new(2).next_u64());
+        // Two generators started together draw different waits.
+        let (mut a, mut b) = (fastrand::Rng::new(), fastrand::Rng::new());
+        assert_ne!(
+            jittered(interval, 10, &mut a),
+            jittered(interval, 10, &mut b)
+        );
     }
 
     #[test]

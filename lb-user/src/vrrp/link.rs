@@ -1,16 +1,86 @@
-//! What VRRP does to the host: floating addresses added and removed through
+//! What VRRP does to the host, and its sockets: the raw IPv4 socket
+//! advertisements go through, floating addresses added and removed through
 //! rtnetlink, gratuitous ARP through a packet socket, and the facts about
-//! the interface it needs (index, MAC, addresses).
+//! the interface it needs (index, MAC, addresses). The sockets are
+//! socket2's; the `unsafe` left is for what it does not cover (interface
+//! ioctls, getifaddrs, a link-layer address, registering with tokio).
 
 use std::{
     ffi::CString,
-    io,
+    io::{self, Read as _},
     mem::size_of,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsRawFd,
 };
 
 use anyhow::{bail, Context, Result};
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
+use tokio::io::{unix::AsyncFd, Interest};
+
+use super::packet::{IPPROTO_VRRP, VRRP_TTL};
+
+/// DSCP CS6 (network control), as keepalived marks advertisements.
+const TOS_NETWORK_CONTROL: u32 = 0xc0;
+
+/// The raw IPv4 socket for IP protocol 112 on one interface: advertisements
+/// go out from the source address with TTL 255, and every VRRP packet that
+/// arrives on the interface can be read (IP header included).
+pub struct VrrpSocket(Socket);
+
+impl VrrpSocket {
+    pub fn open(iface: &Interface, source: Ipv4Addr) -> Result<VrrpSocket> {
+        let socket = Socket::new(
+            Domain::IPV4,
+            Type::RAW.nonblocking(),
+            Some(Protocol::from(i32::from(IPPROTO_VRRP))),
+        )
+        .context("opening a raw socket for VRRP (IP protocol 112; lbd must run as root)")?;
+        socket
+            .bind_device(Some(iface.name.as_bytes()))
+            .with_context(|| format!("binding the VRRP socket to {}", iface.name))?;
+        socket
+            .set_ttl_v4(VRRP_TTL.into())
+            .context("setting TTL 255 on the VRRP socket")?;
+        socket
+            .set_tos_v4(TOS_NETWORK_CONTROL)
+            .context("setting the TOS of the VRRP socket")?;
+        socket
+            .bind(&SocketAddrV4::new(source, 0).into())
+            .with_context(|| format!("binding the VRRP socket to {source}"))?;
+        Ok(VrrpSocket(socket))
+    }
+
+    /// Sends `advert` (a VRRP packet; the kernel adds the IP header) to
+    /// `peer`.
+    pub fn send_to(&self, advert: &[u8], peer: Ipv4Addr) -> io::Result<()> {
+        self.0
+            .send_to(advert, &SocketAddrV4::new(peer, 0).into())
+            .map(drop)
+    }
+
+    /// The next packet waiting, IP header included; `None` when there is
+    /// none.
+    pub fn recv<'a>(&self, buf: &'a mut [u8]) -> io::Result<Option<&'a [u8]>> {
+        loop {
+            match (&self.0).read(buf) {
+                Ok(n) => return Ok(Some(&buf[..n])),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A second handle on the socket, registered with tokio to wait until
+    /// packets are waiting (they are read with [`VrrpSocket::recv`]).
+    pub fn readiness(&self) -> io::Result<AsyncFd<Socket>> {
+        let clone = self.0.try_clone()?;
+        // SAFETY: the clone owns its descriptor (a dup), which stays open
+        // and the same for as long as the AsyncFd holds the clone.
+        unsafe { AsyncFd::register_with_interest(clone, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)
+    }
+}
 
 /// The interface advertisements go out of and floating addresses live on.
 #[derive(Clone, Debug)]
@@ -49,13 +119,7 @@ impl Interface {
 /// The interface's Ethernet address (`SIOCGIFHWADDR`), in the caller's
 /// network namespace.
 fn hardware_address(name: &str) -> Result<[u8; 6]> {
-    // SAFETY: plain socket call; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).context("socket");
-    }
-    // SAFETY: a fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).context("socket")?;
     // SAFETY: all-zero is a valid ifreq.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
@@ -63,7 +127,7 @@ fn hardware_address(name: &str) -> Result<[u8; 6]> {
     }
     // SAFETY: a valid fd and an ifreq naming the interface (NUL-terminated:
     // names are at most 15 bytes).
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } != 0 {
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } != 0 {
         return Err(io::Error::last_os_error()).context("SIOCGIFHWADDR");
     }
     // SAFETY: SIOCGIFHWADDR filled in the hardware address.
@@ -85,20 +149,16 @@ fn hardware_address(name: &str) -> Result<[u8; 6]> {
 /// `IFF_RUNNING`, from `SIOCGIFFLAGS` in the caller's namespace). An
 /// interface that does not exist is not up.
 pub fn is_running(name: &str) -> bool {
-    // SAFETY: plain socket call; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
+    let Ok(socket) = Socket::new(Domain::IPV4, Type::DGRAM, None) else {
         return false;
-    }
-    // SAFETY: a fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    };
     // SAFETY: all-zero is a valid ifreq.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().take(15).zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
     // SAFETY: a valid fd and an ifreq naming the interface.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
         return false;
     }
     // SAFETY: SIOCGIFFLAGS filled in the flags.
@@ -164,19 +224,11 @@ struct IfAddrMsg {
 /// rtnetlink. Returns whether anything changed: adding an address that is
 /// there, or removing one that is not, is not an error.
 pub fn set_address(index: u32, addr: Ipv4Addr, add: bool) -> io::Result<bool> {
-    // SAFETY: plain socket call; the fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = Socket::new(
+        Domain::from(libc::AF_NETLINK),
+        Type::RAW,
+        Some(Protocol::from(libc::NETLINK_ROUTE)),
+    )?;
     let mut msg = Vec::with_capacity(48);
     let attr_len = 4 + 4;
     let len = size_of::<NlMsgHdr>() + size_of::<IfAddrMsg>() + 2 * attr_len;
@@ -212,17 +264,10 @@ pub fn set_address(index: u32, addr: Ipv4Addr, add: bool) -> io::Result<bool> {
         msg.extend_from_slice(&addr.octets());
     }
     debug_assert_eq!(msg.len(), len);
-    // SAFETY: an all-zero sockaddr_nl addresses the kernel.
-    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    kernel.nl_family = libc::AF_NETLINK as u16;
-    send_to(&fd, &msg, &kernel)?;
+    // Without an address, a netlink message goes to the kernel.
+    socket.send(&msg)?;
     let mut buf = [0u8; 1024];
-    // SAFETY: valid buffer.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
+    let n = (&socket).read(&mut buf)?;
     if n < size_of::<NlMsgHdr>() + 4 {
         return Err(io::Error::other("short rtnetlink answer"));
     }
@@ -243,29 +288,25 @@ pub fn set_address(index: u32, addr: Ipv4Addr, add: bool) -> io::Result<bool> {
 
 /// A packet socket for gratuitous ARP on one interface.
 pub struct Announcer {
-    fd: OwnedFd,
-    iface: Interface,
+    socket: Socket,
+    /// The interface's link-layer broadcast address.
+    to: SockAddr,
+    mac: [u8; 6],
 }
 
 const ETH_P_ARP: u16 = 0x0806;
 
 impl Announcer {
     pub fn new(iface: &Interface) -> io::Result<Announcer> {
-        // SAFETY: plain socket call; the fd is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                i32::from(ETH_P_ARP.to_be()),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let socket = Socket::new(
+            Domain::PACKET,
+            Type::DGRAM.nonblocking(),
+            Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))),
+        )?;
         Ok(Announcer {
-            // SAFETY: a fresh fd owned by nobody else.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            iface: iface.clone(),
+            socket,
+            to: link_broadcast(iface.index, ETH_P_ARP),
+            mac: iface.mac,
         })
     }
 
@@ -273,37 +314,31 @@ impl Announcer {
     /// both `addr`, sender hardware address ours): neighbours that know
     /// `addr` point it at this host.
     pub fn announce(&self, addr: Ipv4Addr) -> io::Result<()> {
-        let frame = garp(self.iface.mac, addr);
-        // SAFETY: a zeroed sockaddr_ll, filled in below.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_protocol = ETH_P_ARP.to_be();
-        to.sll_ifindex = self.iface.index as i32;
-        to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-        send_to(&self.fd, &frame, &to)
+        self.socket
+            .send_to(&garp(self.mac, addr), &self.to)
+            .map(drop)
     }
 }
 
-/// `sendto(2)` of `buf` on `fd` to `to` (a `sockaddr_in`, `sockaddr_ll`,
-/// ...: any plain socket address struct).
-pub fn send_to<A>(fd: &OwnedFd, buf: &[u8], to: &A) -> io::Result<()> {
-    // SAFETY: valid buffer and address, with their sizes, for the call's
-    // duration.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            0,
-            (to as *const A).cast(),
-            size_of::<A>() as u32,
+/// The Ethernet broadcast address on interface `index` for `protocol`, as a
+/// packet socket's `sockaddr_ll` (socket2 has no constructor for it).
+fn link_broadcast(index: u32, protocol: u16) -> SockAddr {
+    let mut storage = SockAddrStorage::zeroed();
+    // SAFETY: sockaddr_ll is one of the platform's socket address types.
+    let ll = unsafe { storage.view_as::<libc::sockaddr_ll>() };
+    ll.sll_family = libc::AF_PACKET as u16;
+    ll.sll_protocol = protocol.to_be();
+    ll.sll_ifindex = index as i32;
+    ll.sll_halen = 6;
+    ll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: the storage holds an AF_PACKET address, a sockaddr_ll, and the
+    // length is that of a sockaddr_ll.
+    unsafe {
+        SockAddr::new(
+            storage,
+            size_of::<libc::sockaddr_ll>() as socket2::socklen_t,
         )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
     }
-    Ok(())
 }
 
 /// The ARP payload of a gratuitous request.

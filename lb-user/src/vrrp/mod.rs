@@ -12,7 +12,8 @@
 //! chose, from the same NAT address and port (docs/high-availability.md).
 //!
 //! [`packet`] is the wire format, [`machine`] the state machine without I/O,
-//! [`link`] the host side (addresses, gratuitous ARP); this module runs them.
+//! [`link`] the host side and every socket (advertisements, addresses,
+//! gratuitous ARP); this module runs them.
 
 pub mod ec2;
 pub mod link;
@@ -23,26 +24,22 @@ pub mod refusals;
 use std::{
     collections::HashMap,
     io,
-    mem::size_of,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
-use tokio::{io::unix::AsyncFd, sync::watch, time::Instant};
+use tokio::{sync::watch, time::Instant};
 
 use crate::{api::VrrpStatus, config};
-use link::{Announcer, Interface};
+use link::{Announcer, Interface, VrrpSocket};
 use machine::{Action, Machine, Params, Role};
-use packet::{Advert, IPPROTO_VRRP, VRRP_TTL};
+use packet::Advert;
 
 /// Gratuitous ARP goes out at takeover and again this long after it (a
 /// neighbour may miss one, and a switch may learn late).
 const GARP_REPEATS: [Duration; 2] = [Duration::from_millis(500), Duration::from_secs(2)];
-/// DSCP CS6 (network control), as keepalived marks advertisements.
-const TOS_NETWORK_CONTROL: i32 = 0xc0;
 
 /// An interface floating addresses live on, with its ARP socket.
 struct Link {
@@ -76,7 +73,7 @@ pub struct Vrrp {
     cfg: config::Vrrp,
     source: Ipv4Addr,
     iface: Interface,
-    socket: OwnedFd,
+    socket: VrrpSocket,
     /// Each floating address and the interface it lives on.
     placements: Vec<(Ipv4Addr, String)>,
     /// The floating addresses alone, in order (what advertisements carry).
@@ -101,82 +98,6 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn setsockopt_int(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: a valid fd and a pointer to an int of the size given.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const i32).cast(),
-            size_of::<i32>() as u32,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn sockaddr(addr: Ipv4Addr) -> libc::sockaddr_in {
-    // SAFETY: all-zero is a valid sockaddr_in.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sa.sin_family = libc::AF_INET as u16;
-    sa.sin_addr.s_addr = u32::from(addr).to_be();
-    sa
-}
-
-/// A raw IPv4 socket for protocol 112 on `iface`, sending from `source`
-/// with TTL 255.
-fn vrrp_socket(iface: &Interface, source: Ipv4Addr) -> Result<OwnedFd> {
-    // SAFETY: plain socket call; the fd is owned right away.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            i32::from(IPPROTO_VRRP),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error())
-            .context("opening a raw socket for VRRP (IP protocol 112; lbd must run as root)");
-    }
-    // SAFETY: a fresh fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the name's bytes, with their length.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            iface.name.as_ptr().cast(),
-            iface.name.len() as u32,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("binding the VRRP socket to {}", iface.name));
-    }
-    setsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_TTL, VRRP_TTL.into())
-        .context("setting TTL 255 on the VRRP socket")?;
-    setsockopt_int(&fd, libc::IPPROTO_IP, libc::IP_TOS, TOS_NETWORK_CONTROL)
-        .context("setting the TOS of the VRRP socket")?;
-    let sa = sockaddr(source);
-    // SAFETY: a valid sockaddr_in and its size.
-    let r = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&sa as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("binding the VRRP socket to {source}"));
-    }
-    Ok(fd)
 }
 
 impl Vrrp {
@@ -233,7 +154,7 @@ impl Vrrp {
                  float between the pair; use another address for the VIP or nat.source"
             );
         }
-        let socket = vrrp_socket(&iface, source)?;
+        let socket = VrrpSocket::open(&iface, source)?;
         let local_addresses = cfg
             .ec2
             .as_ref()
@@ -315,7 +236,7 @@ impl Vrrp {
         };
         for peer in &self.cfg.peers {
             let m = advert.encode(self.source, *peer);
-            match link::send_to(&self.socket, &m, &sockaddr(*peer)) {
+            match self.socket.send_to(&m, *peer) {
                 Ok(()) => self.update(|s| s.adverts_sent += 1),
                 Err(e) => self.problem(format!("sending an advertisement to {peer}: {e}")),
             }
@@ -414,26 +335,9 @@ impl Vrrp {
         let mut out = Vec::new();
         let mut buf = [0u8; 2048];
         loop {
-            // SAFETY: valid buffer.
-            let n = unsafe {
-                libc::recv(
-                    self.socket.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    0,
-                )
+            let Some(datagram) = self.socket.recv(&mut buf)? else {
+                return Ok(out);
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Ok(out);
-                }
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let datagram = &buf[..n as usize];
             let r = match packet::parse(datagram) {
                 Ok(r) => r,
                 Err(e) => {
@@ -618,13 +522,7 @@ impl Vrrp {
             peers = %list(&self.cfg.peers),
             "vrrp: backup, waiting {:?} for a master", m.master_down()
         );
-        // SAFETY: the clone owns its fd, which stays open and the same for
-        // as long as it lives inside the AsyncFd.
-        let registered = self.socket.try_clone().and_then(|fd| unsafe {
-            AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-                .map_err(|e| e.into_parts().1)
-        });
-        let fd = match registered {
+        let fd = match self.socket.readiness() {
             Ok(fd) => fd,
             Err(e) => {
                 self.problem(format!("cannot poll the VRRP socket: {e}"));
