@@ -52,7 +52,8 @@
 //! established packet). Events and walk chunks alternate, so a bulk resync
 //! of a million flows neither delays new flows nor stalls. The reader
 //! applies each record as it comes (see [`store`] for the rules) and, when a
-//! bulk resync is complete, forgets the learned flows it did not list.
+//! bulk resync is complete and came from the same tables as the previous
+//! one, forgets the learned flows it did not list.
 //!
 //! Each end sends a `KEEPALIVE` after `keepalive` without sending anything,
 //! and closes the connection after `peer_timeout` without receiving
@@ -275,6 +276,8 @@ pub(crate) struct Shared {
     apply_lock: tokio::sync::Mutex<()>,
     /// The peer's instance, as last heard.
     peer_instance: Mutex<Option<u64>>,
+    /// The identity of the peer's tables at its last complete bulk resync.
+    peer_tables: Mutex<Option<u64>>,
 }
 
 impl Shared {
@@ -293,6 +296,7 @@ impl Shared {
             active: watch::Sender::new(0),
             apply_lock: tokio::sync::Mutex::new(()),
             peer_instance: Mutex::new(None),
+            peer_tables: Mutex::new(None),
         }
     }
 

@@ -367,7 +367,10 @@ where
         if let Some(w) = walk.as_mut() {
             if !w.announced {
                 if w.bulk {
-                    out.send(&Message::BulkStart).await?;
+                    out.send(&Message::BulkStart {
+                        tables: sh.store.tables_id(),
+                    })
+                    .await?;
                     sh.board.info().bulk_in_progress = true;
                 }
                 w.announced = true;
@@ -483,6 +486,8 @@ fn from_reader(m: Message) -> Result<bool, SessionError> {
 /// A bulk resync being received.
 struct BulkIn {
     epoch: u32,
+    /// The identity of the writer's tables.
+    tables: u64,
     records: u64,
     started: Instant,
 }
@@ -568,7 +573,7 @@ async fn apply(m: Message, bulk: &mut Option<BulkIn>, sh: &Shared) -> Result<(),
             b.records += records.len() as u64;
             apply_records(&records, sh);
         }
-        Message::BulkStart => {
+        Message::BulkStart { tables } => {
             if bulk.is_some() {
                 return Err(SessionError::Protocol(
                     "BULK_START inside a bulk resync".into(),
@@ -577,6 +582,7 @@ async fn apply(m: Message, bulk: &mut Option<BulkIn>, sh: &Shared) -> Result<(),
             let epoch = sh.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
             *bulk = Some(BulkIn {
                 epoch,
+                tables,
                 records: 0,
                 started: Instant::now(),
             });
@@ -591,10 +597,24 @@ async fn apply(m: Message, bulk: &mut Option<BulkIn>, sh: &Shared) -> Result<(),
                     b.records
                 )));
             }
-            let store = sh.store.clone();
-            let swept = tokio::task::spawn_blocking(move || store.sweep_learned(b.epoch))
-                .await
-                .unwrap_or(0);
+            // Learned flows the list left out are forgotten only if the
+            // writer's tables are those of its previous complete list: new
+            // tables (a reboot, a clean restart) list nothing of the
+            // flows this host may now be the only one to know.
+            let same_tables = sh
+                .peer_tables
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(b.tables)
+                == Some(b.tables);
+            let swept = if same_tables {
+                let store = sh.store.clone();
+                tokio::task::spawn_blocking(move || store.sweep_learned(b.epoch))
+                    .await
+                    .unwrap_or(0)
+            } else {
+                0
+            };
             add(&c.records_swept, swept);
             add(&c.bulks_received, 1);
             sh.board.info().last_bulk_received = Some(BulkStatus {
@@ -602,7 +622,7 @@ async fn apply(m: Message, bulk: &mut Option<BulkIn>, sh: &Shared) -> Result<(),
                 records,
                 duration_ms: b.started.elapsed().as_millis() as u64,
             });
-            tracing::info!(records, swept, "sync: bulk resync received");
+            tracing::info!(records, swept, same_tables, "sync: bulk resync received");
         }
         Message::Keepalive => {}
         m @ (Message::Hello(_) | Message::ResyncRequest) => {

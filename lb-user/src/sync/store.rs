@@ -37,16 +37,21 @@
 //! flow holds: a learned or older holder gives way, an owned holder with more
 //! recent traffic keeps it and the record is [`Applied::Conflict`].
 //!
-//! # Epochs
+//! # Epochs and sweeps
 //!
 //! Every record is applied with the receiver's current *epoch*, a number
-//! that grows by one at each bulk resync received. When a bulk resync has
-//! been received completely, the channel calls
-//! [`FlowStore::sweep_learned`] with that resync's epoch: learned flows
-//! stamped with an older epoch were not in the peer's list of owned flows,
-//! nor sent since the resync began, so the peer no longer has them (their
-//! close was lost with a dropped record, or they expired there). Owned
-//! flows are never swept.
+//! that grows by one at each bulk resync received (it wraps after 2^32 of
+//! them). When a bulk resync has been received completely, learned flows
+//! stamped with an older epoch were neither in the peer's list of owned
+//! flows nor sent since the list began: the peer no longer has them (their
+//! close was lost with a dropped record, or they expired or were displaced
+//! there). The channel then calls [`FlowStore::sweep_learned`] with that
+//! resync's epoch, but only if the peer's tables are the ones its previous
+//! complete resync came from ([`FlowStore::tables_id`] is the same): tables
+//! created anew (the peer rebooted, or its lbd stopped cleanly and started
+//! again) list none of the flows this host may now be the only one to know,
+//! for instance those it took over and that have been idle since. Learned
+//! flows left unswept expire like any other. Owned flows are never swept.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -112,6 +117,13 @@ pub trait FlowStore: Send + Sync + 'static {
     /// Forgets every learned flow (and its NAT entry) last applied with an
     /// epoch older than `epoch`; returns how many.
     fn sweep_learned(&self, epoch: u32) -> u64;
+
+    /// The identity of these tables: the same for as long as they live
+    /// (across lbd restarts that adopt them), different once they are
+    /// created anew, also across reboots. For the XDP tables, for example,
+    /// the boot id hashed with the flow map's kernel id, or a random number
+    /// kept in a pinned map.
+    fn tables_id(&self) -> u64;
 }
 
 /// A flow in [`MemoryStore`].
@@ -173,6 +185,7 @@ impl Tables {
 #[derive(Debug)]
 pub struct MemoryStore {
     tables: Mutex<Tables>,
+    id: u64,
     capacity: usize,
     start: Instant,
     /// Most records a walk call looks at (the bound on its work).
@@ -184,6 +197,7 @@ impl MemoryStore {
     pub fn new(capacity: usize) -> MemoryStore {
         MemoryStore {
             tables: Mutex::new(Tables::default()),
+            id: u64::from_be_bytes(super::auth::random()),
             capacity,
             start: Instant::now(),
             walk_budget: 4096,
@@ -269,6 +283,11 @@ impl MemoryStore {
             age_ms: 0,
             state,
         })
+    }
+
+    /// The flow `key` expired or was displaced: forgotten, with no event.
+    pub fn remove(&self, key: &FlowKey) -> bool {
+        self.lock().remove(key).is_some()
     }
 
     /// The flow `key`, if present.
@@ -390,6 +409,10 @@ impl FlowStore for MemoryStore {
             t.remove(k);
         }
         stale.len() as u64
+    }
+
+    fn tables_id(&self) -> u64 {
+        self.id
     }
 }
 

@@ -33,7 +33,7 @@
 //! |-----:|------------------|---------|------|
 //! |    1 | `HELLO`          | both    | 48 bytes, below; always first, never AUTH |
 //! |    2 | `RECORDS`        | writer  | 1 to 1,024 records of 32 bytes: new flows, closes, refreshes |
-//! |    3 | `BULK_START`     | writer  | empty: a bulk resync begins |
+//! |    3 | `BULK_START`     | writer  | 8 bytes: `tables` (u64), the identity of the writer's tables (see [`super::store`]) |
 //! |    4 | `BULK`           | writer  | 1 to 1,024 records of 32 bytes, part of the bulk resync |
 //! |    5 | `BULK_END`       | writer  | 8 bytes: `records` (u64), how many `BULK` records the resync had |
 //! |    6 | `KEEPALIVE`      | both    | empty |
@@ -185,7 +185,7 @@ pub struct Hello {
 pub enum Message {
     Hello(Hello),
     Records(Vec<FlowRecord>),
-    BulkStart,
+    BulkStart { tables: u64 },
     Bulk(Vec<FlowRecord>),
     BulkEnd { records: u64 },
     Keepalive,
@@ -197,7 +197,7 @@ impl Message {
         match self {
             Message::Hello(_) => Kind::Hello,
             Message::Records(_) => Kind::Records,
-            Message::BulkStart => Kind::BulkStart,
+            Message::BulkStart { .. } => Kind::BulkStart,
             Message::Bulk(_) => Kind::Bulk,
             Message::BulkEnd { .. } => Kind::BulkEnd,
             Message::Keepalive => Kind::Keepalive,
@@ -324,10 +324,9 @@ fn check_body_len(kind: Kind, len: usize) -> Result<(), WireError> {
         Kind::Records | Kind::Bulk if !len.is_multiple_of(RECORD_LEN) => {
             "not a whole number of 32-byte records"
         }
+        Kind::BulkStart if len != 8 => "a BULK_START has 8",
         Kind::BulkEnd if len != 8 => "a BULK_END has 8",
-        Kind::BulkStart | Kind::Keepalive | Kind::ResyncRequest if len != 0 => {
-            "this kind has an empty body"
-        }
+        Kind::Keepalive | Kind::ResyncRequest if len != 0 => "this kind has an empty body",
         _ => return Ok(()),
     };
     Err(WireError::Length {
@@ -455,8 +454,9 @@ pub fn encode(msg: &Message, sequence: u32, key: Option<&DirectionKey>, out: &mu
                 put_record(r, out);
             }
         }
+        Message::BulkStart { tables } => out.extend_from_slice(&tables.to_be_bytes()),
         Message::BulkEnd { records } => out.extend_from_slice(&records.to_be_bytes()),
-        Message::BulkStart | Message::Keepalive | Message::ResyncRequest => {}
+        Message::Keepalive | Message::ResyncRequest => {}
     }
     header.len = (out.len() - body_start) as u32;
     out[start + 12..start + 16].copy_from_slice(&header.len.to_be_bytes());
@@ -511,12 +511,14 @@ fn decode_body(kind: Kind, body: &[u8]) -> Result<Message, WireError> {
                 Message::Bulk(records)
             }
         }
-        Kind::BulkStart => Message::BulkStart,
-        Kind::BulkEnd => {
+        Kind::BulkStart | Kind::BulkEnd => {
             let mut n = [0u8; 8];
             n.copy_from_slice(body);
-            Message::BulkEnd {
-                records: u64::from_be_bytes(n),
+            let n = u64::from_be_bytes(n);
+            if kind == Kind::BulkStart {
+                Message::BulkStart { tables: n }
+            } else {
+                Message::BulkEnd { records: n }
             }
         }
         Kind::Keepalive => Message::Keepalive,
@@ -739,7 +741,7 @@ mod tests {
             (Kind::Hello, &[48], &[0, 47, 49]),
             (Kind::Records, &[32, 64, MAX_BODY], &[0, 31, 33, 48]),
             (Kind::Bulk, &[32, MAX_BODY], &[0, 16]),
-            (Kind::BulkStart, &[0], &[1, 8]),
+            (Kind::BulkStart, &[8], &[0, 1, 16]),
             (Kind::BulkEnd, &[8], &[0, 7, 9]),
             (Kind::Keepalive, &[0], &[4]),
             (Kind::ResyncRequest, &[0], &[32]),
@@ -902,7 +904,7 @@ mod tests {
                 }),
             records.clone().prop_map(Message::Records),
             records.prop_map(Message::Bulk),
-            Just(Message::BulkStart),
+            any::<u64>().prop_map(|tables| Message::BulkStart { tables }),
             any::<u64>().prop_map(|records| Message::BulkEnd { records }),
             Just(Message::Keepalive),
             Just(Message::ResyncRequest),
