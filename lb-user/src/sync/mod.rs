@@ -312,6 +312,7 @@ impl Shared {
     fn connected(&self, up: bool, instance: u64) {
         if up {
             self.heard(instance);
+            tracing::info!(peer = %self.settings.peer, "sync: connected; sending flows to the peer");
         }
         let mut info = self.board.info();
         info.outgoing.connected = up;
@@ -325,6 +326,7 @@ impl Shared {
     fn incoming(&self, up: bool, instance: u64) {
         if up {
             self.heard(instance);
+            tracing::info!(peer = %self.settings.peer, "sync: connected; receiving flows from the peer");
         }
         let mut info = self.board.info();
         info.incoming.connected = up;

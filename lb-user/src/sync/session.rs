@@ -334,6 +334,10 @@ where
                 Err(mpsc::error::TryRecvError::Disconnected) => return Err(SessionError::Closed),
             }
         }
+        // Checked here too: a long bulk resync does not wait below.
+        if Instant::now() >= last_rx + s.peer_timeout {
+            return Err(silent(s.peer_timeout));
+        }
         bulk_wanted |= sh.queue.take_overflow();
         bulk_wanted |= sh.resync_wanted.swap(false, Ordering::Relaxed);
         // A bulk resync replaces a refresh in progress; one asked for during
@@ -437,9 +441,6 @@ where
         }
         if now >= out.last + s.keepalive {
             out.send(&Message::Keepalive).await?;
-        }
-        if now >= last_rx + s.peer_timeout {
-            return Err(silent(s.peer_timeout));
         }
         let mut deadline = (out.last + s.keepalive)
             .min(last_rx + s.peer_timeout)
