@@ -580,7 +580,10 @@ async fn apply(m: Message, bulk: &mut Option<BulkIn>, sh: &Shared) -> Result<(),
                     "BULK_START inside a bulk resync".into(),
                 ));
             }
-            let epoch = sh.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            // Never 0 (a store may use 0 for "owned"). Only the connection
+            // holding the apply lock gets here.
+            let epoch = sh.epoch.load(Ordering::Relaxed).checked_add(1).unwrap_or(1);
+            sh.epoch.store(epoch, Ordering::Relaxed);
             *bulk = Some(BulkIn {
                 epoch,
                 tables,

@@ -40,8 +40,9 @@
 //! # Epochs and sweeps
 //!
 //! Every record is applied with the receiver's current *epoch*, a number
-//! that grows by one at each bulk resync received (it wraps after 2^32 of
-//! them). When a bulk resync has been received completely, learned flows
+//! from 1 (never 0) that grows by one at each bulk resync received (after
+//! 2^32 - 1 of them it starts again at 1, and that sweep spares the older
+//! flows: they expire). When a bulk resync has been received completely, learned flows
 //! stamped with an older epoch were neither in the peer's list of owned
 //! flows nor sent since the list began: the peer no longer has them (their
 //! close was lost with a dropped record, or they expired or were displaced
