@@ -33,6 +33,10 @@ pub struct FlowState {
     pub fin_backend: bool,
     /// Either side sent a RST.
     pub rst: bool,
+    /// The backend's FIN came before the client's: the backend may hold
+    /// the tuple in TIME_WAIT, so the NAT port hold applies (as
+    /// `CloseState::backend_first` in the tables). Only with `fin_backend`.
+    pub backend_first: bool,
 }
 
 impl FlowState {

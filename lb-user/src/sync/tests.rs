@@ -186,6 +186,7 @@ async fn a_pair_exchanges_10000_flows_and_resyncs_after_each_side_restarts() {
         fin_client: true,
         fin_backend: true,
         rst: false,
+        backend_first: true,
     };
     for r in flows_a.iter_mut().take(100) {
         *r = store_a.close(&r.key(), closed).unwrap();

@@ -64,7 +64,10 @@
 //! offset size  field
 //!      0    1  kind          1 = update, 2 = close
 //!      1    1  state         bit 0: handshake completed, bit 1: client FIN,
-//!                            bit 2: backend FIN, bit 3: RST; bits 4-7 zero.
+//!                            bit 2: backend FIN, bit 3: RST, bit 4: the
+//!                            backend's FIN came first (it may hold the
+//!                            tuple in TIME_WAIT: the NAT port hold
+//!                            applies), only with bit 2; bits 5-7 zero.
 //!                            A close has a FIN or the RST bit.
 //!      2    1  protocol      6 (TCP)
 //!      3    1  reserved      zero
@@ -114,7 +117,9 @@ const STATE_ESTABLISHED: u8 = 1;
 const STATE_FIN_CLIENT: u8 = 2;
 const STATE_FIN_BACKEND: u8 = 4;
 const STATE_RST: u8 = 8;
-const STATE_KNOWN: u8 = STATE_ESTABLISHED | STATE_FIN_CLIENT | STATE_FIN_BACKEND | STATE_RST;
+const STATE_BACKEND_FIRST: u8 = 16;
+const STATE_KNOWN: u8 =
+    STATE_ESTABLISHED | STATE_FIN_CLIENT | STATE_FIN_BACKEND | STATE_RST | STATE_BACKEND_FIRST;
 
 const RECORD_UPDATE: u8 = 1;
 const RECORD_CLOSE: u8 = 2;
@@ -349,6 +354,7 @@ pub fn put_record(r: &FlowRecord, out: &mut Vec<u8>) {
         (s.fin_client, STATE_FIN_CLIENT),
         (s.fin_backend, STATE_FIN_BACKEND),
         (s.rst, STATE_RST),
+        (s.backend_first, STATE_BACKEND_FIRST),
     ] {
         if set {
             state |= bit;
@@ -387,7 +393,11 @@ pub fn get_record(b: &[u8; RECORD_LEN]) -> Result<FlowRecord, &'static str> {
         fin_client: b[1] & STATE_FIN_CLIENT != 0,
         fin_backend: b[1] & STATE_FIN_BACKEND != 0,
         rst: b[1] & STATE_RST != 0,
+        backend_first: b[1] & STATE_BACKEND_FIRST != 0,
     };
+    if state.backend_first && !state.fin_backend {
+        return Err("backend FIN first without a backend FIN");
+    }
     if kind == RecordKind::Close && !state.closing() {
         return Err("a close with neither FIN nor RST");
     }
@@ -625,6 +635,7 @@ mod tests {
                 fin_client: true,
                 fin_backend: false,
                 rst: true,
+                backend_first: false,
             },
         };
         let mut out = Vec::new();
@@ -767,7 +778,12 @@ mod tests {
         };
         assert_eq!(damaged(0, 0), Err("unknown record kind"));
         assert_eq!(damaged(0, 3), Err("unknown record kind"));
-        assert_eq!(damaged(1, 0x10), Err("unknown state bits"));
+        assert_eq!(damaged(1, 0x20), Err("unknown state bits"));
+        assert_eq!(
+            damaged(1, 0x11),
+            Err("backend FIN first without a backend FIN")
+        );
+        assert!(damaged(1, 0x15).unwrap().state.backend_first);
         assert_eq!(damaged(2, 17), Err("protocol is not TCP"));
         assert_eq!(damaged(3, 1), Err("reserved byte is not 0"));
         // A close must say how it closed.
@@ -855,7 +871,7 @@ mod tests {
             any_addr(),
             any_addr(),
             any::<u32>(),
-            any::<[bool; 4]>(),
+            any::<[bool; 5]>(),
         )
             .prop_map(|(close, client, vip, backend, nat, age_ms, s)| {
                 let mut state = FlowState {
@@ -863,6 +879,7 @@ mod tests {
                     fin_client: s[1],
                     fin_backend: s[2],
                     rst: s[3],
+                    backend_first: s[2] && s[4],
                 };
                 if close && !state.closing() {
                     state.rst = true;
