@@ -309,30 +309,30 @@ impl Shared {
     }
 
     /// The connection to the peer is up (its HELLO was `instance`), or down.
-    fn connected(&self, up: bool, instance: u64) {
+    fn sending(&self, up: bool, instance: u64) {
         if up {
             self.heard(instance);
             tracing::info!(peer = %self.settings.peer, "sync: connected; sending flows to the peer");
         }
         let mut info = self.board.info();
-        info.outgoing.connected = up;
-        info.outgoing.since_unix = unix_now();
+        info.sending.connected = up;
+        info.sending.since_unix = unix_now();
         if up {
-            info.outgoing.connections += 1;
+            info.sending.connections += 1;
         }
     }
 
     /// The connection from the peer is in charge.
-    fn incoming(&self, up: bool, instance: u64) {
+    fn receiving(&self, up: bool, instance: u64) {
         if up {
             self.heard(instance);
             tracing::info!(peer = %self.settings.peer, "sync: connected; receiving flows from the peer");
         }
         let mut info = self.board.info();
-        info.incoming.connected = up;
-        info.incoming.since_unix = unix_now();
+        info.receiving.connected = up;
+        info.receiving.since_unix = unix_now();
         if up {
-            info.incoming.connections += 1;
+            info.receiving.connections += 1;
         }
     }
 }
@@ -407,8 +407,8 @@ impl Channel {
         }
         sh.queue.close();
         let mut info = sh.board.info();
-        info.outgoing.connected = false;
-        info.incoming.connected = false;
+        info.sending.connected = false;
+        info.receiving.connected = false;
         info.bulk_in_progress = false;
     }
 }
@@ -443,8 +443,8 @@ impl Handle {
             listen: sh.settings.listen,
             peer: sh.settings.peer,
             authenticated: sh.settings.key.is_some(),
-            outgoing: info.outgoing.clone(),
-            incoming: info.incoming.clone(),
+            sending: info.sending.clone(),
+            receiving: info.receiving.clone(),
             records_sent: get(&c.records_sent),
             records_received: get(&c.records_received),
             records_applied: get(&c.records_applied),
@@ -516,7 +516,7 @@ async fn dial_loop(sh: Arc<Shared>) {
             Ok(stream) => session::writer(stream, &sh).await,
             Err(e) => Err(SessionError::Io(e)),
         };
-        let was_up = sh.board.info().outgoing.connected;
+        let was_up = sh.board.info().sending.connected;
         sh.queue.close();
         if let Err(e) = &result {
             e.count(&sh.board);
@@ -526,13 +526,13 @@ async fn dial_loop(sh: Arc<Shared>) {
             }
             quiet.note("sending flows", sh.settings.peer, &why);
             let mut info = sh.board.info();
-            info.outgoing.last_error = Some(why.clone());
+            info.sending.last_error = Some(why.clone());
             info.bulk_in_progress = false;
             drop(info);
             sh.board.problem(why);
         }
         if was_up {
-            sh.connected(false, 0);
+            sh.sending(false, 0);
         }
         // A connection that lasted starts the backoff over.
         if was_up && started.elapsed() >= RECONNECT_MAX {
@@ -599,12 +599,12 @@ async fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
                 if !matches!(e, SessionError::Superseded) {
                     let why = format!("from the peer {from}: {e}");
                     tracing::warn!("sync: receiving flows: {why}");
-                    sh.board.info().incoming.last_error = Some(why.clone());
+                    sh.board.info().receiving.last_error = Some(why.clone());
                     sh.board.problem(why);
                 }
             }
             if in_charge {
-                sh.incoming(false, 0);
+                sh.receiving(false, 0);
             }
         });
     }

@@ -315,7 +315,7 @@ where
         last: Instant::now(),
     };
     sh.queue.open();
-    sh.connected(true, theirs.instance);
+    sh.sending(true, theirs.instance);
     let start = Instant::now();
     let mut last_rx = start;
     let mut walk = None;
@@ -529,7 +529,7 @@ where
     if *active.borrow_and_update() != generation {
         return Err(SessionError::Superseded);
     }
-    sh.incoming(true, theirs.instance);
+    sh.receiving(true, theirs.instance);
     let mut bulk = None;
     let mut last_rx = Instant::now();
     apply(first, &mut bulk, sh).await?;

@@ -22,9 +22,9 @@ pub struct SyncStatus {
     /// Frames are authenticated (a key is configured).
     pub authenticated: bool,
     /// The connection that carries this host's flows to the peer.
-    pub outgoing: LinkStatus,
+    pub sending: LinkStatus,
     /// The connection that carries the peer's flows here.
-    pub incoming: LinkStatus,
+    pub receiving: LinkStatus,
     /// Records sent to the peer: events, refreshes and bulk resyncs.
     pub records_sent: u64,
     /// Records received from the peer.
@@ -136,8 +136,8 @@ pub(crate) fn get(counter: &AtomicU64) -> u64 {
 /// The parts of the status that are not counters.
 #[derive(Debug, Default)]
 pub(crate) struct Info {
-    pub outgoing: LinkStatus,
-    pub incoming: LinkStatus,
+    pub sending: LinkStatus,
+    pub receiving: LinkStatus,
     pub bulk_in_progress: bool,
     pub last_bulk_sent: Option<BulkStatus>,
     pub last_bulk_received: Option<BulkStatus>,

@@ -165,7 +165,7 @@ async fn a_pair_exchanges_10000_flows_and_resyncs_after_each_side_restarts() {
     assert_eq!(store_a.counts(), (10_000, 100));
     let st = a.status();
     assert!(
-        st.authenticated && st.outgoing.connected && st.incoming.connected,
+        st.authenticated && st.sending.connected && st.receiving.connected,
         "{st:?}"
     );
     assert_eq!(st.last_bulk_sent.as_ref().unwrap().records, 10_000);
@@ -213,7 +213,7 @@ async fn a_pair_exchanges_10000_flows_and_resyncs_after_each_side_restarts() {
         a.status().bulks_sent == 2
     })
     .await;
-    assert!(a.status().outgoing.connections >= 2);
+    assert!(a.status().sending.connections >= 2);
 
     // A's lbd restarts, adopting its tables, in which 5,500 flows expired
     // meanwhile (no event): B forgets them after A's bulk resync.
@@ -362,7 +362,7 @@ async fn broken_and_silent_connections_are_replaced_and_resynced() {
     // connection's bulk resync carries them.
     relay.accept(false);
     relay.set(true);
-    until("A to notice", || !a.status().outgoing.connected).await;
+    until("A to notice", || !a.status().sending.connected).await;
     for r in open(&a.store, 1, 2_000..2_500) {
         assert_eq!(a.sender.push(r), Pushed::NoPeer);
         flows.push(r);
@@ -380,7 +380,7 @@ async fn broken_and_silent_connections_are_replaced_and_resynced() {
 
     // Connection 2 goes silent: A notices after peer_timeout, dials again,
     // and the new connection replaces the frozen one on B.
-    let incoming_before = b.status().incoming.connections;
+    let receiving_before = b.status().receiving.connections;
     relay.set(false);
     for r in open(&a.store, 1, 2_500..3_000) {
         a.sender.push(r);
@@ -391,13 +391,13 @@ async fn broken_and_silent_connections_are_replaced_and_resynced() {
     })
     .await;
     let st = a.status();
-    assert!(st.outgoing.connections >= 3, "{st:?}");
-    let why = st.outgoing.last_error.unwrap();
+    assert!(st.sending.connections >= 3, "{st:?}");
+    let why = st.sending.last_error.unwrap();
     assert!(
         why.contains("nothing from the peer for 2000 ms") || why.contains("has not read"),
         "{why}"
     );
-    assert!(b.status().incoming.connections > incoming_before);
+    assert!(b.status().receiving.connections > receiving_before);
     assert_eq!(b.store.counts(), (0, 3_000));
 
     // Resync on demand, both ways.
@@ -500,7 +500,7 @@ async fn only_the_peer_may_connect() {
     })
     .await;
     let st = b.status();
-    assert!(!st.incoming.connected);
+    assert!(!st.receiving.connected);
     assert!(st.last_problem.unwrap().contains("not the peer 127.0.0.1"));
 
     // A, dialling from 127.0.0.3, is not B's peer either.
@@ -513,7 +513,7 @@ async fn only_the_peer_may_connect() {
         b.status().refused_connections >= 2
     })
     .await;
-    assert!(!a.status().outgoing.connected);
+    assert!(!a.status().sending.connected);
     assert_eq!(b.status().records_received, 0);
     a.stop().await;
     b.stop().await;
@@ -562,8 +562,8 @@ async fn a_wrong_key_or_a_key_on_one_side_only_is_refused() {
         for (h, what) in [(&a, what_a), (&b, what_b)] {
             let st = h.status();
             assert_eq!(st.records_received, 0);
-            assert!(!st.incoming.connected);
-            let why = st.incoming.last_error.unwrap();
+            assert!(!st.receiving.connected);
+            let why = st.receiving.last_error.unwrap();
             assert!(why.contains(what), "{why}");
         }
         assert_eq!(a.store.counts(), (10, 0));
@@ -642,7 +642,7 @@ async fn a_replayed_connection_is_refused() {
     })
     .await;
     drop(first);
-    until("B to see it close", || !b.status().incoming.connected).await;
+    until("B to see it close", || !b.status().receiving.connected).await;
     // The same bytes again, on a new connection: B's new challenge makes
     // every tag wrong.
     let mut second = TcpStream::connect(addr(LOCAL, pb)).await.unwrap();
@@ -652,7 +652,7 @@ async fn a_replayed_connection_is_refused() {
     until("the replay to fail", || b.status().auth_failures == 1).await;
     let st = b.status();
     assert_eq!((st.records_received, st.bulks_received), (3, 1));
-    assert!(st.incoming.last_error.unwrap().contains("bad tag"));
+    assert!(st.receiving.last_error.unwrap().contains("bad tag"));
     b.stop().await;
 }
 
