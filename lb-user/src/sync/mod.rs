@@ -22,7 +22,7 @@
 //!   [`MemoryStore`], an implementation in memory.
 //! - [`queue`]: the bounded queue behind [`Sender`], where the data
 //!   plane's events go.
-//! - [`session`]: one connection, from either end.
+//! - `session`: one connection, from either end.
 //! - [`status`]: [`SyncStatus`], the numbers for `lbctl status` and the
 //!   metrics.
 //! - This module: [`Channel`], the listener and the dialler.
