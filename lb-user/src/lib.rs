@@ -6,6 +6,7 @@
 //! - [`balancer`]: VIPs, backends, ids and ring swaps, on top of `Maps`.
 //! - [`host`]: sysctls lbd needs while running.
 //! - [`state`]: lbd's own state directory: the one-lbd-per-data-plane lock.
+//! - [`sync`]: flow-state sync with the peer of a pair.
 //! - [`api`]: the control-socket protocol; [`daemon`]: the process wired together.
 pub mod api;
 pub mod balancer;
@@ -17,6 +18,7 @@ pub mod host;
 pub mod maglev;
 pub mod metrics;
 pub mod state;
+pub mod sync;
 pub mod text;
 pub mod vrrp;
 
