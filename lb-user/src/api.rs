@@ -88,15 +88,14 @@ pub struct ResponseEnvelope {
     pub error: Option<ApiError>,
 }
 
-/// Declares a fieldless enum of the protocol, serialised as its snake_case
-/// name, with that name as its `Display` and `as_str`.
+/// Declares a fieldless enum of the protocol, serialised as its name on
+/// the wire (snake_case), with that name as its `Display` and `as_str`.
 macro_rules! wire_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal,)* }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
         pub enum $name {
-            $($(#[$vdoc])* $variant,)*
+            $($(#[$vdoc])* #[serde(rename = $text)] $variant,)*
         }
 
         impl $name {
@@ -174,6 +173,100 @@ wire_enum! {
     XdpMode {
         Native = "native",
         Generic = "generic",
+    }
+}
+
+wire_enum! {
+    /// A VRRP instance's role.
+    VrrpState {
+        Backup = "backup",
+        Master = "master",
+        /// Gave up mastership on the way out.
+        Stopped = "stopped",
+    }
+}
+
+wire_enum! {
+    /// Where a takeover through the EC2 API stands.
+    Ec2State {
+        /// Never master.
+        Idle = "idle",
+        Moving = "moving",
+        Retrying = "retrying",
+        /// Moved and verified.
+        Done = "done",
+        /// No longer master while it was moving.
+        Stopped = "stopped",
+        /// Failed for good (a permanent error).
+        Failed = "failed",
+    }
+}
+
+wire_enum! {
+    /// How the pair's addresses move on EC2 (`vrrp.ec2.mode`).
+    Ec2Mode {
+        SecondaryAddresses = "secondary_addresses",
+        RouteTable = "route_table",
+        ElasticIp = "elastic_ip",
+    }
+}
+
+wire_enum! {
+    /// The EC2 side's start-up checks.
+    PreflightState {
+        Pending = "pending",
+        Passed = "passed",
+        Failed = "failed",
+    }
+}
+
+wire_enum! {
+    /// What the last EC2 reconcile found.
+    ReconcileState {
+        /// No reconcile yet.
+        None = "",
+        Held = "held",
+        Drifted = "drifted",
+        Repaired = "repaired",
+        Clear = "clear",
+        Stranded = "stranded",
+    }
+}
+
+wire_enum! {
+    /// What kind of failure an EC2 error was.
+    ErrorClass {
+        Permanent = "permanent",
+        Throttled = "throttled",
+        Transient = "transient",
+        Timeout = "timeout",
+    }
+}
+
+// Not derived: wire_enum! declares the enums of the protocol, most of which
+// have no default.
+#[allow(clippy::derivable_impls)]
+impl Default for Ec2Mode {
+    fn default() -> Self {
+        Ec2Mode::SecondaryAddresses
+    }
+}
+
+// Not derived: wire_enum! declares the enums of the protocol, most of which
+// have no default.
+#[allow(clippy::derivable_impls)]
+impl Default for PreflightState {
+    fn default() -> Self {
+        PreflightState::Pending
+    }
+}
+
+// Not derived: wire_enum! declares the enums of the protocol, most of which
+// have no default.
+#[allow(clippy::derivable_impls)]
+impl Default for ReconcileState {
+    fn default() -> Self {
+        ReconcileState::None
     }
 }
 
@@ -356,8 +449,7 @@ pub struct VrrpStatus {
     /// The interface each of `addresses` lives on.
     #[serde(default)]
     pub address_interfaces: Vec<String>,
-    /// `backup`, `master` or `stopped`.
-    pub state: String,
+    pub state: VrrpState,
     /// The master, as far as this host knows (itself when master).
     pub master: Option<Ipv4Addr>,
     /// When the state last changed (or the instance started).
@@ -381,13 +473,11 @@ pub struct VrrpStatus {
 }
 
 /// The EC2 side of the takeovers of this host.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ec2Status {
     pub network_interface_id: String,
     pub elastic_ip_allocation_id: Option<String>,
-    /// `idle` (never master), `moving`, `retrying`, `done`, or `stopped`
-    /// (no longer master while it was moving).
-    pub state: String,
+    pub state: Ec2State,
     /// Attempts of the current (or last) takeover.
     pub attempts: u64,
     /// Failed attempts, over the daemon's life.
@@ -401,9 +491,8 @@ pub struct Ec2Status {
     pub took_ms: Option<u64>,
     /// The Elastic IP's public address, as EC2 reported it.
     pub public_ip: Option<String>,
-    /// `secondary_addresses`, `route_table` or `elastic_ip`.
     #[serde(default)]
-    pub mode: String,
+    pub mode: Ec2Mode,
     /// This instance, from instance metadata.
     #[serde(default)]
     pub instance_id: Option<String>,
@@ -412,15 +501,15 @@ pub struct Ec2Status {
     /// Every ENI the addresses go to (one per interface they live on).
     #[serde(default)]
     pub network_interfaces: Vec<String>,
-    /// The start-up checks: `pending`, `passed` or `failed`.
+    /// The start-up checks.
     #[serde(default)]
-    pub preflight: String,
+    pub preflight: PreflightState,
     #[serde(default)]
     pub preflight_checks: Vec<Ec2Check>,
-    /// The last reconcile: `held`, `drifted` or `repaired` (master);
-    /// `clear` or `stranded` (backup); empty before the first.
+    /// The last reconcile: held, drifted or repaired (master); clear or
+    /// stranded (backup); "" before the first.
     #[serde(default)]
-    pub reconcile: String,
+    pub reconcile: ReconcileState,
     /// Reconciles that found something out of place (master).
     #[serde(default)]
     pub drifts: u64,
@@ -442,7 +531,7 @@ pub struct Ec2Status {
     /// The last error's class (`permanent`, `throttled`, `transient`,
     /// `timeout`), AWS error code and request id.
     #[serde(default)]
-    pub last_error_class: Option<String>,
+    pub last_error_class: Option<ErrorClass>,
     #[serde(default)]
     pub last_error_code: Option<String>,
     #[serde(default)]

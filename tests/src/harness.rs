@@ -78,7 +78,7 @@ pub fn assert_data_plane_removed(topo: &Topology) {
     for ifname in ["eth0", "eth1"] {
         let link = topo.lb_ns().ip(&["link", "show", ifname]).expect("ip link");
         assert!(
-            !link.contains("xdp"),
+            !crate::netns::xdp_attached(&link),
             "XDP still attached to {ifname}: {link}"
         );
     }

@@ -121,6 +121,18 @@ fn describe(program: &str, args: &[&str]) -> String {
     s
 }
 
+/// Whether `ip link show` output says an XDP program is attached: a word
+/// `xdp`, `xdpdrv`, `xdpgeneric`, `xdpoffload` or `prog/xdp` (interface and
+/// namespace names, which may contain "xdp" themselves, do not count).
+pub fn xdp_attached(ip_link_output: &str) -> bool {
+    ip_link_output.split_whitespace().any(|w| {
+        matches!(
+            w,
+            "xdp" | "xdpdrv" | "xdpgeneric" | "xdpoffload" | "xdpmulti"
+        ) || w.starts_with("prog/xdp")
+    })
+}
+
 /// Runs `program args...` to completion and returns its stdout; a non-zero
 /// exit becomes an error carrying the command line, stdout and stderr.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {

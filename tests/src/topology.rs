@@ -779,7 +779,9 @@ impl Topology {
     /// Whether an XDP program is attached to `ifname` in the load balancer
     /// namespace (`ip link show` mentions `xdp`).
     pub fn lb_xdp_attached(&self, ifname: &str) -> Result<bool> {
-        Ok(self.lb_ns().ip(&["link", "show", ifname])?.contains("xdp"))
+        Ok(crate::netns::xdp_attached(
+            &self.lb_ns().ip(&["link", "show", ifname])?,
+        ))
     }
 
     /// `net.ipv4.ip_local_reserved_ports` of the load balancer namespace.

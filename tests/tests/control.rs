@@ -1382,7 +1382,7 @@ fn sigkill_restart_is_hitless() {
         for ifname in ["eth0", "eth1"] {
             let link = topo.lb_ns().ip(&["link", "show", ifname]).expect("ip link");
             assert!(
-                link.contains("xdp"),
+                lb_tests::netns::xdp_attached(&link),
                 "XDP gone from {ifname} after SIGKILL: {link}"
             );
         }

@@ -367,7 +367,7 @@ fn print_vrrp(v: &lb_user::api::VrrpStatus) {
     };
     println!(
         "vrrp        {} for {since} s ({} transitions); router {} on {}, priority {}, every {} ms{}",
-        v.state.to_uppercase(),
+        v.state.as_str().to_uppercase(),
         v.transitions,
         v.router_id,
         v.interface,
@@ -428,8 +428,8 @@ fn print_vrrp(v: &lb_user::api::VrrpStatus) {
             (_, Some(a)) => format!("{a} and private addresses to {eni}"),
             (_, None) => format!("private addresses to {eni}"),
         };
-        let detail = match e.state.as_str() {
-            "done" => format!(
+        let detail = match e.state {
+            api::Ec2State::Done => format!(
                 "done in {} ms after {} attempt(s){}",
                 e.took_ms.unwrap_or(0),
                 e.attempts,
@@ -438,7 +438,7 @@ fn print_vrrp(v: &lb_user::api::VrrpStatus) {
                     .map(|p| format!(", Elastic IP {p} verified here"))
                     .unwrap_or_default()
             ),
-            "idle" => "not master yet".to_owned(),
+            api::Ec2State::Idle => "not master yet".to_owned(),
             other => format!("{other}, attempt {}", e.attempts),
         };
         println!("  ec2       {what}: {detail}");
@@ -455,11 +455,7 @@ fn print_vrrp(v: &lb_user::api::VrrpStatus) {
         let failed: Vec<&api::Ec2Check> = e.preflight_checks.iter().filter(|c| !c.ok).collect();
         println!(
             "            preflight {}{}",
-            if e.preflight.is_empty() {
-                "pending"
-            } else {
-                &e.preflight
-            },
+            e.preflight,
             if e.preflight_checks.is_empty() {
                 String::new()
             } else {
@@ -473,7 +469,7 @@ fn print_vrrp(v: &lb_user::api::VrrpStatus) {
         for c in failed {
             println!("              {}: {}", c.name, c.detail);
         }
-        if !e.reconcile.is_empty() {
+        if e.reconcile != api::ReconcileState::None {
             println!(
                 "            reconcile {}: {} drift(s), {} repair(s)",
                 e.reconcile, e.drifts, e.repairs

@@ -30,6 +30,7 @@ use crate::{
     config,
     dataplane::Maps,
     state,
+    vrrp::{self, machine::Role},
 };
 
 /// Binds the control socket, root-only. A live daemon already on it is an error;
@@ -440,7 +441,108 @@ fn status(st: &State) -> DaemonStatus {
         vrrp: st
             .vrrp
             .as_ref()
-            .map(|v| v.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            .map(|v| vrrp_status(&v.lock().unwrap_or_else(|p| p.into_inner()))),
+    }
+}
+
+/// The VRRP instance (and its EC2 side) as the protocol shows it.
+fn vrrp_status(v: &vrrp::VrrpStatus) -> api::VrrpStatus {
+    api::VrrpStatus {
+        interface: v.interface.clone(),
+        router_id: v.router_id,
+        priority: v.priority,
+        effective_priority: v.effective_priority,
+        problems: v.problems.clone(),
+        advert_interval_ms: v.advert_interval_ms,
+        master_advert_interval_ms: v.master_advert_interval_ms,
+        preempt: v.preempt,
+        source: v.source,
+        peers: v.peers.clone(),
+        addresses: v.addresses.clone(),
+        address_interfaces: v.address_interfaces.clone(),
+        state: match v.role {
+            Role::Backup => api::VrrpState::Backup,
+            Role::Master => api::VrrpState::Master,
+            Role::Stopped => api::VrrpState::Stopped,
+        },
+        master: v.master,
+        since_unix: v.since_unix,
+        transitions: v.transitions,
+        holding: v.holding,
+        adverts_sent: v.adverts_sent,
+        adverts_received: v.adverts_received,
+        adverts_invalid: v.adverts_invalid,
+        refused: v.refused.clone(),
+        last_problem: v.last_problem.clone(),
+        ec2: v.ec2.as_ref().map(ec2_status),
+    }
+}
+
+fn ec2_status(e: &vrrp::status::Ec2Status) -> api::Ec2Status {
+    use vrrp::status::{Preflight, Reconcile, Takeover};
+    api::Ec2Status {
+        network_interface_id: e.network_interface_id.clone(),
+        elastic_ip_allocation_id: e.elastic_ip_allocation_id.clone(),
+        state: match e.state {
+            Takeover::Idle => api::Ec2State::Idle,
+            Takeover::Moving => api::Ec2State::Moving,
+            Takeover::Retrying => api::Ec2State::Retrying,
+            Takeover::Done => api::Ec2State::Done,
+            Takeover::Stopped => api::Ec2State::Stopped,
+            Takeover::Failed => api::Ec2State::Failed,
+        },
+        attempts: e.attempts,
+        failures: e.failures,
+        takeovers: e.takeovers,
+        last_error: e.last_error.clone(),
+        done_unix: e.done_unix,
+        took_ms: e.took_ms,
+        public_ip: e.public_ip.clone(),
+        mode: match e.mode {
+            config::Ec2Mode::SecondaryAddresses => api::Ec2Mode::SecondaryAddresses,
+            config::Ec2Mode::RouteTable => api::Ec2Mode::RouteTable,
+            config::Ec2Mode::ElasticIp => api::Ec2Mode::ElasticIp,
+        },
+        instance_id: e.instance_id.clone(),
+        availability_zone: e.availability_zone.clone(),
+        network_interfaces: e.network_interfaces.clone(),
+        preflight: match e.preflight {
+            Preflight::Pending => api::PreflightState::Pending,
+            Preflight::Passed => api::PreflightState::Passed,
+            Preflight::Failed => api::PreflightState::Failed,
+        },
+        preflight_checks: e
+            .preflight_checks
+            .iter()
+            .map(|c| api::Ec2Check {
+                name: c.name.clone(),
+                ok: c.ok,
+                detail: c.detail.clone(),
+            })
+            .collect(),
+        reconcile: match e.reconcile {
+            None => api::ReconcileState::None,
+            Some(Reconcile::Held) => api::ReconcileState::Held,
+            Some(Reconcile::Drifted) => api::ReconcileState::Drifted,
+            Some(Reconcile::Repaired) => api::ReconcileState::Repaired,
+            Some(Reconcile::Clear) => api::ReconcileState::Clear,
+            Some(Reconcile::Stranded) => api::ReconcileState::Stranded,
+        },
+        drifts: e.drifts,
+        repairs: e.repairs,
+        last_drift: e.last_drift.clone(),
+        last_reconcile_unix: e.last_reconcile_unix,
+        stranded: e.stranded.clone(),
+        warning: e.warning.clone(),
+        last_error_class: e.last_error_class.map(|c| match c {
+            vrrp::ec2::error::ErrorClass::Permanent => api::ErrorClass::Permanent,
+            vrrp::ec2::error::ErrorClass::Throttled => api::ErrorClass::Throttled,
+            vrrp::ec2::error::ErrorClass::Transient => api::ErrorClass::Transient,
+            vrrp::ec2::error::ErrorClass::Timeout => api::ErrorClass::Timeout,
+        }),
+        last_error_code: e.last_error_code.clone(),
+        last_request_id: e.last_request_id.clone(),
+        imds_ms: e.imds_ms,
     }
 }
 

@@ -29,7 +29,6 @@ mod control;
 pub use control::handle;
 
 use crate::{
-    api,
     balancer::{Balancer, BalancerError, ReloadChanges},
     config::{BackendKey, Config, ConfigError, XdpMode},
     dataplane::{kernel_config, load_options, Dataplane, KernelState},
@@ -37,7 +36,11 @@ use crate::{
     host::{self, HostSettings},
     metrics,
     state::{self, StateDir},
-    vrrp::{Leave, Vrrp},
+    vrrp::{
+        machine::Role,
+        status::{Preflight, Reconcile},
+        Leave, Vrrp,
+    },
 };
 
 /// What lbd keeps in its state directory while the data plane runs
@@ -91,7 +94,7 @@ pub struct State {
     pub reload_failures: u64,
     pub last_reload_error: Option<String>,
     /// The VRRP instance's status, when `[vrrp]` is configured.
-    pub vrrp: Option<Arc<Mutex<api::VrrpStatus>>>,
+    pub vrrp: Option<Arc<Mutex<crate::vrrp::VrrpStatus>>>,
     /// Tells the VRRP instance the floating addresses after a reload.
     pub vrrp_addresses: Option<watch::Sender<Vec<(Ipv4Addr, String)>>>,
     /// Tells the VRRP instance which VIPs have no usable backend.
@@ -694,7 +697,7 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
         vrrp: st.vrrp.as_ref().map(|v| {
             let v = v.lock().unwrap_or_else(|p| p.into_inner());
             metrics::VrrpMetrics {
-                master: v.state == "master",
+                master: v.role == Role::Master,
                 priority: v.effective_priority,
                 holding: v.holding,
                 transitions: v.transitions,
@@ -704,12 +707,12 @@ pub fn snapshot(st: &State) -> metrics::Snapshot {
                 refused: v.refused.iter().map(|(r, n)| (r.clone(), *n)).collect(),
                 ec2: v.ec2.as_ref().map(|e| (e.takeovers, e.failures)),
                 ec2_state: v.ec2.as_ref().map(|e| metrics::Ec2Metrics {
-                    preflight_ok: match e.preflight.as_str() {
-                        "passed" => Some(true),
-                        "failed" => Some(false),
-                        _ => None,
+                    preflight_ok: match e.preflight {
+                        Preflight::Passed => Some(true),
+                        Preflight::Failed => Some(false),
+                        Preflight::Pending => None,
                     },
-                    held: v.state == "master" && e.reconcile == "held",
+                    held: v.role == Role::Master && e.reconcile == Some(Reconcile::Held),
                     stranded: e.stranded.len() as u64,
                     drifts: e.drifts,
                     repairs: e.repairs,

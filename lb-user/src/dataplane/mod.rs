@@ -263,10 +263,13 @@ pub fn load_retrying(p: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
     loop {
         match p.load() {
             Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 5 =>
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempts < 30 =>
             {
+                // On a busy host the verifier of a large program can be
+                // interrupted several times in a row; back off a little.
                 attempts += 1;
                 tracing::debug!(attempts, "the verifier was interrupted; loading again");
+                std::thread::sleep(std::time::Duration::from_millis(10 * attempts as u64));
             }
             other => return other,
         }

@@ -20,6 +20,7 @@ pub mod link;
 pub mod machine;
 pub mod packet;
 pub mod refusals;
+pub mod status;
 
 use std::{
     collections::HashMap,
@@ -32,10 +33,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 use tokio::{sync::watch, time::Instant};
 
-use crate::{api::VrrpStatus, config};
+use crate::config;
 use link::{Announcer, Interface, VrrpSocket};
 use machine::{Action, Machine, Params, Role};
 use packet::Advert;
+pub use status::Status as VrrpStatus;
 
 /// Gratuitous ARP goes out at takeover and again this long after it (a
 /// neighbour may miss one, and a switch may learn late).
@@ -172,7 +174,7 @@ impl Vrrp {
             peers: cfg.peers.clone(),
             addresses: addresses.clone(),
             address_interfaces: placements.iter().map(|(_, i)| i.clone()).collect(),
-            state: Role::Backup.as_str().into(),
+            role: Role::Backup,
             master: None,
             since_unix: unix_now(),
             transitions: 0,
@@ -441,7 +443,7 @@ impl Vrrp {
     fn ec2_preflight_failure(&self) -> Option<String> {
         let st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         let e = st.ec2.as_ref()?;
-        if e.preflight != "failed" {
+        if e.preflight != status::Preflight::Failed {
             return None;
         }
         let first = e
@@ -685,7 +687,7 @@ impl Vrrp {
         let interfaces: Vec<String> = self.placements.iter().map(|(_, i)| i.clone()).collect();
         let holding = m.holding();
         self.update(|s| {
-            s.state = m.role().as_str().into();
+            s.role = m.role();
             s.master = m.master();
             s.holding = holding;
             s.addresses = addresses;

@@ -492,7 +492,7 @@ fn pair_sandbox(args: &Args, bins: Binaries, bin_dir: &std::path::Path) -> Resul
                 Ok(v) => format!(
                     "lb{} {} (prio {})",
                     side + 1,
-                    v.state.to_uppercase(),
+                    v.state.as_str().to_uppercase(),
                     v.effective_priority
                 ),
                 Err(_) => format!("lb{} unreachable", side + 1),

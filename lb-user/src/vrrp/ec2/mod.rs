@@ -45,10 +45,8 @@ use tokio::{
 
 pub use error::{Ec2Error, ErrorClass};
 
-use crate::{
-    api::{Ec2Status, VrrpStatus},
-    config,
-};
+use super::status::{Check, Ec2Status, Preflight, Reconcile, Status as VrrpStatus, Takeover};
+use crate::config;
 use client::Api;
 use imds::Discovery;
 use plan::{Desired, Observed, Step};
@@ -179,9 +177,9 @@ pub fn initial_status(cfg: &config::Ec2) -> Ec2Status {
     Ec2Status {
         network_interface_id: cfg.network_interface_id.clone().unwrap_or_default(),
         elastic_ip_allocation_id: cfg.elastic_ip_allocation_id.clone(),
-        state: "idle".into(),
-        mode: cfg.mode.as_str().into(),
-        preflight: "pending".into(),
+        state: Takeover::Idle,
+        mode: cfg.mode,
+        preflight: Preflight::Pending,
         ..Ec2Status::default()
     }
 }
@@ -339,15 +337,15 @@ impl Runner {
             self.took_over = false;
             self.master_since = Some(Instant::now());
             self.update(|e| {
-                e.state = "moving".into();
+                e.state = Takeover::Moving;
                 e.attempts = 0;
             });
         } else {
             let took_over = self.took_over;
             self.master_since = None;
             self.update(|e| {
-                if !took_over && matches!(e.state.as_str(), "moving" | "retrying") {
-                    e.state = "stopped".into();
+                if !took_over && matches!(e.state, Takeover::Moving | Takeover::Retrying) {
+                    e.state = Takeover::Stopped;
                 }
             });
         }
@@ -360,15 +358,15 @@ impl Runner {
         let taking_over = master && !self.took_over;
         self.update(|s| {
             s.last_error = Some(text.clone());
-            s.last_error_class = Some(class.as_str().into());
+            s.last_error_class = Some(class);
             s.last_error_code = e.code().map(str::to_owned);
             s.last_request_id = e.request_id().map(str::to_owned);
             if taking_over {
                 s.failures += 1;
                 s.state = if class.retryable() {
-                    "retrying".into()
+                    Takeover::Retrying
                 } else {
-                    "failed".into()
+                    Takeover::Failed
                 };
             }
         });
@@ -490,14 +488,18 @@ impl Runner {
     async fn preflight_pass(&mut self) -> Result<(), Ec2Error> {
         if let Err(e) = self.setup().await {
             // Without a client nothing else can be checked.
-            let check = crate::api::Ec2Check {
+            let check = Check {
                 name: "setup".into(),
                 ok: false,
                 detail: e.to_string(),
             };
             let retry = e.class().retryable();
             self.update(|s| {
-                s.preflight = if retry { "pending" } else { "failed" }.into();
+                s.preflight = if retry {
+                    Preflight::Pending
+                } else {
+                    Preflight::Failed
+                };
                 s.preflight_checks = vec![check];
             });
             if !retry {
@@ -522,11 +524,11 @@ impl Runner {
         )
         .await;
         let state = if report.failed {
-            "failed"
+            Preflight::Failed
         } else if report.incomplete {
-            "pending"
+            Preflight::Pending
         } else {
-            "passed"
+            Preflight::Passed
         };
         match report.first_failure() {
             Some(f) if report.failed => {
@@ -537,7 +539,7 @@ impl Runner {
         }
         let checks = report.checks.clone();
         self.update(|s| {
-            s.preflight = state.into();
+            s.preflight = state;
             s.preflight_checks = checks;
         });
         self.preflight_done = !report.incomplete;
@@ -659,7 +661,7 @@ impl Runner {
                 self.update(|s| {
                     s.drifts += 1;
                     s.last_drift = Some(what.clone());
-                    s.reconcile = "drifted".into();
+                    s.reconcile = Some(Reconcile::Drifted);
                     s.last_reconcile_unix = Some(unix_now());
                 });
                 let hold = hold_down(self.cfg.hold_down_ms, self.repairs_in_a_row);
@@ -698,12 +700,12 @@ impl Runner {
                 "ec2: addresses on this instance and verified"
             );
             self.update(|s| {
-                s.state = "done".into();
+                s.state = Takeover::Done;
                 s.done_unix = Some(unix_now());
                 s.took_ms = Some(took.as_millis() as u64);
                 s.public_ip = public.clone();
                 s.takeovers += 1;
-                s.reconcile = "held".into();
+                s.reconcile = Some(Reconcile::Held);
                 s.last_reconcile_unix = Some(unix_now());
             });
             if moved && !d.addresses.is_empty() {
@@ -713,7 +715,7 @@ impl Runner {
             tracing::warn!("ec2: drift repaired and verified");
             self.update(|s| {
                 s.repairs += 1;
-                s.reconcile = "repaired".into();
+                s.reconcile = Some(Reconcile::Repaired);
                 s.public_ip = public.clone();
                 s.last_reconcile_unix = Some(unix_now());
             });
@@ -721,7 +723,7 @@ impl Runner {
         } else {
             self.repairs_in_a_row = 0;
             self.update(|s| {
-                s.reconcile = "held".into();
+                s.reconcile = Some(Reconcile::Held);
                 s.stranded.clear();
                 s.public_ip = public.clone();
                 s.last_reconcile_unix = Some(unix_now());
@@ -802,7 +804,11 @@ impl Runner {
             self.nudge.notify_one();
         }
         self.update(|s| {
-            s.reconcile = if here.is_empty() { "clear" } else { "stranded" }.into();
+            s.reconcile = Some(if here.is_empty() {
+                Reconcile::Clear
+            } else {
+                Reconcile::Stranded
+            });
             s.stranded = here;
             s.last_reconcile_unix = Some(unix_now());
         });
@@ -848,7 +854,7 @@ mod tests {
             hold_down_ms: 10_000,
         };
         let s = initial_status(&cfg);
-        assert_eq!((s.mode.as_str(), s.state.as_str()), ("route_table", "idle"));
-        assert_eq!(s.preflight, "pending");
+        assert_eq!((s.mode, s.state), (Ec2Mode::RouteTable, Takeover::Idle));
+        assert_eq!(s.preflight, Preflight::Pending);
     }
 }

@@ -8,16 +8,14 @@
 
 use std::net::Ipv4Addr;
 
+use super::super::status::Check as Ec2Check;
 use super::{
     client::{dry_run_outcome, Api, DryRun},
     error::{Ec2Error, ErrorClass},
     imds::Discovery,
     plan::{Desired, ElasticIp, RouteTarget},
 };
-use crate::{
-    api::Ec2Check,
-    config::{self, Ec2Mode},
-};
+use crate::config::{self, Ec2Mode};
 
 /// The checks' results, and whether any failed for good (a check that
 /// failed for a reason that may pass later makes the preflight incomplete).
